@@ -1,0 +1,217 @@
+"""Activation functions as the quantized network sees them: ``[sigma](x) = round(sigma(x))``.
+
+The semantics is the rounding of the *exact* real function (paper 001 Eq. 5 and 7), so the
+result does not depend on a math library.  Each :class:`Activation` has
+
+* ``f64``: a float64 torch evaluation, accurate to a small relative error (``REL_ERR``), used by
+  the fast path, which certifies every rounding decision against that error;
+* ``exact``: the exact rational value for piecewise-linear functions;
+* ``mp``: an arbitrary-precision evaluation (mpmath) for transcendental functions, used when the
+  float64 value is too close to a rounding boundary to decide.
+
+``round_activation`` is the one exact implementation shared by the integer reference and the
+fast path's fall-back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import mpmath
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .formats import FixedPoint, QuantizationError, round_approx
+
+# Relative error bound of the float64 formulas below (they are accurate to a few ulps; the
+# bound keeps a margin of about 2^14).
+REL_ERR = 2.0**-36
+ABS_ERR = 2.0**-1000
+
+
+def _mp_of(x: Fraction) -> mpmath.mpf:
+    return mpmath.mpf(x.numerator) / x.denominator
+
+
+def _frac_of(y: mpmath.mpf) -> Fraction:
+    man, exp = mpmath.mpf(y).man_exp
+    return Fraction(int(man)) * (Fraction(2) ** int(exp))
+
+
+def _softplus64(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp_min(x, 0) + torch.log1p(torch.exp(-x.abs()))
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A pointwise activation with its exact and float64 forms."""
+
+    name: str
+    params: tuple[tuple[str, float], ...] = ()
+    train_fn: Callable[[torch.Tensor], torch.Tensor] = field(compare=False, default=torch.relu)
+    f64: Callable[[torch.Tensor], torch.Tensor] = field(compare=False, default=torch.relu)
+    exact: Callable[[Fraction], Fraction] | None = field(compare=False, default=None)
+    mp: Callable[[mpmath.mpf], mpmath.mpf] | None = field(compare=False, default=None)
+    at_zero: Fraction | None = None  # exact value at 0 for transcendental functions, if rational
+    lipschitz: float = 1.0
+
+    @property
+    def piecewise_linear(self) -> bool:
+        return self.exact is not None
+
+    def param(self, key: str) -> float:
+        return dict(self.params)[key]
+
+    def exact_value(self, x: Fraction, prec: int) -> Fraction:
+        """sigma(x) exactly (piecewise linear, or a rational point) or to ``prec`` bits."""
+        if self.exact is not None:
+            return self.exact(x)
+        if x == 0 and self.at_zero is not None:
+            return self.at_zero
+        with mpmath.workprec(prec + 96):
+            return _frac_of(self.mp(_mp_of(x)))
+
+
+def round_activation(act: Activation, fmt: FixedPoint, x: Fraction, step: Fraction) -> int:
+    """Unsaturated centered code of ``round(sigma(x) / step)``, decided exactly."""
+    if act.exact is not None or (x == 0 and act.at_zero is not None):
+        return fmt.round_exact(act.exact_value(x, 0) / step)
+    return round_approx(fmt, lambda prec: act.exact_value(x, prec) / step, where=act.name)
+
+
+def _pwl(name: str, exact: Callable[[Fraction], Fraction], f: Callable, lip: float = 1.0,
+         params: tuple = ()) -> Activation:
+    return Activation(name, params, train_fn=f, f64=f, exact=exact, lipschitz=lip)
+
+
+def relu() -> Activation:
+    return _pwl("relu", lambda x: max(x, Fraction(0)), torch.relu)
+
+
+def identity() -> Activation:
+    return _pwl("identity", lambda x: x, lambda x: x)
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Activation:
+    a = Fraction(negative_slope)
+    return _pwl("leaky_relu", lambda x: x if x >= 0 else a * x,
+                lambda x: F.leaky_relu(x, negative_slope), max(1.0, abs(negative_slope)),
+                (("negative_slope", negative_slope),))
+
+
+def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
+    lo, hi = Fraction(min_val), Fraction(max_val)
+    if lo > hi:
+        raise QuantizationError(f"hardtanh needs min_val <= max_val, got {min_val}, {max_val}")
+    return _pwl("hardtanh", lambda x: min(max(x, lo), hi),
+                lambda x: F.hardtanh(x, min_val, max_val), 1.0,
+                (("min_val", min_val), ("max_val", max_val)))
+
+
+def sigmoid() -> Activation:
+    return Activation("sigmoid", (), torch.sigmoid, torch.sigmoid, None,
+                      lambda x: 1 / (1 + mpmath.exp(-x)), Fraction(1, 2), 0.25)
+
+
+def tanh() -> Activation:
+    return Activation("tanh", (), torch.tanh, torch.tanh, None, mpmath.tanh, Fraction(0), 1.0)
+
+
+def elu(alpha: float = 1.0) -> Activation:
+    a = mpmath.mpf(Fraction(alpha).numerator) / Fraction(alpha).denominator
+
+    def f64(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, alpha * torch.expm1(torch.clamp_max(x, 0)))
+
+    return Activation("elu", (("alpha", alpha),), lambda x: F.elu(x, alpha), f64, None,
+                      lambda x: x if x > 0 else a * mpmath.expm1(x), Fraction(0), max(1.0, alpha))
+
+
+def silu() -> Activation:
+    return Activation("silu", (), F.silu, lambda x: x * torch.sigmoid(x), None,
+                      lambda x: x / (1 + mpmath.exp(-x)), Fraction(0), 1.1)
+
+
+def gelu() -> Activation:
+    r2 = math.sqrt(2.0)
+    return Activation("gelu", (), F.gelu,
+                      lambda x: 0.5 * x * torch.special.erfc(-x / r2), None,
+                      lambda x: x / 2 * mpmath.erfc(-x / mpmath.sqrt(2)), Fraction(0), 1.13)
+
+
+def mish() -> Activation:
+    return Activation("mish", (), F.mish, lambda x: x * torch.tanh(_softplus64(x)), None,
+                      lambda x: x * mpmath.tanh(mpmath.log1p(mpmath.exp(x))), Fraction(0), 1.1)
+
+
+def softplus(beta: float = 1.0) -> Activation:
+    """``log(1 + exp(beta x)) / beta`` exactly (torch's linear cut-off above ``threshold`` is
+    an approximation of this function and is used only on the training path)."""
+    b = mpmath.mpf(Fraction(beta).numerator) / Fraction(beta).denominator
+    return Activation("softplus", (("beta", beta),), lambda x: F.softplus(x, beta),
+                      lambda x: _softplus64(beta * x) / beta, None,
+                      lambda x: mpmath.log1p(mpmath.exp(b * x)) / b, None, 1.0)
+
+
+def from_module(module: nn.Module) -> Activation | None:
+    """The activation a module computes, or ``None`` if it is not a supported activation."""
+    if isinstance(module, nn.ReLU):
+        return relu()
+    if isinstance(module, nn.LeakyReLU):
+        return leaky_relu(module.negative_slope)
+    if isinstance(module, nn.Hardtanh):  # includes ReLU6
+        return hardtanh(module.min_val, module.max_val)
+    if isinstance(module, nn.Sigmoid):
+        return sigmoid()
+    if isinstance(module, nn.Tanh):
+        return tanh()
+    if isinstance(module, nn.ELU):
+        return elu(module.alpha)
+    if isinstance(module, nn.SiLU):
+        return silu()
+    if isinstance(module, nn.GELU):
+        if module.approximate != "none":
+            raise QuantizationError("GELU(approximate='tanh') is not supported; use approximate='none'")
+        return gelu()
+    if isinstance(module, nn.Mish):
+        return mish()
+    if isinstance(module, nn.Softplus):
+        return softplus(module.beta)
+    if isinstance(module, nn.Identity):
+        return identity()
+    return None
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, key: str, default: Any) -> Any:
+    if key in kwargs:
+        return kwargs[key]
+    return args[pos] if len(args) > pos else default
+
+
+# Functional and method forms that ``torch.fx`` exposes (target -> builder(args, kwargs)).
+FUNCTIONAL: dict[Any, Callable[[tuple, dict], Activation]] = {
+    F.relu: lambda a, k: relu(),
+    torch.relu: lambda a, k: relu(),
+    F.relu6: lambda a, k: hardtanh(0.0, 6.0),
+    F.leaky_relu: lambda a, k: leaky_relu(_arg(a, k, 1, "negative_slope", 0.01)),
+    F.hardtanh: lambda a, k: hardtanh(_arg(a, k, 1, "min_val", -1.0), _arg(a, k, 2, "max_val", 1.0)),
+    torch.sigmoid: lambda a, k: sigmoid(),
+    F.sigmoid: lambda a, k: sigmoid(),
+    torch.tanh: lambda a, k: tanh(),
+    F.tanh: lambda a, k: tanh(),
+    F.elu: lambda a, k: elu(_arg(a, k, 1, "alpha", 1.0)),
+    F.silu: lambda a, k: silu(),
+    F.mish: lambda a, k: mish(),
+    F.softplus: lambda a, k: softplus(_arg(a, k, 1, "beta", 1.0)),
+    F.gelu: lambda a, k: gelu() if _arg(a, k, 1, "approximate", "none") == "none" else None,
+}
+METHODS: dict[str, Callable[[tuple, dict], Activation]] = {
+    "relu": lambda a, k: relu(),
+    "sigmoid": lambda a, k: sigmoid(),
+    "tanh": lambda a, k: tanh(),
+}

@@ -1,0 +1,249 @@
+"""Fake quantization: round to a grid in the forward pass, straight-through in the backward.
+
+``fake_quantize`` is one autograd function for both rules of quantization-aware training:
+
+* straight-through estimator (STE, Bengio et al. 2013): ``d xhat / d x = 1`` inside the grid's
+  range (``[kmin - 1/2, kmax + 1/2]`` in steps; ``[-1, 1]`` for binary) and 0 outside;
+* learned step size (LSQ, Esser et al. 2020): when the step requires grad,
+  ``d xhat / d s = k - x/s`` inside and ``k`` (the clamped code) outside, scaled by
+  ``1 / sqrt(numel * kmax)``.
+
+:class:`FakeQuantize` holds a format, its steps (exact: int64 numerator and denominator
+buffers) and its observer.  In training it fake-quantizes in the input's dtype; in eval it
+quantizes exactly (float64 values, certified against :func:`FixedPoint.round_exact`).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+from .formats import (
+    FixedPoint,
+    QuantizationError,
+    as_step,
+    dequantize_f64,
+    fraction_to_float,
+    round_certified,
+)
+from .observers import Observer, ObserverConfig
+
+# Relative error of one float64 division x / step (plus margin).
+DIV_ERR = 2.0**-50
+
+
+class _FakeQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, step, fmt, kmin, kmax, grad_scale):  # type: ignore[override]
+        t = x / step
+        k = fmt.round_tensor(t)
+        kc = torch.clamp(k, kmin, kmax)
+        ctx.fmt, ctx.grad_scale = fmt, grad_scale
+        ctx.save_for_backward(t, kc, step)
+        ctx.kmin, ctx.kmax = kmin, kmax
+        return kc * step
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        t, kc, step = ctx.saved_tensors
+        if ctx.fmt.binary:
+            inside = t.abs() <= 1
+        else:
+            inside = (t >= ctx.kmin - 0.5) & (t <= ctx.kmax + 0.5)
+        grad_x = grad * inside.to(grad.dtype)
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            ds = torch.where(inside, kc - t, kc) * grad * ctx.grad_scale
+            # reduce to the step's (broadcast) shape
+            while ds.dim() > step.dim():
+                ds = ds.sum(0)
+            for d, n in enumerate(step.shape):
+                if n == 1 and ds.shape[d] != 1:
+                    ds = ds.sum(d, keepdim=True)
+            grad_s = ds
+        return grad_x, grad_s, None, None, None, None
+
+
+def fake_quantize(
+    x: torch.Tensor, step: torch.Tensor, fmt: FixedPoint, kmin: float, kmax: float
+) -> torch.Tensor:
+    """``clamp(round(x / step), kmin, kmax) * step`` with STE (and LSQ if ``step`` needs grad)."""
+    grad_scale = 1.0 / math.sqrt(max(1, x.numel()) * max(1.0, abs(kmax)))
+    return _FakeQuantize.apply(x, step, fmt, kmin, kmax, grad_scale)
+
+
+class FakeQuantize(nn.Module):
+    """A quantizer node: format + exact steps + observer.
+
+    With a per-channel format there is one step per channel along ``axis`` (weights: the output
+    channel).
+    Steps are stored exactly as int64 ``step_num / step_den`` (``step_den == 0``: not set yet).
+    """
+
+    def __init__(
+        self,
+        fmt: FixedPoint,
+        channels: int = 1,
+        axis: int = 0,
+        observer: ObserverConfig | None = None,
+        learn_step: bool = False,
+        name: str = "",
+        weight: bool = False,
+    ):
+        super().__init__()
+        self.fmt, self.axis, self.qname = fmt, axis, name
+        self.is_weight = weight  # weight observers look at the current tensor only
+        fixed = fmt.fixed_steps()
+        if fixed is not None and len(fixed) not in (1, channels):
+            raise QuantizationError(
+                f"{name}: format has {len(fixed)} per-channel steps but the tensor has {channels} channels"
+            )
+        n = channels if fmt.per_channel else 1
+        self.register_buffer("step_num", torch.zeros(n, dtype=torch.int64))
+        self.register_buffer("step_den", torch.zeros(n, dtype=torch.int64))
+        self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
+        self.observer: Observer | None = None
+        self.observer_enabled = False
+        self.fake_quant_enabled = True
+        self.learn_step = learn_step
+        if fixed is not None:
+            if fmt.affine:
+                raise QuantizationError(f"{name}: a fixed step needs a fixed zero_point (not None)")
+            self.set_steps(list(fixed) * (n if len(fixed) == 1 else 1), fmt.zero_point or 0)
+        else:
+            self.observer = Observer(fmt, n, observer)
+            if fmt.zero_point is not None:
+                self.zero_point.fill_(fmt.zero_point)
+        if learn_step:
+            if fmt.power_of_two:
+                raise QuantizationError(f"{name}: learned steps (LSQ) cannot keep power_of_two steps")
+            self.step_param = nn.Parameter(torch.ones(n))
+
+    # ------------------------------------------------------------- steps
+    @property
+    def calibrated(self) -> bool:
+        return bool((self.step_den > 0).all())
+
+    def set_steps(self, steps: list[Fraction] | torch.Tensor, zero_point: int) -> None:
+        if isinstance(steps, torch.Tensor):
+            steps = [Fraction(float(s)) for s in steps.flatten().tolist()]
+        if len(steps) == 1 and self.step_num.numel() > 1:
+            steps = steps * self.step_num.numel()
+        fr = [as_step(s, f"{self.qname or 'quantizer'} step") for s in steps]
+        self.step_num.copy_(torch.tensor([s.numerator for s in fr], dtype=torch.int64))
+        self.step_den.copy_(torch.tensor([s.denominator for s in fr], dtype=torch.int64))
+        self.zero_point.fill_(int(zero_point))
+        if self.learn_step and hasattr(self, "step_param"):
+            with torch.no_grad():
+                self.step_param.copy_(torch.tensor([fraction_to_float(s) for s in fr]))
+
+    def steps(self) -> list[Fraction]:
+        """The exact steps (one per channel, or one)."""
+        if not self.calibrated:
+            raise QuantizationError(
+                f"{self.qname or 'quantizer'} has no step yet: run tq.calibrate(model, batches) "
+                "or give the format a step"
+            )
+        if self.learn_step:
+            vals = self.step_param.detach().float().tolist()
+            if min(vals) <= 0 or not all(math.isfinite(v) for v in vals):
+                raise QuantizationError(
+                    f"{self.qname}: learned step became non-positive or non-finite; lower the learning rate"
+                )
+            self.set_steps([Fraction(v) for v in vals], int(self.zero_point))
+        return [Fraction(int(n), int(d)) for n, d in zip(self.step_num.tolist(), self.step_den.tolist())]
+
+    @property
+    def zp(self) -> int:
+        return int(self.zero_point.item())
+
+    def code_range(self) -> tuple[int, int]:
+        return self.fmt.code_range(self.zp)
+
+    def _shape(self, x: torch.Tensor) -> list[int]:
+        shape = [1] * x.dim()
+        if self.step_num.numel() > 1:
+            shape[self.axis] = self.step_num.numel()
+        return shape
+
+    def step_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Steps broadcastable against ``x`` (float, LSQ parameter when learning)."""
+        if self.learn_step:
+            return self.step_param.to(x.dtype).view(self._shape(x))
+        s = torch.tensor([fraction_to_float(f) for f in self.steps()], dtype=x.dtype, device=x.device)
+        return s.view(self._shape(x))
+
+    # --------------------------------------------------------- observation
+    def observe(self, x: torch.Tensor) -> None:
+        if self.observer is None:
+            return
+        if self.is_weight:
+            self.observer.reset()
+        self.observer(x)
+
+    def compute_qparams(self) -> None:
+        """Set the steps from the observer's statistics."""
+        if self.observer is None:
+            return
+        if not self.observer.has_data:
+            raise QuantizationError(
+                f"observer of {self.qname or 'a quantizer'} saw no data: did the calibration batches "
+                "reach this layer?"
+            )
+        steps, zp = self.observer.compute_qparams()
+        self.set_steps(steps, zp)
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer_enabled:
+            self.observe(x)
+            if self.fake_quant_enabled:
+                self.compute_qparams()
+        if not self.fake_quant_enabled:
+            return x
+        if not self.training:
+            return self.quantize_exact(x)
+        kmin, kmax = self.code_range()
+        return fake_quantize(x, self.step_tensor(x), self.fmt, kmin, kmax)
+
+    # -------------------------------------------------------- exact (eval)
+    def exact_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Saturated centered codes of ``round(x / step)`` decided exactly (float64 tensor)."""
+        steps = self.steps()
+        x64 = x.detach().to(torch.float64)
+        s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).view(self._shape(x64))
+        t_hat = x64 / s
+        inner = x64[0].numel() if len(steps) > 1 else 1
+        flat = x64.flatten()
+
+        def exact(idx: list[int]) -> list[int]:
+            step_of = (lambda i: steps[(i // inner) % len(steps)]) if len(steps) > 1 else (lambda i: steps[0])
+            return [self.fmt.round_exact(Fraction(flat[i].item()) / step_of(i)) for i in idx]
+
+        k = round_certified(self.fmt, t_hat, t_hat.abs() * DIV_ERR, exact, self.qname)
+        kmin, kmax = self.code_range()
+        return self.fmt.saturate_tensor(k, kmin, kmax, self.qname)
+
+    def quantize_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """Grid values (float64, each the double nearest to ``k * step``)."""
+        return dequantize_f64(self.exact_codes(x), self.steps(), self.axis)
+
+    def snap(self, x: torch.Tensor, where: str) -> torch.Tensor:
+        """Recover the centered codes of values this quantizer produced (float64 codes)."""
+        steps = self.steps()
+        x64 = x.to(torch.float64)
+        s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).view(self._shape(x64))
+        t = x64 / s
+        k = torch.round(t)
+        if bool(((t - k).abs() > k.abs() * 2.0**-45 + 2.0**-45).any()):
+            raise QuantizationError(
+                f"{where}: input is not on the grid of {self.qname}; was the model fed through "
+                "its quantizers? (call the quantized model, not a sub-module, in eval mode)"
+            )
+        return k
+
+    def extra_repr(self) -> str:
+        return f"{self.fmt.describe()}, channels={self.step_num.numel()}"

@@ -1,0 +1,384 @@
+"""Fixed-point formats: the grid, its rounding rules and its saturation.
+
+A format is the grid ``{k * step : k integer in [kmin, kmax]}`` (paper 001 sec. 2.2, Eq. 4).
+Stored codes are ``q = k + zero_point`` with ``q`` in ``[qmin, qmax]``; the real value of a code
+is ``(q - zero_point) * step`` (paper 003 Eq. 2.10-2.12, the affine form).  Everything below
+works on the *centered* code ``k = q - zero_point``, so symmetric and affine formats share one
+implementation.
+
+This module is the single home of the rounding semantics.  Every executor reads it:
+
+* ``round_exact`` decides one exact rational ``t = x / step`` (the integer reference, the
+  fall-back of the fast path and the z3 encoding's specification);
+* ``round_tensor`` is the same rule on floating-point tensors (fake quantization, STE);
+* ``round_certified`` runs ``round_tensor`` on a float64 approximation with an error bound and
+  hands the few elements whose bound straddles a rounding boundary to an exact callback, so
+  the fast path returns exactly what ``round_exact`` returns, ties included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+ROUNDINGS = ("half_away", "half_even", "floor")
+OVERFLOWS = ("saturate", "raise")
+MAX_BITS = 32
+# Denominators of stored steps live in int64 buffers.
+MAX_STEP_DEN = 2**62
+
+
+class QuantizationError(ValueError):
+    """Raised for invalid formats, configurations or data (always names the culprit)."""
+
+
+class OverflowToGridError(QuantizationError):
+    """A value fell outside the grid of a format whose ``overflow`` is ``"raise"``."""
+
+
+def as_step(value: Any, what: str = "step") -> Fraction:
+    """Convert a user step to an exact positive ``Fraction``.
+
+    Floats are taken at their exact binary value (``0.25`` is exactly 1/4; ``0.1`` is the double
+    nearest to 1/10, not 1/10: pass ``Fraction(1, 10)`` or the string ``"1/10"`` for that).
+    Strings such as ``"1/3"`` or ``"0.125"`` are parsed exactly (handy in Hydra configs).
+    """
+    if isinstance(value, bool):
+        raise QuantizationError(f"{what} must be a positive number, got {value!r}")
+    try:
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise QuantizationError(f"{what} must be finite and positive, got {value!r}")
+        frac = Fraction(value)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        if isinstance(exc, QuantizationError):
+            raise
+        raise QuantizationError(f"{what} must be a positive number or 'p/q' string, got {value!r}") from exc
+    if frac <= 0:
+        raise QuantizationError(f"{what} must be positive, got {value!r}")
+    if frac.denominator > MAX_STEP_DEN or frac.numerator > MAX_STEP_DEN:
+        raise QuantizationError(
+            f"{what}={value!r} has numerator or denominator above 2**62 and cannot be stored "
+            "exactly; use a coarser step or frac_bits <= 62"
+        )
+    return frac
+
+
+def fraction_to_float(x: Fraction) -> float:
+    """The double nearest to ``x`` (Python's int true division is correctly rounded)."""
+    return x.numerator / x.denominator
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A fixed-point (integer-grid) number format.
+
+    Parameters
+    ----------
+    bits: total bits, 1 to 32.  Signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` is paper 001's
+        ``Q_{p,s}`` with ``p = bits - 1`` and ``step = 1/s``.
+    step: the grid step; ``None`` lets an observer choose it at calibration.  An exact rational
+        (``Fraction`` or ``"p/q"``) or a float (taken at its exact binary value).  A tuple gives
+        one step per output channel.
+    frac_bits: shorthand for ``step = 2**-frac_bits``.
+    signed / narrow: signed narrow (default), signed full range (``narrow=False``) or unsigned
+        ``[0, 2^b-1]`` (``signed=False``).
+    binary: the two-level grid ``{-1, +1} * step`` (paper 001 sec. 3.3); requires ``bits=1``.
+    zero_point: the affine offset (activations only); ``None`` lets the observer choose it.
+    rounding: ``"half_away"`` (paper 001, default), ``"half_even"`` (torch.round, ONNX) or
+        ``"floor"``.
+    overflow: ``"saturate"`` to the end of the grid (default) or ``"raise"``.
+    per_channel: one step per output channel (weights).
+    power_of_two: observers round the step up to a power of two.
+    """
+
+    bits: int = 8
+    step: Any = None
+    frac_bits: int | None = None
+    signed: bool = True
+    narrow: bool = True
+    binary: bool = False
+    zero_point: int | None = 0
+    rounding: str = "half_away"
+    overflow: str = "saturate"
+    per_channel: bool = False
+    power_of_two: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise QuantizationError(f"bits must be an int, got {self.bits!r}")
+        if not 1 <= self.bits <= MAX_BITS:
+            raise QuantizationError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
+        if self.rounding not in ROUNDINGS:
+            raise QuantizationError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.overflow not in OVERFLOWS:
+            raise QuantizationError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+        if self.binary:
+            if self.bits != 1:
+                raise QuantizationError("binary formats have bits=1 (levels {-1, +1} * step)")
+            if self.zero_point != 0:
+                raise QuantizationError("binary formats are symmetric: zero_point must be 0")
+        elif self.bits == 1 and self.signed and self.narrow:
+            raise QuantizationError(
+                "a signed narrow 1-bit grid has the single level 0; use tq.Binary(step) for "
+                "{-1, +1} * step, or signed=False for {0, 1}"
+            )
+        if self.frac_bits is not None:
+            if self.step is not None:
+                raise QuantizationError("give either step or frac_bits, not both")
+            if not isinstance(self.frac_bits, int) or not -62 <= self.frac_bits <= 62:
+                raise QuantizationError(f"frac_bits must be an int in [-62, 62], got {self.frac_bits!r}")
+        if self.step is not None:
+            steps = self.step if isinstance(self.step, (tuple, list)) else (self.step,)
+            if len(steps) == 0:
+                raise QuantizationError("a per-channel step tuple must not be empty")
+            parsed = tuple(as_step(s) for s in steps)
+            if isinstance(self.step, (tuple, list)):
+                object.__setattr__(self, "step", parsed)
+                object.__setattr__(self, "per_channel", True)
+            if not all(s.denominator & (s.denominator - 1) == 0 for s in parsed) and any(
+                s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
+            ):
+                raise QuantizationError(
+                    f"step {self.step!r}: a non-dyadic rational step needs numerator * 2^bits < 2^53 "
+                    "and denominator < 2^53 so that grid values round to doubles exactly once"
+                )
+        if self.zero_point is not None:
+            if isinstance(self.zero_point, bool) or not isinstance(self.zero_point, int):
+                raise QuantizationError(f"zero_point must be an int or None, got {self.zero_point!r}")
+            if not self.qmin <= self.zero_point <= self.qmax:
+                raise QuantizationError(
+                    f"zero_point={self.zero_point} lies outside the code range [{self.qmin}, {self.qmax}]"
+                )
+        elif self.per_channel:
+            raise QuantizationError("affine (zero_point=None) formats are per-tensor (activations)")
+
+    # ---------------------------------------------------------------- the grid
+    @property
+    def qmin(self) -> int:
+        """Smallest stored code."""
+        if self.binary:
+            return -1
+        if not self.signed:
+            return 0
+        return -(2 ** (self.bits - 1)) + (1 if self.narrow else 0)
+
+    @property
+    def qmax(self) -> int:
+        """Largest stored code."""
+        if self.binary:
+            return 1
+        return 2**self.bits - 1 if not self.signed else 2 ** (self.bits - 1) - 1
+
+    @property
+    def affine(self) -> bool:
+        return self.zero_point is None
+
+    def fixed_steps(self) -> tuple[Fraction, ...] | None:
+        """The steps given in the format (``None`` when an observer must choose them)."""
+        if self.frac_bits is not None:
+            return (Fraction(1, 2**self.frac_bits) if self.frac_bits >= 0 else Fraction(2**-self.frac_bits),)
+        if self.step is None:
+            return None
+        return self.step if isinstance(self.step, tuple) else (as_step(self.step),)
+
+    def code_range(self, zero_point: int = 0) -> tuple[int, int]:
+        """The centered code range ``[kmin, kmax] = [qmin - z, qmax - z]``."""
+        return self.qmin - zero_point, self.qmax - zero_point
+
+    def levels(self, zero_point: int = 0) -> list[int]:
+        """All centered codes of the grid (the real levels are ``k * step``)."""
+        if self.binary:
+            return [-1, 1]
+        kmin, kmax = self.code_range(zero_point)
+        return list(range(kmin, kmax + 1))
+
+    # ----------------------------------------------------- exact (one rational)
+    def round_exact(self, t: Fraction | int) -> int:
+        """Round the exact rational ``t = x / step`` to an (unsaturated) centered code.
+
+        ``half_away``: nearest, ties away from zero (paper 001 sec. 2.2); ``half_even``: nearest,
+        ties to even; ``floor``: largest integer <= t.  Binary: nearest of {-1, +1}; the tie at
+        0 goes to +1 (``floor``: +1 iff t >= 1).
+        """
+        t = Fraction(t)
+        if self.binary:
+            return 1 if t >= (1 if self.rounding == "floor" else 0) else -1
+        if self.rounding == "floor":
+            return math.floor(t)
+        if self.rounding == "half_even":
+            return round(t)  # Fraction.__round__ rounds half to even
+        mag = math.floor(abs(t) + Fraction(1, 2))
+        return mag if t >= 0 else -mag
+
+    def boundary_gap(self, t: Fraction) -> Fraction:
+        """Distance from ``t`` to the nearest point where the rounding decision changes."""
+        if self.binary:
+            return abs(t - (1 if self.rounding == "floor" else 0))
+        frac = t - math.floor(t)
+        if self.rounding == "floor":
+            return min(frac, 1 - frac)
+        return abs(frac - Fraction(1, 2))
+
+    def saturate_exact(self, k: int, zero_point: int = 0, where: str = "") -> int:
+        """Clamp a centered code to the grid, or raise if ``overflow="raise"``."""
+        kmin, kmax = self.code_range(zero_point)
+        if kmin <= k <= kmax:
+            return k
+        if self.overflow == "raise" and not self.binary:
+            raise OverflowToGridError(f"{where or 'value'}: code {k} outside [{kmin}, {kmax}]")
+        return min(max(k, kmin), kmax)
+
+    def quantize_exact(self, x: Fraction | int | float, step: Fraction, zero_point: int = 0) -> int:
+        """Centered code of the real number ``x`` (exact): saturate(round(x / step))."""
+        return self.saturate_exact(self.round_exact(Fraction(x) / step), zero_point)
+
+    # ------------------------------------------------------------ tensor rules
+    def round_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """``round_exact`` applied to every element of a float tensor (result in t's dtype)."""
+        if self.binary:
+            thr = 1.0 if self.rounding == "floor" else 0.0
+            return torch.where(t >= thr, torch.ones_like(t), -torch.ones_like(t))
+        if self.rounding == "floor":
+            return torch.floor(t)
+        if self.rounding == "half_even":
+            return torch.round(t)
+        whole = torch.trunc(t)
+        frac = t - whole  # exact in IEEE arithmetic
+        return whole + torch.sign(t) * (frac.abs() >= 0.5).to(t.dtype)
+
+    def boundary_gap_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """``boundary_gap`` applied elementwise (computed exactly from the float value)."""
+        if self.binary:
+            return (t - (1.0 if self.rounding == "floor" else 0.0)).abs()
+        frac = t - torch.floor(t)
+        if self.rounding == "floor":
+            return torch.minimum(frac, 1.0 - frac)
+        return (frac - 0.5).abs()
+
+    def saturate_tensor(
+        self, k: torch.Tensor, kmin: torch.Tensor | float, kmax: torch.Tensor | float, where: str = ""
+    ) -> torch.Tensor:
+        """Clamp centered codes to ``[kmin, kmax]`` or raise if ``overflow="raise"``."""
+        if self.overflow == "raise" and not self.binary:
+            bad = (k < kmin) | (k > kmax)
+            if bool(bad.any()):
+                val = k[bad].flatten()[0].item()
+                raise OverflowToGridError(
+                    f"{where or 'tensor'}: {int(bad.sum())} value(s) outside the grid (first code "
+                    f"{val:g}); widen the format or use overflow='saturate'"
+                )
+        return torch.clamp(k, kmin, kmax)
+
+    # -------------------------------------------------------------- utilities
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (Hydra/JSON friendly; exact steps become ``"p/q"`` strings)."""
+        out = asdict(self)
+        if isinstance(self.step, tuple):
+            out["step"] = [str(s) for s in self.step]
+        elif isinstance(self.step, Fraction):
+            out["step"] = str(self.step)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FixedPoint:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise QuantizationError(f"unknown FixedPoint field(s) {sorted(unknown)}; valid: {sorted(names)}")
+        data = dict(data)
+        if isinstance(data.get("step"), list):
+            data["step"] = tuple(data["step"])
+        return cls(**data)
+
+    def describe(self) -> str:
+        kind = "binary" if self.binary else ("int" if self.signed else "uint")
+        steps = self.fixed_steps()
+        step = "observed" if steps is None else (str(steps[0]) if len(steps) == 1 else "per-channel")
+        return f"{kind}{self.bits}(step={step}, {self.rounding})"
+
+
+def Binary(step: Any = None, **kwargs: Any) -> FixedPoint:  # noqa: N802 (reads like a type)
+    """The binary format ``{-1, +1} * step`` (paper 001 sec. 3.3)."""
+    return FixedPoint(bits=1, binary=True, step=step, **kwargs)
+
+
+def Ternary(step: Any = None, **kwargs: Any) -> FixedPoint:  # noqa: N802
+    """The ternary format ``{-1, 0, +1} * step`` (a signed narrow 2-bit grid)."""
+    return FixedPoint(bits=2, step=step, **kwargs)
+
+
+# ------------------------------------------------------------------ certified
+ExactCodes = Callable[[Sequence[int]], Sequence[int]]
+
+
+def round_certified(
+    fmt: FixedPoint,
+    t_hat: torch.Tensor,
+    err: torch.Tensor | float,
+    exact_codes: ExactCodes,
+    where: str = "",
+) -> torch.Tensor:
+    """Exact unsaturated codes from a float64 approximation.
+
+    ``t_hat`` approximates the exact ratios ``t = x / step`` with ``|t - t_hat| <= err``.  Where
+    the interval ``[t_hat - err, t_hat + err]`` contains no rounding boundary, ``round_tensor``
+    decides exactly; elsewhere ``exact_codes(flat_indices)`` supplies ``round_exact`` of the
+    exact values.  Returns a float64 tensor of integer codes.
+    """
+    if not bool(torch.isfinite(t_hat).all()):
+        raise QuantizationError(
+            f"{where or 'tensor'}: NaN or infinite value reached quantization; check the input data "
+            "and the model parameters"
+        )
+    codes = fmt.round_tensor(t_hat)
+    uncertain = fmt.boundary_gap_tensor(t_hat) <= err
+    if bool(uncertain.any()):
+        flat_idx = uncertain.flatten().nonzero().flatten().tolist()
+        exact = exact_codes(flat_idx)
+        flat = codes.flatten().clone()
+        flat[flat_idx] = torch.tensor([float(k) for k in exact], dtype=codes.dtype)
+        codes = flat.view_as(codes)
+    return codes
+
+
+def round_approx(fmt: FixedPoint, approx: Callable[[int], Fraction], where: str = "") -> int:
+    """Exact rounding of a value only known through arbitrary-precision approximations.
+
+    ``approx(prec)`` returns a rational within relative error ``2**-(prec - 8)`` of the exact ratio
+    ``t`` (e.g. a transcendental activation evaluated with mpmath).  The precision grows until the
+    approximation is provably on one side of every rounding boundary.  Exact ties must be
+    resolved by the caller (they occur only at rational points, e.g. sigmoid(0) = 1/2).
+    """
+    for prec in (96, 192, 384, 768, 1536):
+        t = approx(prec)
+        slack = (abs(t) + 1) * Fraction(1, 2 ** (prec - 16))
+        if fmt.boundary_gap(t) > slack:
+            return fmt.round_exact(t)
+    raise ArithmeticError(f"{where}: cannot separate a value from a rounding boundary at 1536 bits")
+
+
+def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0) -> torch.Tensor:
+    """The doubles nearest to ``codes * step`` (one correct rounding; per-channel along ``axis``).
+
+    A dyadic step is exact in float64, so ``k * step`` rounds once.  A non-dyadic step ``n/d``
+    (validated so that ``|k| * n < 2**53``) is computed as ``(k * n) / d``, again one rounding.
+    """
+    codes = codes.to(torch.float64)
+    shape = [1] * codes.dim()
+    if len(steps) > 1:
+        shape[axis] = len(steps)
+    if all(s.denominator & (s.denominator - 1) == 0 for s in steps):
+        s = torch.tensor([fraction_to_float(x) for x in steps], dtype=torch.float64)
+        return codes * s.view(shape) if len(steps) > 1 else codes * s
+    num = torch.tensor([float(x.numerator) for x in steps], dtype=torch.float64)
+    den = torch.tensor([float(x.denominator) for x in steps], dtype=torch.float64)
+    if len(steps) > 1:
+        num, den = num.view(shape), den.view(shape)
+    return (codes * num) / den
