@@ -5,9 +5,10 @@ result does not depend on a math library.  Each :class:`Activation` has
 
 * ``f64``: a float64 torch evaluation, accurate to a small relative error (``REL_ERR``), used by
   the fast path, which certifies every rounding decision against that error;
-* ``exact``: the exact rational value for piecewise-linear functions;
-* ``mp``: an arbitrary-precision evaluation (mpmath) for transcendental functions, used when the
-  float64 value is too close to a rounding boundary to decide.
+* ``rational``: the exact value where it is rational (everywhere for piecewise-linear
+  functions; ``x >= 0`` for ELU; rational points such as sigmoid(0) = 1/2), else ``None``;
+* ``mp``: an arbitrary-precision evaluation (mpmath) elsewhere, used when the float64 value is
+  too close to a rounding boundary to decide.
 
 ``round_activation`` is the one exact implementation shared by the integer reference and the
 fast path's fall-back.
@@ -39,8 +40,11 @@ def _mp_of(x: Fraction) -> mpmath.mpf:
 
 
 def _frac_of(y: mpmath.mpf) -> Fraction:
-    man, exp = mpmath.mpf(y).man_exp
-    return Fraction(int(man)) * (Fraction(2) ** int(exp))
+    """The exact value of a binary mpf (mpmath's man_exp drops the sign)."""
+    y = mpmath.mpf(y)
+    man, exp = y.man_exp
+    value = Fraction(int(man)) * (Fraction(2) ** int(exp))
+    return -value if y < 0 else value
 
 
 def _softplus64(x: torch.Tensor) -> torch.Tensor:
@@ -55,38 +59,43 @@ class Activation:
     params: tuple[tuple[str, float], ...] = ()
     train_fn: Callable[[torch.Tensor], torch.Tensor] = field(compare=False, default=torch.relu)
     f64: Callable[[torch.Tensor], torch.Tensor] = field(compare=False, default=torch.relu)
-    exact: Callable[[Fraction], Fraction] | None = field(compare=False, default=None)
+    rational: Callable[[Fraction], Fraction | None] = field(compare=False, default=lambda x: None)
     mp: Callable[[mpmath.mpf], mpmath.mpf] | None = field(compare=False, default=None)
-    at_zero: Fraction | None = None  # exact value at 0 for transcendental functions, if rational
     lipschitz: float = 1.0
-
-    @property
-    def piecewise_linear(self) -> bool:
-        return self.exact is not None
+    piecewise_linear: bool = False
 
     def param(self, key: str) -> float:
         return dict(self.params)[key]
 
-    def exact_value(self, x: Fraction, prec: int) -> Fraction:
-        """sigma(x) exactly (piecewise linear, or a rational point) or to ``prec`` bits."""
-        if self.exact is not None:
-            return self.exact(x)
-        if x == 0 and self.at_zero is not None:
-            return self.at_zero
+    def exact(self, x: Fraction) -> Fraction:
+        """sigma(x) for a piecewise-linear activation (always rational)."""
+        value = self.rational(x)
+        if value is None:
+            raise ValueError(f"{self.name}({x}) is not rational")
+        return value
+
+    def approx(self, x: Fraction, prec: int) -> Fraction:
+        """sigma(x) with relative error below 2^-prec (mpmath at ``prec + 96`` bits)."""
         with mpmath.workprec(prec + 96):
             return _frac_of(self.mp(_mp_of(x)))
 
 
 def round_activation(act: Activation, fmt: FixedPoint, x: Fraction, step: Fraction) -> int:
     """Unsaturated centered code of ``round(sigma(x) / step)``, decided exactly."""
-    if act.exact is not None or (x == 0 and act.at_zero is not None):
-        return fmt.round_exact(act.exact_value(x, 0) / step)
-    return round_approx(fmt, lambda prec: act.exact_value(x, prec) / step, where=act.name)
+    value = act.rational(x)
+    if value is not None:
+        return fmt.round_exact(value / step)
+    return round_approx(fmt, lambda prec: act.approx(x, prec) / step, where=act.name)
 
 
 def _pwl(name: str, exact: Callable[[Fraction], Fraction], f: Callable, lip: float = 1.0,
          params: tuple = ()) -> Activation:
-    return Activation(name, params, train_fn=f, f64=f, exact=exact, lipschitz=lip)
+    return Activation(name, params, train_fn=f, f64=f, rational=exact, lipschitz=lip,
+                      piecewise_linear=True)
+
+
+def _zero_at_zero(x: Fraction) -> Fraction | None:
+    return Fraction(0) if x == 0 else None
 
 
 def relu() -> Activation:
@@ -114,12 +123,13 @@ def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
 
 
 def sigmoid() -> Activation:
-    return Activation("sigmoid", (), torch.sigmoid, torch.sigmoid, None,
-                      lambda x: 1 / (1 + mpmath.exp(-x)), Fraction(1, 2), 0.25)
+    return Activation("sigmoid", (), torch.sigmoid, torch.sigmoid,
+                      lambda x: Fraction(1, 2) if x == 0 else None,
+                      lambda x: 1 / (1 + mpmath.exp(-x)), 0.25)
 
 
 def tanh() -> Activation:
-    return Activation("tanh", (), torch.tanh, torch.tanh, None, mpmath.tanh, Fraction(0), 1.0)
+    return Activation("tanh", (), torch.tanh, torch.tanh, _zero_at_zero, mpmath.tanh, 1.0)
 
 
 def elu(alpha: float = 1.0) -> Activation:
@@ -128,25 +138,26 @@ def elu(alpha: float = 1.0) -> Activation:
     def f64(x: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, x, alpha * torch.expm1(torch.clamp_max(x, 0)))
 
-    return Activation("elu", (("alpha", alpha),), lambda x: F.elu(x, alpha), f64, None,
-                      lambda x: x if x > 0 else a * mpmath.expm1(x), Fraction(0), max(1.0, alpha))
+    return Activation("elu", (("alpha", alpha),), lambda x: F.elu(x, alpha), f64,
+                      lambda x: x if x >= 0 else None, lambda x: a * mpmath.expm1(x),
+                      max(1.0, alpha))
 
 
 def silu() -> Activation:
-    return Activation("silu", (), F.silu, lambda x: x * torch.sigmoid(x), None,
-                      lambda x: x / (1 + mpmath.exp(-x)), Fraction(0), 1.1)
+    return Activation("silu", (), F.silu, lambda x: x * torch.sigmoid(x), _zero_at_zero,
+                      lambda x: x / (1 + mpmath.exp(-x)), 1.1)
 
 
 def gelu() -> Activation:
     r2 = math.sqrt(2.0)
     return Activation("gelu", (), F.gelu,
-                      lambda x: 0.5 * x * torch.special.erfc(-x / r2), None,
-                      lambda x: x / 2 * mpmath.erfc(-x / mpmath.sqrt(2)), Fraction(0), 1.13)
+                      lambda x: 0.5 * x * torch.special.erfc(-x / r2), _zero_at_zero,
+                      lambda x: x / 2 * mpmath.erfc(-x / mpmath.sqrt(2)), 1.13)
 
 
 def mish() -> Activation:
-    return Activation("mish", (), F.mish, lambda x: x * torch.tanh(_softplus64(x)), None,
-                      lambda x: x * mpmath.tanh(mpmath.log1p(mpmath.exp(x))), Fraction(0), 1.1)
+    return Activation("mish", (), F.mish, lambda x: x * torch.tanh(_softplus64(x)), _zero_at_zero,
+                      lambda x: x * mpmath.tanh(mpmath.log1p(mpmath.exp(x))), 1.1)
 
 
 def softplus(beta: float = 1.0) -> Activation:
@@ -154,8 +165,8 @@ def softplus(beta: float = 1.0) -> Activation:
     an approximation of this function and is used only on the training path)."""
     b = mpmath.mpf(Fraction(beta).numerator) / Fraction(beta).denominator
     return Activation("softplus", (("beta", beta),), lambda x: F.softplus(x, beta),
-                      lambda x: _softplus64(beta * x) / beta, None,
-                      lambda x: mpmath.log1p(mpmath.exp(b * x)) / b, None, 1.0)
+                      lambda x: _softplus64(beta * x) / beta, lambda x: None,
+                      lambda x: mpmath.log1p(mpmath.exp(b * x)) / b, 1.0)
 
 
 def from_module(module: nn.Module) -> Activation | None:

@@ -139,9 +139,11 @@ class FixedPoint:
             if len(steps) == 0:
                 raise QuantizationError("a per-channel step tuple must not be empty")
             parsed = tuple(as_step(s) for s in steps)
-            if isinstance(self.step, (tuple, list)):
+            if isinstance(self.step, (tuple, list)):  # normalise: exact steps compare equal
                 object.__setattr__(self, "step", parsed)
                 object.__setattr__(self, "per_channel", True)
+            else:
+                object.__setattr__(self, "step", parsed[0])
             if not all(s.denominator & (s.denominator - 1) == 0 for s in parsed) and any(
                 s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
             ):
@@ -238,6 +240,11 @@ class FixedPoint:
     def quantize_exact(self, x: Fraction | int | float, step: Fraction, zero_point: int = 0) -> int:
         """Centered code of the real number ``x`` (exact): saturate(round(x / step))."""
         return self.saturate_exact(self.round_exact(Fraction(x) / step), zero_point)
+
+    def integer_rounding(self) -> FixedPoint:
+        """The integer grid with this format's rounding rule (for biases on the accumulator
+        grid: high precision, never saturated)."""
+        return FixedPoint(bits=MAX_BITS, rounding=self.rounding)
 
     # ------------------------------------------------------------ tensor rules
     def round_tensor(self, t: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,13 @@ class QuantModule(nn.Module):
         self.input_source = ""
         self._input_link: list[FakeQuantize] = []
         self._calibrating = False
+        self.in_quant: FakeQuantize | None = None
+        self.out_quant: FakeQuantize | None = None
+
+    def add_input_quantizer(self, quantizer: FakeQuantize) -> None:
+        """Quantize this module's input itself (it reads the network input)."""
+        self.in_quant = quantizer
+        self.link_input(quantizer, "input")
 
     def link_input(self, quantizer: FakeQuantize | None, source: str = "") -> None:
         """Declare that this module's input is the output of ``quantizer`` (its grid)."""
@@ -95,8 +102,8 @@ class _QuantAffine(QuantModule):
         for what, t in (("weight", weight), ("bias", bias)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise QuantizationError(f"{name}: {what} contains NaN or inf; fix the float model first")
-        self.weight = nn.Parameter(weight.detach().clone().float())
-        self.bias = nn.Parameter(bias.detach().clone().float()) if bias is not None else None
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.weight_quant = (
             FakeQuantize(cfg.weight, weight.shape[0], 0, cfg.weight_observer, cfg.learn_step,
                          f"{name}.weight", weight=True)
@@ -157,7 +164,7 @@ class _QuantAffine(QuantModule):
         b = self.bias.detach().to(torch.float64)
         s = torch.tensor([fraction_to_float(f) for f in scale], dtype=torch.float64)
         t_hat = b / s
-        fmt = self.weight_quant.fmt  # type: ignore[union-attr]
+        fmt = self.weight_quant.fmt.integer_rounding()  # type: ignore[union-attr]
         return round_certified(
             fmt, t_hat, t_hat.abs() * DIV_ERR,
             lambda idx: [fmt.round_exact(Fraction(b[i].item()) / scale[i]) for i in idx],
@@ -197,6 +204,8 @@ class _QuantAffine(QuantModule):
 
     # --- forward ----------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_quant is not None:
+            x = self.in_quant(x)
         if self._exact_mode():
             return self._exact_forward(x)
         if self.frozen:
@@ -347,6 +356,8 @@ class QuantAct(QuantModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_quant is not None:
+            x = self.in_quant(x)
         if not self._exact_mode():
             y = self.act.train_fn(x)
             return self.out_quant(y) if self.out_quant is not None else y

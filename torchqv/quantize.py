@@ -10,7 +10,9 @@ returns a quantized copy of an ordinary ``nn.Module``.
    ``fx.GraphModule``), and every quantized module is linked to the quantizer that produced its
    input, so the exact path knows the input grid (paper 001 Eq. 7: one rounding after every
    affine map and every activation, none in between).
-3. ``QConfig.input`` adds a quantizer of the network input (``model.tq_input``).
+3. ``QConfig.input`` gives every quantized module that reads the network input (through
+   grid-preserving ops such as Flatten) an input quantizer ``in_quant`` (like torch.ao's
+   ``QuantStub``), so module names and ``Sequential`` indices stay as they were.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import copy
 import fnmatch
 import operator
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -35,7 +36,6 @@ from .formats import FixedPoint, QuantizationError
 from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule, _QuantAffine
 from .observers import ObserverConfig, as_observer_config
 
-INPUT_NAME = "tq_input"
 
 
 @dataclass
@@ -206,7 +206,8 @@ def _rewrite_functional(gm: fx.GraphModule, plan: _Plan) -> bool:
     return changed
 
 
-def _link(gm: fx.GraphModule, model: nn.Module, input_q: FakeQuantize | None) -> None:
+def _link(gm: fx.GraphModule, model: nn.Module, config: QConfig) -> None:
+    """Link every quantized module to the quantizer of its input's grid."""
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -214,22 +215,16 @@ def _link(gm: fx.GraphModule, model: nn.Module, input_q: FakeQuantize | None) ->
         if not isinstance(mod, QuantModule) or not node.args:
             continue
         src = _producer(node.args[0], gm)
-        if src.op == "placeholder" and input_q is not None and src is _first_placeholder(gm):
-            mod.link_input(input_q, INPUT_NAME)
+        if src.op == "placeholder" and config.input is not None:
+            mod.add_input_quantizer(_input_quantizer(config, f"{node.target}.in_quant"))
         elif src.op == "call_module":
             prod = model.get_submodule(src.target)
-            if isinstance(prod, FakeQuantize):
-                mod.link_input(prod, src.target)
-            elif isinstance(prod, QuantModule) and getattr(prod, "out_quant", None) is not None:
+            if isinstance(prod, QuantModule) and prod.out_quant is not None:
                 mod.link_input(prod.out_quant, src.target)
 
 
-def _first_placeholder(gm: fx.GraphModule) -> fx.Node | None:
-    return next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
-
-
-def _quantize_input_hook(module: nn.Module, args: tuple) -> tuple:
-    return (getattr(module, INPUT_NAME)(args[0]), *args[1:])
+def _input_quantizer(config: QConfig, name: str) -> FakeQuantize:
+    return FakeQuantize(config.input, 1, 0, config.activation_observer, config.learn_step, name)
 
 
 def quantize(
@@ -259,22 +254,18 @@ def quantize(
             f"override pattern(s) {missing} match no module; module names are: {names}"
         )
     qmodel = _swap(model if inplace else copy.deepcopy(model), plan)
-    input_q = None
-    if config.input is not None:
-        input_q = FakeQuantize(config.input, 1, 0, config.activation_observer, config.learn_step,
-                               INPUT_NAME)
-        if type(qmodel) is nn.Sequential:  # a Sequential runs all its children: put it first
-            qmodel = nn.Sequential(OrderedDict([(INPUT_NAME, input_q), *qmodel.named_children()]))
-        else:
-            qmodel.add_module(INPUT_NAME, input_q)
-            qmodel.register_forward_pre_hook(_quantize_input_hook)
     if isinstance(qmodel, QuantModule):
-        if input_q is not None:
-            qmodel.link_input(input_q, INPUT_NAME)
+        if config.input is not None:
+            qmodel.add_input_quantizer(_input_quantizer(config, "in_quant"))
         return qmodel
     try:
         gm = trace(qmodel)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure leads to the same warning
+    except Exception as exc:  # noqa: BLE001 - any tracing failure leads to the same handling
+        if config.input is not None:
+            raise QuantizationError(
+                f"QConfig.input needs a torch.fx-traceable model to find the layers that read the "
+                f"input, but tracing {type(model).__name__} failed: {exc}"
+            ) from exc
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({exc}); modules were swapped, but "
             "functional activations are not quantized and layer inputs are treated as the real "
@@ -283,10 +274,8 @@ def quantize(
         )
         return qmodel
     if _rewrite_functional(gm, plan):
-        if input_q is not None and qmodel._forward_pre_hooks:
-            gm.register_forward_pre_hook(_quantize_input_hook)
         qmodel = gm
-    _link(gm, qmodel, input_q)
+    _link(gm, qmodel, config)
     return qmodel
 
 

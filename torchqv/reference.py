@@ -25,7 +25,7 @@ from .activations import round_activation
 from .fake_quant import FakeQuantize
 from .formats import QuantizationError, fraction_to_float
 from .modules import QuantAct, QuantConv2d, QuantLinear, _QuantAffine
-from .quantize import INPUT_NAME, trace
+from .quantize import trace
 
 Obj = np.ndarray  # numpy arrays of Fraction (dtype=object)
 
@@ -98,7 +98,7 @@ def _affine(m: _QuantAffine, x: Obj) -> Obj:
     elif m.bias is None:
         bias = np.array([Fraction(0)] * len(scale), dtype=object)
     elif inq is not None and m.weight_quant is not None:
-        fmt = m.weight_quant.fmt
+        fmt = m.weight_quant.fmt.integer_rounding()
         bias = np.array([fmt.round_exact(Fraction(b) / s) * s
                          for b, s in zip(m.bias.detach().double().tolist(), scale)], dtype=object)
     else:
@@ -135,8 +135,13 @@ def _conv(m: QuantConv2d, w: Obj, x: Obj) -> Obj:
 
 
 def _act(m: QuantAct, x: Obj) -> Obj:
-    if m.out_quant is None:
-        raise QuantizationError(f"reference: {m.qname} has no output format (real-valued activation)")
+    if m.out_quant is None:  # a real-valued activation: exact only when piecewise linear
+        if not m.act.piecewise_linear:
+            raise QuantizationError(
+                f"reference: {m.qname} ({m.act.name}) has no output format, so its real value "
+                "is transcendental; give QConfig.activation a format"
+            )
+        return np.vectorize(m.act.exact, otypes=[object])(x)
     q = m.out_quant
     s, zp = q.steps()[0], q.zp
 
@@ -186,14 +191,9 @@ def reference_forward(model: nn.Module, x: torch.Tensor, exact: bool = False) ->
     """
     value = _to_obj(x)
     if isinstance(model, (_QuantAffine, QuantAct)):
-        if hasattr(model, INPUT_NAME):
-            value = _quantize_obj(getattr(model, INPUT_NAME), value)
         out = _run_module(model, value)
     else:
         gm = trace(model)
-        in_graph = any(n.op == "call_module" and n.target == INPUT_NAME for n in gm.graph.nodes)
-        if hasattr(model, INPUT_NAME) and not in_graph:  # quantized by a forward pre-hook
-            value = _quantize_obj(getattr(model, INPUT_NAME), value)
         env: dict[str, object] = {}
         out = None
         for node in gm.graph.nodes:
@@ -223,12 +223,12 @@ def reference_forward(model: nn.Module, x: torch.Tensor, exact: bool = False) ->
 
 
 def _run_module(m: nn.Module, x: Obj) -> Obj:
+    if isinstance(m, (QuantLinear, QuantConv2d, QuantAct)) and m.in_quant is not None:
+        x = _quantize_obj(m.in_quant, x)
     if isinstance(m, (QuantLinear, QuantConv2d)):
         return _affine(m, x)
     if isinstance(m, QuantAct):
         return _act(m, x)
-    if isinstance(m, FakeQuantize):
-        return _quantize_obj(m, x)
     if isinstance(m, nn.Flatten):
         return _flatten(x, m.start_dim, m.end_dim)
     if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
