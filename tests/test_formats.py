@@ -76,18 +76,36 @@ def test_half_away_tensor_has_no_off_by_one_below_one_half():
 
 
 @given(
-    num=st.integers(-(2**20), 2**20), s=st.integers(1, 12),
+    nums=st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=8),
+    e=st.integers(0, 3), p=st.integers(1, 7), s=st.integers(1, 12),
     rounding=st.sampled_from(["half_away", "half_even", "floor"]),
 )
-def test_certified_rounding_is_exact_for_rational_steps(num, s, rounding):
-    """x / (1/s) for doubles x near ties: the fast path's codes equal round_exact's."""
+def test_certified_rounding_is_exact_for_rational_steps(nums, e, p, s, rounding):
+    """Dyadic x = j / 2^e over steps p/s land exactly on ties and integers; the fast path's
+    codes equal round_exact's (float64 x / fl(p/s) alone would miss many of them)."""
     fmt = tq.FixedPoint(bits=32, rounding=rounding)
-    x = torch.tensor([num / (2 * s), (num + 0.5) / s, num / 7], dtype=torch.float64)
-    step = Fraction(1, s)
+    x = torch.tensor([j / 2**e for j in nums], dtype=torch.float64)
+    step = Fraction(p, s)
     q = tq.FakeQuantize(tq.FixedPoint(bits=32, step=step, rounding=rounding))
     codes = q.exact_codes(x)
     for xi, ki in zip(x.tolist(), codes.tolist()):
         assert ki == fmt.saturate_exact(fmt.round_exact(Fraction(xi) / step))
+
+
+@pytest.mark.parametrize(
+    ("step", "x", "rounding", "expected"),
+    [
+        # cases where float64 x / fl(step) lands on the wrong side (found by enumeration)
+        (Fraction(3, 11), -136.5, "half_even", -500),
+        (Fraction(3, 11), -279.0, "floor", -1023),
+        (Fraction(7, 3), -73.5, "half_away", -32),
+    ],
+)
+def test_float_noise_does_not_decide_ties(step, x, rounding, expected):
+    fmt = tq.FixedPoint(bits=16, step=step, rounding=rounding)
+    q = tq.FakeQuantize(fmt)
+    assert fmt.round_tensor(torch.tensor([x], dtype=torch.float64) / float(step)).item() != expected
+    assert q.exact_codes(torch.tensor([x], dtype=torch.float64)).item() == expected
 
 
 def test_round_certified_uses_exact_fallback_only_near_boundaries():

@@ -121,6 +121,32 @@ def test_ties_on_inputs_and_accumulators(rounding):
     assert fmt.round_exact(Fraction(3, 2)) == {"half_away": 2, "half_even": 2, "floor": 1}[rounding]
 
 
+@pytest.mark.parametrize(
+    ("w", "x", "s_out", "rounding", "k_out"),
+    [
+        # T = 5 * 11 = 55, T * (1/2)(1/3) / (11/9) = 7.5 exactly; 55 * fl(3/22) < 7.5
+        (2.5, 11 / 3, Fraction(11, 9), "half_even", 8),
+        (2.5, 11 / 3, Fraction(11, 9), "half_away", 8),
+        # T = 6 * 9 = 54, T * (1/6) / (1/13) = 117 exactly; 54 * fl(13/6) < 117
+        (3.0, 3.0, Fraction(1, 13), "floor", 117),
+    ],
+)
+def test_requantization_ties_are_exact(w, x, s_out, rounding, k_out):
+    lin = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(w)
+    cfg = tq.QConfig(
+        weight=tq.FixedPoint(bits=8, step=Fraction(1, 2)),
+        input=tq.FixedPoint(bits=8, step=Fraction(1, 3)),
+        activation=tq.FixedPoint(bits=10, step=s_out, rounding=rounding),
+    )
+    qm = tq.quantize(nn.Sequential(lin), cfg).eval()
+    xt = torch.tensor([[x]], dtype=torch.float64)
+    y = qm(xt)
+    assert y.item() == float(k_out * s_out)
+    assert torch.equal(y, tq.reference_forward(qm, xt))
+
+
 def test_transcendental_rounding_is_exact_at_rational_points():
     """sigmoid(0) = 1/2 is an exact tie on a step-1 grid; the fast path must see it."""
     fmt = tq.FixedPoint(bits=4, step=1)
