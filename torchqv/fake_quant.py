@@ -132,13 +132,17 @@ class FakeQuantize(nn.Module):
             steps = [Fraction(float(s)) for s in steps.flatten().tolist()]
         if len(steps) == 1 and self.step_num.numel() > 1:
             steps = steps * self.step_num.numel()
-        fr = [as_step(s, f"{self.qname or 'quantizer'} step") for s in steps]
-        self.step_num.copy_(torch.tensor([s.numerator for s in fr], dtype=torch.int64))
-        self.step_den.copy_(torch.tensor([s.denominator for s in fr], dtype=torch.int64))
+        fr = self._store(steps)
         self.zero_point.fill_(int(zero_point))
         if self.learn_step and hasattr(self, "step_param"):
             with torch.no_grad():
                 self.step_param.copy_(torch.tensor([fraction_to_float(s) for s in fr]))
+
+    def _store(self, steps: list) -> list[Fraction]:
+        fr = [as_step(s, f"{self.qname or 'quantizer'} step") for s in steps]
+        self.step_num.copy_(torch.tensor([s.numerator for s in fr], dtype=torch.int64))
+        self.step_den.copy_(torch.tensor([s.denominator for s in fr], dtype=torch.int64))
+        return fr
 
     def steps(self) -> list[Fraction]:
         """The exact steps (one per channel, or one)."""
@@ -153,7 +157,7 @@ class FakeQuantize(nn.Module):
                 raise QuantizationError(
                     f"{self.qname}: learned step became non-positive or non-finite; lower the learning rate"
                 )
-            self.set_steps([Fraction(v) for v in vals], int(self.zero_point))
+            self._store([Fraction(v) for v in vals])  # the exact grid follows the learned step
         return [Fraction(int(n), int(d)) for n, d in zip(self.step_num.tolist(), self.step_den.tolist())]
 
     @property
