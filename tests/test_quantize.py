@@ -77,7 +77,7 @@ def test_overrides_by_pattern():
 
 
 def test_override_for_missing_module_is_an_error():
-    with pytest.raises(tq.QuantizationError, match="match no module.*'1'"):
+    with pytest.raises(tq.QuantizationError, match=r"match no module.*'1'"):
         tq.quantize(mlp(), CFG, overrides={"fc9": None})
 
 
@@ -112,7 +112,7 @@ def test_uncalibrated_model_says_what_to_do():
 def test_bad_config_types():
     with pytest.raises(tq.QuantizationError, match="QConfig"):
         tq.quantize(mlp(), {"weight": W4, "bogus": 1})
-    with pytest.raises(tq.QuantizationError, match="nn.Module"):
+    with pytest.raises(tq.QuantizationError, match=r"nn\.Module"):
         tq.quantize("model", CFG)
     with pytest.raises(tq.QuantizationError, match="symmetric"):
         tq.QConfig(weight=tq.FixedPoint(bits=4, signed=False, zero_point=None))
@@ -163,11 +163,20 @@ def test_single_module_model():
 
 
 def test_cnn_with_pooling():
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(3, 2, 3, stride=2, groups=1), nn.Tanh(), nn.Flatten(),
-                          nn.Linear(2, 2))
-    qm = calibrated(model, tq.QConfig(weight=tq.FixedPoint(bits=4, per_channel=True),
-                                      activation=A8, input=A8), shape=(1, 6, 6))
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 2, 3, stride=2, groups=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(2, 2),
+    )
+    qm = calibrated(
+        model,
+        tq.QConfig(weight=tq.FixedPoint(bits=4, per_channel=True), activation=A8, input=A8),
+        shape=(1, 6, 6),
+    )
     assert qm[3].input_source == "1"  # through the max pool
     x = torch.randn(3, 1, 6, 6)
     assert torch.equal(qm.eval()(x), tq.reference_forward(qm, x))
@@ -290,9 +299,11 @@ def test_qat_with_learned_steps_trains_and_stays_exact():
 
 
 def test_training_path_is_close_to_exact_path_for_power_of_two_steps():
-    cfg = tq.QConfig(weight=tq.FixedPoint(bits=8, power_of_two=True),
-                     activation=tq.FixedPoint(bits=8, power_of_two=True),
-                     input=tq.FixedPoint(bits=8, power_of_two=True))
+    cfg = tq.QConfig(
+        weight=tq.FixedPoint(bits=8, power_of_two=True),
+        activation=tq.FixedPoint(bits=8, power_of_two=True),
+        input=tq.FixedPoint(bits=8, power_of_two=True),
+    )
     qm = calibrated(mlp(), cfg)
     x = torch.randn(16, 3, 4)
     with torch.no_grad():

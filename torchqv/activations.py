@@ -88,10 +88,10 @@ def round_activation(act: Activation, fmt: FixedPoint, x: Fraction, step: Fracti
     return round_approx(fmt, lambda prec: act.approx(x, prec) / step, where=act.name)
 
 
-def _pwl(name: str, exact: Callable[[Fraction], Fraction], f: Callable, lip: float = 1.0,
-         params: tuple = ()) -> Activation:
-    return Activation(name, params, train_fn=f, f64=f, rational=exact, lipschitz=lip,
-                      piecewise_linear=True)
+def _pwl(
+    name: str, exact: Callable[[Fraction], Fraction], f: Callable, lip: float = 1.0, params: tuple = ()
+) -> Activation:
+    return Activation(name, params, train_fn=f, f64=f, rational=exact, lipschitz=lip, piecewise_linear=True)
 
 
 def _zero_at_zero(x: Fraction) -> Fraction | None:
@@ -108,24 +108,38 @@ def identity() -> Activation:
 
 def leaky_relu(negative_slope: float = 0.01) -> Activation:
     a = Fraction(negative_slope)
-    return _pwl("leaky_relu", lambda x: x if x >= 0 else a * x,
-                lambda x: F.leaky_relu(x, negative_slope), max(1.0, abs(negative_slope)),
-                (("negative_slope", negative_slope),))
+    return _pwl(
+        "leaky_relu",
+        lambda x: x if x >= 0 else a * x,
+        lambda x: F.leaky_relu(x, negative_slope),
+        max(1.0, abs(negative_slope)),
+        (("negative_slope", negative_slope),),
+    )
 
 
 def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
     lo, hi = Fraction(min_val), Fraction(max_val)
     if lo > hi:
         raise QuantizationError(f"hardtanh needs min_val <= max_val, got {min_val}, {max_val}")
-    return _pwl("hardtanh", lambda x: min(max(x, lo), hi),
-                lambda x: F.hardtanh(x, min_val, max_val), 1.0,
-                (("min_val", min_val), ("max_val", max_val)))
+    return _pwl(
+        "hardtanh",
+        lambda x: min(max(x, lo), hi),
+        lambda x: F.hardtanh(x, min_val, max_val),
+        1.0,
+        (("min_val", min_val), ("max_val", max_val)),
+    )
 
 
 def sigmoid() -> Activation:
-    return Activation("sigmoid", (), torch.sigmoid, torch.sigmoid,
-                      lambda x: Fraction(1, 2) if x == 0 else None,
-                      lambda x: 1 / (1 + mpmath.exp(-x)), 0.25)
+    return Activation(
+        "sigmoid",
+        (),
+        torch.sigmoid,
+        torch.sigmoid,
+        lambda x: Fraction(1, 2) if x == 0 else None,
+        lambda x: 1 / (1 + mpmath.exp(-x)),
+        0.25,
+    )
 
 
 def tanh() -> Activation:
@@ -138,35 +152,67 @@ def elu(alpha: float = 1.0) -> Activation:
     def f64(x: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, x, alpha * torch.expm1(torch.clamp_max(x, 0)))
 
-    return Activation("elu", (("alpha", alpha),), lambda x: F.elu(x, alpha), f64,
-                      lambda x: x if x >= 0 else None, lambda x: a * mpmath.expm1(x),
-                      max(1.0, alpha))
+    return Activation(
+        "elu",
+        (("alpha", alpha),),
+        lambda x: F.elu(x, alpha),
+        f64,
+        lambda x: x if x >= 0 else None,
+        lambda x: a * mpmath.expm1(x),
+        max(1.0, alpha),
+    )
 
 
 def silu() -> Activation:
-    return Activation("silu", (), F.silu, lambda x: x * torch.sigmoid(x), _zero_at_zero,
-                      lambda x: x / (1 + mpmath.exp(-x)), 1.1)
+    return Activation(
+        "silu",
+        (),
+        F.silu,
+        lambda x: x * torch.sigmoid(x),
+        _zero_at_zero,
+        lambda x: x / (1 + mpmath.exp(-x)),
+        1.1,
+    )
 
 
 def gelu() -> Activation:
     r2 = math.sqrt(2.0)
-    return Activation("gelu", (), F.gelu,
-                      lambda x: 0.5 * x * torch.special.erfc(-x / r2), _zero_at_zero,
-                      lambda x: x / 2 * mpmath.erfc(-x / mpmath.sqrt(2)), 1.13)
+    return Activation(
+        "gelu",
+        (),
+        F.gelu,
+        lambda x: 0.5 * x * torch.special.erfc(-x / r2),
+        _zero_at_zero,
+        lambda x: x / 2 * mpmath.erfc(-x / mpmath.sqrt(2)),
+        1.13,
+    )
 
 
 def mish() -> Activation:
-    return Activation("mish", (), F.mish, lambda x: x * torch.tanh(_softplus64(x)), _zero_at_zero,
-                      lambda x: x * mpmath.tanh(mpmath.log1p(mpmath.exp(x))), 1.1)
+    return Activation(
+        "mish",
+        (),
+        F.mish,
+        lambda x: x * torch.tanh(_softplus64(x)),
+        _zero_at_zero,
+        lambda x: x * mpmath.tanh(mpmath.log1p(mpmath.exp(x))),
+        1.1,
+    )
 
 
 def softplus(beta: float = 1.0) -> Activation:
     """``log(1 + exp(beta x)) / beta`` exactly (torch's linear cut-off above ``threshold`` is
     an approximation of this function and is used only on the training path)."""
     b = mpmath.mpf(Fraction(beta).numerator) / Fraction(beta).denominator
-    return Activation("softplus", (("beta", beta),), lambda x: F.softplus(x, beta),
-                      lambda x: _softplus64(beta * x) / beta, lambda x: None,
-                      lambda x: mpmath.log1p(mpmath.exp(b * x)) / b, 1.0)
+    return Activation(
+        "softplus",
+        (("beta", beta),),
+        lambda x: F.softplus(x, beta),
+        lambda x: _softplus64(beta * x) / beta,
+        lambda x: None,
+        lambda x: mpmath.log1p(mpmath.exp(b * x)) / b,
+        1.0,
+    )
 
 
 def from_module(module: nn.Module) -> Activation | None:

@@ -2,8 +2,9 @@
 
 ``fake_quantize`` is one autograd function for both rules of quantization-aware training:
 
-* straight-through estimator (STE, Bengio et al. 2013): ``d xhat / d x = 1`` inside the grid's
-  range (``[kmin - 1/2, kmax + 1/2]`` in steps; ``[-1, 1]`` for binary) and 0 outside;
+* straight-through estimator (STE, Bengio et al. 2013): ``d xhat / d x = 1`` where ``x / step``
+  rounds into the grid (``[kmin - 1/2, kmax + 1/2]`` up to the tie rule; ``[-1, 1]`` for
+  binary) and 0 outside;
 * learned step size (LSQ, Esser et al. 2020): when the step requires grad,
   ``d xhat / d s = k - x/s`` inside and ``k`` (the clamped code) outside, scaled by
   ``1 / sqrt(numel * kmax)``.
@@ -39,23 +40,27 @@ class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, step, fmt, kmin, kmax, grad_scale):  # type: ignore[override]
         t = x / step
-        k = fmt.round_tensor(t)
-        kc = torch.clamp(k, kmin, kmax)
-        ctx.fmt, ctx.grad_scale = fmt, grad_scale
-        ctx.save_for_backward(t, kc, step)
-        ctx.kmin, ctx.kmax = kmin, kmax
+        if fmt.binary:
+            kc = fmt.round_tensor(t)
+            inside = t.abs() <= 1
+        else:
+            k = fmt.round_tensor(t)
+            kc = torch.clamp(k, kmin, kmax)
+            inside = kc == k  # t rounds into the grid (the STE's pass-through range)
+        ctx.grad_scale = grad_scale
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(inside, t, kc, step)
+        else:
+            ctx.save_for_backward(inside)
         return kc * step
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        t, kc, step = ctx.saved_tensors
-        if ctx.fmt.binary:
-            inside = t.abs() <= 1
-        else:
-            inside = (t >= ctx.kmin - 0.5) & (t <= ctx.kmax + 0.5)
-        grad_x = grad * inside.to(grad.dtype)
+        inside = ctx.saved_tensors[0]
+        grad_x = grad * inside
         grad_s = None
         if ctx.needs_input_grad[1]:
+            _, t, kc, step = ctx.saved_tensors
             ds = torch.where(inside, kc - t, kc) * grad * ctx.grad_scale
             # reduce to the step's (broadcast) shape
             while ds.dim() > step.dim():
@@ -68,9 +73,34 @@ class _FakeQuantize(torch.autograd.Function):
 
 
 def fake_quantize(
-    x: torch.Tensor, step: torch.Tensor, fmt: FixedPoint, kmin: float, kmax: float
+    x: torch.Tensor, step: torch.Tensor, fmt: FixedPoint, kmin: float, kmax: float, axis: int = 0
 ) -> torch.Tensor:
-    """``clamp(round(x / step), kmin, kmax) * step`` with STE (and LSQ if ``step`` needs grad)."""
+    """``clamp(round(x / step), kmin, kmax) * step`` with STE (and LSQ if ``step`` needs grad).
+
+    Ties-to-even formats with a fixed step use torch's fused kernels (one pass, the same
+    nearest-even rule; they multiply by ``1 / step``, which equals dividing for power-of-two
+    steps); every other case runs :meth:`FixedPoint.round_tensor` in an autograd function.
+    """
+    if (
+        fmt.rounding == "half_even"
+        and not fmt.binary
+        and not step.requires_grad
+        and -(2**31) <= kmin
+        and kmax < 2**31
+        and x.dtype == torch.float32
+    ):
+        if step.numel() == 1:
+            return torch.fake_quantize_per_tensor_affine(
+                x, step.reshape(()).float(), torch.zeros((), dtype=torch.int32), int(kmin), int(kmax)
+            )
+        return torch.fake_quantize_per_channel_affine(
+            x,
+            step.flatten().float(),
+            torch.zeros(step.numel(), dtype=torch.int32),
+            axis,
+            int(kmin),
+            int(kmax),
+        )
     grad_scale = 1.0 / math.sqrt(max(1, x.numel()) * max(1.0, abs(kmax)))
     return _FakeQuantize.apply(x, step, fmt, kmin, kmax, grad_scale)
 
@@ -105,6 +135,7 @@ class FakeQuantize(nn.Module):
         self.register_buffer("step_num", torch.zeros(n, dtype=torch.int64))
         self.register_buffer("step_den", torch.zeros(n, dtype=torch.int64))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int64))
+        self._cache: dict = {}  # exact steps and their float tensors, keyed on buffer versions
         self.observer: Observer | None = None
         self.observer_enabled = False
         self.fake_quant_enabled = True
@@ -146,6 +177,9 @@ class FakeQuantize(nn.Module):
 
     def steps(self) -> list[Fraction]:
         """The exact steps (one per channel, or one)."""
+        key = (self.step_num._version, self.step_den._version, self.step_num.data_ptr())
+        if not self.learn_step and self._cache.get("key") == key:
+            return self._cache["steps"]
         if not self.calibrated:
             raise QuantizationError(
                 f"{self.qname or 'quantizer'} has no step yet: run tq.calibrate(model, batches) "
@@ -158,7 +192,20 @@ class FakeQuantize(nn.Module):
                     f"{self.qname}: learned step became non-positive or non-finite; lower the learning rate"
                 )
             self._store([Fraction(v) for v in vals])  # the exact grid follows the learned step
-        return [Fraction(int(n), int(d)) for n, d in zip(self.step_num.tolist(), self.step_den.tolist())]
+        steps = [
+            Fraction(int(n), int(d))
+            for n, d in zip(self.step_num.tolist(), self.step_den.tolist(), strict=False)
+        ]
+        key = (self.step_num._version, self.step_den._version, self.step_num.data_ptr())
+        self._cache = {"key": key, "steps": steps}
+        return steps
+
+    def state_key(self) -> tuple:
+        """Changes whenever the steps or the zero point change."""
+        tensors = [self.step_num, self.step_den, self.zero_point]
+        if self.learn_step:
+            tensors.append(self.step_param)
+        return tuple((t._version, t.data_ptr()) for t in tensors)
 
     @property
     def zp(self) -> int:
@@ -177,8 +224,12 @@ class FakeQuantize(nn.Module):
         """Steps broadcastable against ``x`` (float, LSQ parameter when learning)."""
         if self.learn_step:
             return self.step_param.to(x.dtype).view(self._shape(x))
-        s = torch.tensor([fraction_to_float(f) for f in self.steps()], dtype=x.dtype, device=x.device)
-        return s.view(self._shape(x))
+        steps = self.steps()
+        key = ("tensor", x.dtype, x.device, x.dim())
+        if key not in self._cache:
+            s = torch.tensor([fraction_to_float(f) for f in steps], dtype=x.dtype, device=x.device)
+            self._cache[key] = s.view(self._shape(x))
+        return self._cache[key]
 
     # --------------------------------------------------------- observation
     def observe(self, x: torch.Tensor) -> None:
@@ -211,7 +262,7 @@ class FakeQuantize(nn.Module):
         if not self.training:
             return self.quantize_exact(x)
         kmin, kmax = self.code_range()
-        return fake_quantize(x, self.step_tensor(x), self.fmt, kmin, kmax)
+        return fake_quantize(x, self.step_tensor(x), self.fmt, kmin, kmax, self.axis)
 
     # -------------------------------------------------------- exact (eval)
     def exact_codes(self, x: torch.Tensor) -> torch.Tensor:

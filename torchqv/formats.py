@@ -256,9 +256,10 @@ class FixedPoint:
             return torch.floor(t)
         if self.rounding == "half_even":
             return torch.round(t)
-        whole = torch.trunc(t)
-        frac = t - whole  # exact in IEEE arithmetic
-        return whole + torch.sign(t) * (frac.abs() >= 0.5).to(t.dtype)
+        mag = t.abs()
+        whole = mag.floor()
+        whole = whole + ((mag - whole) >= 0.5)  # mag - whole is exact: no off-by-one below 1/2
+        return whole.copysign(t)
 
     def boundary_gap_tensor(self, t: torch.Tensor) -> torch.Tensor:
         """``boundary_gap`` applied elementwise (computed exactly from the float value)."""
@@ -311,12 +312,12 @@ class FixedPoint:
         return f"{kind}{self.bits}(step={step}, {self.rounding})"
 
 
-def Binary(step: Any = None, **kwargs: Any) -> FixedPoint:  # noqa: N802 (reads like a type)
+def Binary(step: Any = None, **kwargs: Any) -> FixedPoint:
     """The binary format ``{-1, +1} * step`` (paper 001 sec. 3.3)."""
     return FixedPoint(bits=1, binary=True, step=step, **kwargs)
 
 
-def Ternary(step: Any = None, **kwargs: Any) -> FixedPoint:  # noqa: N802
+def Ternary(step: Any = None, **kwargs: Any) -> FixedPoint:
     """The ternary format ``{-1, 0, +1} * step`` (a signed narrow 2-bit grid)."""
     return FixedPoint(bits=2, step=step, **kwargs)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import REL_ERR, ABS_ERR, Activation, round_activation
+from .activations import ABS_ERR, REL_ERR, Activation, round_activation
 from .fake_quant import DIV_ERR, FakeQuantize, fake_quantize
 from .formats import QuantizationError, dequantize_f64, fraction_to_float, round_certified
 
@@ -87,9 +87,7 @@ class QuantModule(nn.Module):
         """Output grid values of the ratios ``t`` (known as ``t_hat`` +- ``err``; ``exact_code(i)``
         gives the exact unsaturated code of flat element ``i``)."""
         out: FakeQuantize = self.out_quant  # type: ignore[assignment]
-        codes = round_certified(
-            out.fmt, t_hat, err, lambda idx: [exact_code(i) for i in idx], self.qname
-        )
+        codes = round_certified(out.fmt, t_hat, err, lambda idx: [exact_code(i) for i in idx], self.qname)
         kmin, kmax = out.code_range()
         return dequantize_f64(out.fmt.saturate_tensor(codes, kmin, kmax, self.qname), out.steps())
 
@@ -105,14 +103,24 @@ class _QuantAffine(QuantModule):
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.weight_quant = (
-            FakeQuantize(cfg.weight, weight.shape[0], 0, cfg.weight_observer, cfg.learn_step,
-                         f"{name}.weight", weight=True)
-            if cfg.weight is not None else None
+            FakeQuantize(
+                cfg.weight,
+                weight.shape[0],
+                0,
+                cfg.weight_observer,
+                cfg.learn_step,
+                f"{name}.weight",
+                weight=True,
+            )
+            if cfg.weight is not None
+            else None
         )
         self.out_quant = (
             FakeQuantize(cfg.activation, 1, 0, cfg.activation_observer, cfg.learn_step, f"{name}.out")
-            if cfg.activation is not None else None
+            if cfg.activation is not None
+            else None
         )
+        self._cache: dict[str, Any] = {}
 
     # --- subclass hooks -------------------------------------------------
     def _affine(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -166,7 +174,9 @@ class _QuantAffine(QuantModule):
         t_hat = b / s
         fmt = self.weight_quant.fmt.integer_rounding()  # type: ignore[union-attr]
         return round_certified(
-            fmt, t_hat, t_hat.abs() * DIV_ERR,
+            fmt,
+            t_hat,
+            t_hat.abs() * DIV_ERR,
             lambda idx: [fmt.round_exact(Fraction(b[i].item()) / scale[i]) for i in idx],
             f"{self.qname}.bias",
         )
@@ -221,41 +231,68 @@ class _QuantAffine(QuantModule):
         y = self._affine(x, w, b)
         return self.out_quant(y) if self.out_quant is not None else y
 
-    def _exact_forward(self, x: torch.Tensor) -> torch.Tensor:
-        x64 = x.to(torch.float64)
-        xm, sx = self._input_codes(x64)
-        if self.weight_quant is not None or self.frozen:
+    def _param_key(self, sx: Fraction | None) -> tuple:
+        """Changes whenever a parameter, a buffer or a step changes (tensor versions)."""
+        tensors = [t for t in (*self.parameters(recurse=False), *self.buffers(recurse=False))]
+        quants = [q for q in (self.weight_quant, self.out_quant) if q is not None]
+        return (sx, tuple((t._version, t.data_ptr()) for t in tensors), tuple(q.state_key() for q in quants))
+
+    def _exact_params(self, sx: Fraction | None) -> dict[str, Any]:
+        """Everything the exact path needs that does not depend on the data (cached)."""
+        key = self._param_key(sx)
+        if self._cache.get("key") == key:
+            return self._cache
+        quantized = self.weight_quant is not None or self.frozen
+        if quantized:
             kw, sw = self.weight_codes(), self.weight_steps()
         else:
             kw, sw = self.weight.detach().to(torch.float64), [Fraction(1)] * self.out_channels_
         scale = [s * sx for s in sw] if sx is not None else sw
+        int_path = sx is not None and quantized
+        bias_codes = self.bias_codes(scale) if int_path else None
+        const = [Fraction(0)] * len(scale) if int_path else self._exact_bias(scale)
+        so = self.out_quant.steps()[0] if self.out_quant is not None else Fraction(1)
+        mult, offs = [s / so for s in scale], [c / so for c in const]
+        as_t = lambda v: torch.tensor([fraction_to_float(f) for f in v], dtype=torch.float64)  # noqa: E731
+        self._cache = {
+            "key": key,
+            "kw": kw,
+            "kw_max": float(kw.abs().max()) if kw.numel() else 0.0,
+            "int_path": int_path,
+            "bias_codes": bias_codes,
+            "bias_max": float(bias_codes.abs().max()) if bias_codes is not None else 0.0,
+            "mult": mult,
+            "offs": offs,
+            "mf": as_t(mult),
+            "of": as_t(offs),
+        }
+        return self._cache
+
+    def _exact_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x64 = x.to(torch.float64)
+        xm, sx = self._input_codes(x64)
+        p = self._exact_params(sx)
+        kw, mult, offs = p["kw"], p["mult"], p["offs"]
         acc = self._affine(xm, kw, None)
         fan_in = kw[0].numel()
-        int_path = sx is not None and (self.weight_quant is not None or self.frozen)
-        bias_codes = self.bias_codes(scale) if int_path else None
-        if int_path:
-            bmax = float(bias_codes.abs().max()) if bias_codes is not None else 0.0
-            bound = fan_in * float(kw.abs().max()) * (float(xm.abs().max()) if xm.numel() else 0.0) + bmax
-            int_path = bound < EXACT_INT
+        int_path = p["int_path"]
+        if int_path:  # exact integers in float64 below 2^53
+            xmax = float(xm.abs().max()) if xm.numel() else 0.0
+            int_path = fan_in * p["kw_max"] * xmax + p["bias_max"] < EXACT_INT
+        ch = self._channel_shape(acc)
+        mf, of = p["mf"].view(ch), p["of"].view(ch)
         if int_path:
             acc_err = torch.zeros((), dtype=torch.float64)
-            if bias_codes is not None:
-                acc = acc + bias_codes.view(self._channel_shape(acc))
-            const = [Fraction(0)] * len(scale)
+            if p["bias_codes"] is not None:
+                acc = acc + p["bias_codes"].view(ch)
         else:
             acc_err = _gamma(fan_in) * self._affine(xm.abs(), kw.abs(), None)
-            const = self._exact_bias(scale)
-        ch = self._channel_shape(acc)
-        if self.out_quant is None:
-            sc = torch.tensor([fraction_to_float(f) for f in scale], dtype=torch.float64).view(ch)
-            cf = torch.tensor([fraction_to_float(f) for f in const], dtype=torch.float64).view(ch)
-            return acc * sc + cf
-        so = self.out_quant.steps()[0]
-        mult = [s / so for s in scale]
-        offs = [c / so for c in const]
-        mf = torch.tensor([fraction_to_float(f) for f in mult], dtype=torch.float64).view(ch)
-        of = torch.tensor([fraction_to_float(f) for f in offs], dtype=torch.float64).view(ch)
+            if p["int_path"]:  # too large for exact float64 integers: bias codes in the offset
+                of = of + p["bias_codes"].view(ch) * mf
+                offs = [o + int(b) * m for o, b, m in zip(offs, p["bias_codes"].tolist(), mult, strict=False)]
         t_hat = acc * mf + of
+        if self.out_quant is None:  # no output format: the (high-precision) real value
+            return t_hat
         err = (acc_err * mf.abs() + (acc * mf).abs() * DIV_ERR + of.abs() * DIV_ERR) * (1 + DIV_ERR)
         err = err + t_hat.abs() * DIV_ERR
         acc_flat, shape = acc.flatten(), acc.shape
@@ -266,7 +303,7 @@ class _QuantAffine(QuantModule):
                 return Fraction(int(acc_flat[i].item())) * mult[c]
             patch = self._patch(xm, key, c)
             row = kw[c].flatten().tolist()
-            dot = sum(Fraction(a) * Fraction(b) for a, b in zip(row, patch.tolist()) if a and b)
+            dot = sum(Fraction(a) * Fraction(b) for a, b in zip(row, patch.tolist(), strict=False) if a and b)
             return Fraction(dot) * mult[c] + offs[c]
 
         fmt = self.out_quant.fmt
@@ -325,8 +362,15 @@ class QuantConv2d(_QuantAffine):
         self.kernel_size = mod.kernel_size
 
     def _affine(self, x, w, b):
-        return F.conv2d(x, w.to(x.dtype), None if b is None else b.to(x.dtype),
-                        self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            x,
+            w.to(x.dtype),
+            None if b is None else b.to(x.dtype),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
 
     def _channel_shape(self, out):
         return [1, out.shape[1], 1, 1]
@@ -352,7 +396,8 @@ class QuantAct(QuantModule):
         self.act = act
         self.out_quant = (
             FakeQuantize(cfg.activation, 1, 0, cfg.activation_observer, cfg.learn_step, f"{name}.out")
-            if cfg.activation is not None else None
+            if cfg.activation is not None
+            else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,9 +424,7 @@ class QuantAct(QuantModule):
         err = ((y.abs() * REL_ERR + ABS_ERR + x64.abs() * x_err) / sof) * (1 + DIV_ERR)
         err = err + t_hat.abs() * DIV_ERR
         fmt = self.out_quant.fmt
-        return self._round_output(
-            t_hat, err, lambda i: round_activation(self.act, fmt, exact_x(i), so)
-        )
+        return self._round_output(t_hat, err, lambda i: round_activation(self.act, fmt, exact_x(i), so))
 
     def extra_repr(self) -> str:
         src = f", input from {self.input_source}" if self.input_source else ""

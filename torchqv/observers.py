@@ -72,7 +72,7 @@ def step_for_range(
         span = (hi - lo).clamp_min(0)
         step = span / (fmt.qmax - fmt.qmin)
         step = torch.where(step > 0, step, torch.ones_like(step))
-        zp = int(round(fmt.qmin - lo.min().item() / step.max().item()))
+        zp = round(fmt.qmin - lo.min().item() / step.max().item())
         zp = min(max(zp, fmt.qmin), fmt.qmax)
     else:
         zp = fmt.zero_point if zero_point is None else zero_point

@@ -37,7 +37,6 @@ from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule, _QuantAffi
 from .observers import ObserverConfig, as_observer_config
 
 
-
 @dataclass
 class QConfig:
     """What to quantize and how.
@@ -66,7 +65,9 @@ class QConfig:
         self.weight_observer = as_observer_config(self.weight_observer)
         self.activation_observer = as_observer_config(self.activation_observer)
         if self.weight is not None and self.weight.affine:
-            raise QuantizationError("weight formats are symmetric: give zero_point=0 (affine is for activations)")
+            raise QuantizationError(
+                "weight formats are symmetric: give zero_point=0 (affine is for activations)"
+            )
         for name in ("activation", "input"):
             fmt = getattr(self, name)
             if fmt is not None and fmt.per_channel:
@@ -89,16 +90,33 @@ class QConfig:
 
 
 # Modules and ops that keep values on their input's grid (a link passes through them).
-GRID_MODULES = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d,
-                nn.MaxPool2d)
+GRID_MODULES = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d)
 # Modules allowed in a quantized model whose outputs are real numbers (no grid).
 FLOAT_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-GRID_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-                  torch.transpose, F.dropout, F.max_pool1d, F.max_pool2d, operator.getitem}
-GRID_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute",
-                "transpose"}
-FUNCTIONAL_LAYERS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.batch_norm, F.layer_norm,
-                     torch.matmul, torch.mm, torch.addmm}
+GRID_FUNCTIONS = {
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.permute,
+    torch.transpose,
+    F.dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    operator.getitem,
+}
+GRID_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "permute", "transpose"}
+FUNCTIONAL_LAYERS = {
+    F.linear,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.batch_norm,
+    F.layer_norm,
+    torch.matmul,
+    torch.mm,
+    torch.addmm,
+}
 HINTS = {
     "BatchNorm": "fold it into the preceding layer first (torch.nn.utils.fusion.fuse_conv_bn_eval)",
 }
@@ -154,7 +172,8 @@ def _swap(model: nn.Module, plan: _Plan) -> nn.Module:
         setattr(model.get_submodule(parent_name), attr, new)
     if unsupported:
         raise QuantizationError(
-            "torchqv.quantize cannot quantize: " + "; ".join(unsupported)
+            "torchqv.quantize cannot quantize: "
+            + "; ".join(unsupported)
             + ". Supported: Linear, Conv2d, ReLU, LeakyReLU, Hardtanh/ReLU6, Sigmoid, Tanh, ELU, "
             "SiLU, GELU, Mish, Softplus, Identity, Flatten, Dropout, MaxPool, AvgPool."
         )
@@ -245,14 +264,14 @@ def quantize(
         config = QConfig.from_dict(config)
     if not isinstance(config, QConfig):
         raise QuantizationError(f"config must be a torchqv.QConfig, got {type(config).__name__}")
-    plan = _Plan(config, {k: (QConfig.from_dict(v) if isinstance(v, Mapping) else v)
-                          for k, v in (overrides or {}).items()})
+    plan = _Plan(
+        config,
+        {k: (QConfig.from_dict(v) if isinstance(v, Mapping) else v) for k, v in (overrides or {}).items()},
+    )
     names = [n for n, _ in model.named_modules() if n]
     missing = [p for p in plan.overrides if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if missing:
-        raise QuantizationError(
-            f"override pattern(s) {missing} match no module; module names are: {names}"
-        )
+        raise QuantizationError(f"override pattern(s) {missing} match no module; module names are: {names}")
     qmodel = _swap(model if inplace else copy.deepcopy(model), plan)
     if isinstance(qmodel, QuantModule):
         if config.input is not None:
@@ -260,7 +279,7 @@ def quantize(
         return qmodel
     try:
         gm = trace(qmodel)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure leads to the same handling
+    except Exception as exc:
         if config.input is not None:
             raise QuantizationError(
                 f"QConfig.input needs a torch.fx-traceable model to find the layers that read the "

@@ -38,13 +38,13 @@ def _obj_array(values: list, shape: tuple) -> Obj:
 
 def _to_obj(x: torch.Tensor) -> Obj:
     """Exact values of a float tensor."""
-    return _obj_array([Fraction(v) for v in x.detach().to(torch.float64).flatten().tolist()],
-                      tuple(x.shape))
+    return _obj_array([Fraction(v) for v in x.detach().to(torch.float64).flatten().tolist()], tuple(x.shape))
 
 
 def _to_tensor(a: Obj) -> torch.Tensor:
-    return torch.tensor([fraction_to_float(v) for v in a.flatten().tolist()],
-                        dtype=torch.float64).reshape(a.shape)
+    return torch.tensor([fraction_to_float(v) for v in a.flatten().tolist()], dtype=torch.float64).reshape(
+        a.shape
+    )
 
 
 def _quantize_obj(q: FakeQuantize, a: Obj) -> Obj:
@@ -94,13 +94,20 @@ def _affine(m: _QuantAffine, x: Obj) -> Obj:
     acc = _conv(m, w, xk) if isinstance(m, QuantConv2d) else _linear(w, xk)
     ch = [1, -1, 1, 1] if isinstance(m, QuantConv2d) else [-1]
     if "bias_int" in m._buffers:
-        bias = np.array([Fraction(int(b)) * s for b, s in zip(m.bias_int.tolist(), scale)], dtype=object)
+        bias = np.array(
+            [Fraction(int(b)) * s for b, s in zip(m.bias_int.tolist(), scale, strict=False)], dtype=object
+        )
     elif m.bias is None:
         bias = np.array([Fraction(0)] * len(scale), dtype=object)
     elif inq is not None and m.weight_quant is not None:
         fmt = m.weight_quant.fmt.integer_rounding()
-        bias = np.array([fmt.round_exact(Fraction(b) / s) * s
-                         for b, s in zip(m.bias.detach().double().tolist(), scale)], dtype=object)
+        bias = np.array(
+            [
+                fmt.round_exact(Fraction(b) / s) * s
+                for b, s in zip(m.bias.detach().double().tolist(), scale, strict=False)
+            ],
+            dtype=object,
+        )
     else:
         bias = np.array([Fraction(b) for b in m.bias.detach().double().tolist()], dtype=object)
     value = acc * np.array(scale, dtype=object).reshape(ch) + bias.reshape(ch)
@@ -128,7 +135,9 @@ def _conv(m: QuantConv2d, w: Obj, x: Obj) -> Obj:
         xg = xp[:, g * cin_g : (g + 1) * cin_g]
         for p in range(kh):
             for q in range(kw):
-                xs = xg[:, :, p * dh : p * dh + sh * (ho - 1) + 1 : sh, q * dw : q * dw + sw * (wo - 1) + 1 : sw]
+                xs = xg[
+                    :, :, p * dh : p * dh + sh * (ho - 1) + 1 : sh, q * dw : q * dw + sw * (wo - 1) + 1 : sw
+                ]
                 contrib = np.tensordot(wg[:, :, p, q], xs, axes=([1], [1]))  # (cout_g, n, ho, wo)
                 out[:, g * per_group : (g + 1) * per_group] += contrib.transpose(1, 0, 2, 3)
     return out
@@ -179,7 +188,7 @@ def _maxpool(m: nn.MaxPool2d, x: Obj) -> Obj:
 
 def _flatten(x: Obj, start: int = 0, end: int = -1) -> Obj:
     end = end % x.ndim
-    shape = x.shape[:start] + (-1,) + x.shape[end + 1 :]
+    shape = (*x.shape[:start], -1, *x.shape[end + 1 :])
     return x.reshape(shape)
 
 
