@@ -198,3 +198,24 @@ def test_dequantize_is_correctly_rounded():
     assert math.isclose(
         dequantize_f64(torch.tensor([[1.0], [1.0]]), [Fraction(1), Fraction(1, 3)]).sum().item(), 4 / 3
     )
+
+
+@given(
+    xs=st.lists(st.integers(-4000, 4000), min_size=1, max_size=20),
+    bits=st.integers(2, 8),
+    frac_bits=st.integers(-2, 6),
+    rounding=st.sampled_from(["half_away", "half_even", "floor"]),
+    narrow=st.booleans(),
+)
+def test_fake_quant_saturates_and_passes_gradients_exactly(xs, bits, frac_bits, rounding, narrow):
+    """Property: with a power-of-two step the float32 fake quantizer returns the exact saturated
+    grid value, and its STE gradient is 1 exactly where x / step rounds into the grid."""
+    fmt = tq.FixedPoint(bits=bits, frac_bits=frac_bits, rounding=rounding, narrow=narrow)
+    step = fmt.fixed_steps()[0]
+    x = torch.tensor([v / 64 for v in xs], dtype=torch.float32, requires_grad=True)
+    y = tq.fake_quantize(x, torch.tensor(float(step)), fmt, fmt.qmin, fmt.qmax)
+    y.sum().backward()
+    for xi, yi, gi in zip(x.tolist(), y.tolist(), x.grad.tolist(), strict=True):
+        k = fmt.round_exact(Fraction(xi) / step)
+        assert Fraction(yi) == fmt.saturate_exact(k) * step
+        assert gi == (1.0 if fmt.qmin <= k <= fmt.qmax else 0.0)
