@@ -296,11 +296,7 @@ class FixedPoint:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FixedPoint:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise QuantizationError(f"unknown FixedPoint field(s) {sorted(unknown)}; valid: {sorted(names)}")
-        data = dict(data)
+        data = checked_fields(cls, data)
         if isinstance(data.get("step"), list):
             data["step"] = tuple(data["step"])
         return cls(**data)
@@ -310,6 +306,15 @@ class FixedPoint:
         steps = self.fixed_steps()
         step = "observed" if steps is None else (str(steps[0]) if len(steps) == 1 else "per-channel")
         return f"{kind}{self.bits}(step={step}, {self.rounding})"
+
+
+def checked_fields(cls: type, data: Any) -> dict[str, Any]:
+    """``dict(data)`` after checking that every key is a field of the dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise QuantizationError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {sorted(names)}")
+    return dict(data)
 
 
 def Binary(step: Any = None, **kwargs: Any) -> FixedPoint:

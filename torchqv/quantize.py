@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import activations as A
 from .fake_quant import FakeQuantize
-from .formats import FixedPoint, QuantizationError
+from .formats import FixedPoint, QuantizationError, checked_fields
 from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule, _QuantAffine
 from .observers import ObserverConfig, as_observer_config
 
@@ -82,11 +82,7 @@ class QConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise QuantizationError(f"unknown QConfig field(s) {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**dict(data))
+        return cls(**checked_fields(cls, data))
 
 
 # Modules and ops that keep values on their input's grid (a link passes through them).
