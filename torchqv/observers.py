@@ -9,8 +9,11 @@ into a step and zero point for a :class:`~torchqv.formats.FixedPoint`.
 * ``percentile``: the range between the ``100 - p`` and ``p`` percentiles (clips outliers);
 * ``mse``: grid search over clipping ranges for the least quantization mean squared error.
 
-Steps are rounded to float32-representable numbers (so the training path and the exact path
-use the same grid) and up to a power of two when the format asks for it.
+Steps are rounded *up* to ``step_bits`` significant bits (8 by default; at most 24, so they are
+float32 values and the training path and the exact path share one grid), or up to a power of two
+when the format asks for it.  Short steps keep the requantization multipliers
+``s_w s_x / s_out`` small rationals, which is what makes integer (ONNX) execution exact in 64-bit
+arithmetic; the cost is a step at most 2^-7 larger than the observed one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class ObserverConfig:
     percentile: float = 99.99
     grid: int = 100
     max_samples: int = 65536
+    step_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.kind not in OBSERVERS:
@@ -47,6 +51,8 @@ class ObserverConfig:
             raise QuantizationError("percentile must be in (50, 100]")
         if self.grid < 2 or self.max_samples < 16:
             raise QuantizationError("grid must be >= 2 and max_samples >= 16")
+        if not 1 <= self.step_bits <= 24:
+            raise QuantizationError(f"step_bits must be in [1, 24], got {self.step_bits}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +69,7 @@ def as_observer_config(value: ObserverConfig | str | dict) -> ObserverConfig:
 
 
 def step_for_range(
-    fmt: FixedPoint, lo: torch.Tensor, hi: torch.Tensor, zero_point: int | None = None
+    fmt: FixedPoint, lo: torch.Tensor, hi: torch.Tensor, zero_point: int | None = None, step_bits: int = 8
 ) -> tuple[torch.Tensor, int]:
     """Step (per channel) and zero point whose grid covers ``[lo, hi]`` (0 always included)."""
     lo = torch.minimum(lo.double(), torch.zeros_like(lo, dtype=torch.float64))
@@ -81,15 +87,16 @@ def step_for_range(
         down = lo / kmin if kmin < 0 else torch.zeros_like(lo)
         step = torch.maximum(up, down)
         step = torch.where(step > 0, step, torch.ones_like(step))
-    return finalize_step(fmt, step), zp
+    return finalize_step(fmt, step, step_bits), zp
 
 
-def finalize_step(fmt: FixedPoint, step: torch.Tensor) -> torch.Tensor:
-    """Round steps to float32 values (and up to powers of two if the format asks)."""
+def finalize_step(fmt: FixedPoint, step: torch.Tensor, step_bits: int = 8) -> torch.Tensor:
+    """Round steps up to ``step_bits`` significant bits (or to powers of two)."""
     step = step.double().clamp_min(MIN_STEP)
     if fmt.power_of_two:
-        step = torch.exp2(torch.ceil(torch.log2(step)))
-    return step.float()
+        return torch.exp2(torch.ceil(torch.log2(step))).float()
+    unit = torch.exp2(torch.floor(torch.log2(step)) - (step_bits - 1))  # value of the last bit
+    return (torch.ceil(step / unit) * unit).float()
 
 
 class Observer(nn.Module):
@@ -153,13 +160,13 @@ class Observer(nn.Module):
             raise QuantizationError("observer saw no data")
         kind = self.config.kind
         if kind in ("minmax", "moving_average") or self._samples is None:
-            return step_for_range(self.fmt, self.min_val, self.max_val)
+            return step_for_range(self.fmt, self.min_val, self.max_val, step_bits=self.config.step_bits)
         samples = self._samples.double()
         if kind == "percentile":
             q = self.config.percentile / 100.0
             lo = torch.quantile(samples, 1 - q, dim=1)
             hi = torch.quantile(samples, q, dim=1)
-            return step_for_range(self.fmt, lo, hi)
+            return step_for_range(self.fmt, lo, hi, step_bits=self.config.step_bits)
         return self._mse_search(samples)
 
     def _mse_search(self, samples: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -167,7 +174,9 @@ class Observer(nn.Module):
         best_step, best_err, zp = None, None, 0
         for i in range(1, self.config.grid + 1):
             r = i / self.config.grid
-            step, zp_i = step_for_range(self.fmt, self.min_val * r, self.max_val * r)
+            step, zp_i = step_for_range(
+                self.fmt, self.min_val * r, self.max_val * r, step_bits=self.config.step_bits
+            )
             s = step.double().view(-1, 1)
             kmin, kmax = self.fmt.code_range(zp_i)
             k = self.fmt.round_tensor(samples / s).clamp(kmin, kmax)
