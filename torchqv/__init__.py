@@ -5,9 +5,10 @@ steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward`` t
 reference (paper 001 Eq. 7 semantics: one rounding after every affine map and activation).
 """
 
+from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
 from .fake_quant import FakeQuantize, fake_quantize
 from .formats import Binary, FixedPoint, OverflowToGridError, QuantizationError, Ternary
-from .modules import QuantAct, QuantConv2d, QuantLinear
+from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule
 from .observers import ObserverConfig
 from .quantize import QConfig, calibrate, enable_observers, freeze, quantize
 from .reference import reference_forward
@@ -18,16 +19,21 @@ __all__ = [
     "FixedPoint",
     "ObserverConfig",
     "OverflowToGridError",
+    "ParityReport",
     "QConfig",
     "QuantAct",
     "QuantConv2d",
     "QuantLinear",
+    "QuantModule",
     "QuantizationError",
     "Ternary",
     "calibrate",
+    "check_onnx_parity",
     "enable_observers",
+    "export_onnx",
     "fake_quantize",
     "freeze",
+    "load_onnx",
     "quantize",
     "reference_forward",
 ]
