@@ -141,7 +141,7 @@ def test_qdq_graph_is_standard_qdq(tmp_path):
         activation=tq.FixedPoint(bits=8),
         input=tq.FixedPoint(bits=8),
     )
-    qm, path = calibrated(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), cfg, (4,), tmp_path, "qdq")
+    _, path = calibrated(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), cfg, (4,), tmp_path, "qdq")
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -195,7 +195,7 @@ def test_export_errors(tmp_path):
 def test_untrusted_files_are_checked(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"definitely not protobuf")
-    with pytest.raises(tq.QuantizationError, match="not a readable ONNX|fails onnx.checker"):
+    with pytest.raises(tq.QuantizationError, match=r"not a readable ONNX|fails onnx\.checker"):
         tq.load_onnx(bad)
     with pytest.raises(tq.QuantizationError, match="not found"):
         tq.load_onnx(tmp_path / "missing.onnx")

@@ -54,6 +54,11 @@ def _is_dyadic(x: Fraction) -> bool:
     return x.denominator & (x.denominator - 1) == 0
 
 
+def _int_dtype(codes: np.ndarray) -> Any:
+    big = float(np.abs(codes).max()) if codes.size else 0.0
+    return np.int8 if big <= 127 else np.int16 if big <= 32767 else np.int32
+
+
 @dataclass
 class _Val:
     """An ONNX value: integer codes on ``grid`` (float64 tensor) or real numbers."""
@@ -186,7 +191,11 @@ class _IntegerForm:
         kx_max = max(abs(v) for v in x.grid.code_range())
         bmax = float(bias.abs().max()) if bias is not None else 0.0
         t_max = kw[0].size * float(np.abs(kw).max()) * kx_max + bmax
-        acc = self._conv(m, x, kw, t_max) if conv else g.op("MatMul", [x.name, g.const(kw.T)])
+        if conv:
+            acc = self._conv(m, x, kw, t_max)
+        else:  # integer initializer (small file), cast to float64 (exact) for MatMul
+            wt = g.op("Cast", [g.const(kw.T, dtype=_int_dtype(kw))], to=TensorProto.DOUBLE)
+            acc = g.op("MatMul", [x.name, wt])
         if bias is not None:
             acc = g.op("Add", [acc, g.const(bias.numpy().reshape(ch))])
         if m.out_quant is None:
@@ -510,11 +519,11 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise QuantizationError(f"ONNX file not found: {path}")
     try:
         model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+    except Exception as exc:
         raise QuantizationError(f"{path}: not a readable ONNX model ({exc})") from exc
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise QuantizationError(f"{path}: fails onnx.checker: {exc}") from exc
     return model
 
