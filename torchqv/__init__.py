@@ -12,6 +12,7 @@ from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule
 from .observers import ObserverConfig
 from .quantize import QConfig, calibrate, enable_observers, freeze, quantize
 from .reference import reference_forward
+from .rounding import RoundingReport, round_weights
 
 __all__ = [
     "Binary",
@@ -26,6 +27,7 @@ __all__ = [
     "QuantLinear",
     "QuantModule",
     "QuantizationError",
+    "RoundingReport",
     "Ternary",
     "calibrate",
     "check_onnx_parity",
@@ -36,5 +38,6 @@ __all__ = [
     "load_onnx",
     "quantize",
     "reference_forward",
+    "round_weights",
 ]
 __version__ = "0.1.0"

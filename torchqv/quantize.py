@@ -21,7 +21,8 @@ import copy
 import fnmatch
 import operator
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -294,17 +295,14 @@ def quantize(
     return qmodel
 
 
-def _first(batch: Any) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
 def quantizers(model: nn.Module) -> list[FakeQuantize]:
     return [m for m in model.modules() if isinstance(m, FakeQuantize)]
 
 
-def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> nn.Module:
-    """Choose every observed step: activations from ``batches`` (tensors or ``(x, y)`` pairs) run
-    through the float model, weights from the weights.  Observers are off afterwards."""
+@contextmanager
+def float_mode(model: nn.Module, observe: bool = False) -> Iterator[nn.Module]:
+    """Run the float network inside (eval mode, every quantizer off); with ``observe`` the
+    activation observers record what they see.  Restores every flag afterwards."""
     qmods = [m for m in model.modules() if isinstance(m, QuantModule)]
     fqs = quantizers(model)
     was_training = model.training
@@ -312,23 +310,10 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
     for m in qmods:
         m._calibrating = True
     for q in fqs:
-        q.observer_enabled = q.observer is not None and not q.is_weight
+        q.observer_enabled = observe and q.observer is not None and not q.is_weight
         q.fake_quant_enabled = False
     try:
-        seen = 0
-        with torch.no_grad():
-            for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
-                model(_first(batch))
-                seen += 1
-        for q in fqs:
-            if q.observer is not None and not q.is_weight:
-                if seen == 0:
-                    raise QuantizationError(f"calibrate got no batches, but {q.qname} needs data")
-                q.compute_qparams()
-        for m in qmods:
-            if isinstance(m, _QuantAffine) and m.weight_quant is not None and not m.frozen:
-                m.weight_quant.observe(m.weight)
-                m.weight_quant.compute_qparams()
+        yield model
     finally:
         for m in qmods:
             m._calibrating = False
@@ -336,6 +321,31 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
             q.observer_enabled = False
             q.fake_quant_enabled = True
         model.train(was_training)
+
+
+def batch_inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
+    """The input tensor of each batch (tensors or ``(x, y, ...)`` tuples)."""
+    for batch in batches:
+        yield batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> nn.Module:
+    """Choose every observed step: activations from ``batches`` (tensors or ``(x, y)`` pairs) run
+    through the float model, weights from the weights.  Observers are off afterwards."""
+    with float_mode(model, observe=True), torch.no_grad():
+        seen = 0
+        for x in tqdm(batch_inputs(batches), desc="calibrate", disable=not progress, leave=False):
+            model(x)
+            seen += 1
+        for q in quantizers(model):
+            if q.observer is not None and not q.is_weight:
+                if seen == 0:
+                    raise QuantizationError(f"calibrate got no batches, but {q.qname} needs data")
+                q.compute_qparams()
+        for m in model.modules():
+            if isinstance(m, _QuantAffine) and m.weight_quant is not None and not m.frozen:
+                m.weight_quant.observe(m.weight)
+                m.weight_quant.compute_qparams()
     return model
 
 

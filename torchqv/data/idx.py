@@ -1,0 +1,57 @@
+"""The IDX format of MNIST and its family (LeCun et al.): a magic number, dimensions, data."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..formats import QuantizationError
+
+DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed); malformed files raise a clear error."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in DTYPES:
+        raise QuantizationError(f"{path}: not an IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(DTYPES[data[2]])
+    if len(data) != header + int(np.prod(dims)) * dtype.itemsize:
+        raise QuantizationError(f"{path}: IDX size does not match its header {dims}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+
+
+def _find(raw: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (raw / name).exists():
+            return raw / name
+    raise QuantizationError(f"{stem}[.gz] not found in {raw}")
+
+
+def load_mnist(
+    root: str | Path | None = None, split: str = "train", name: str = "MNIST"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N x 1 x 28 x 28, float32 in [0, 1]) and labels from ``root/<name>/raw`` (torchvision's
+    layout; ``root`` defaults to ``$TORCHQV_DATA``)."""
+    if split not in SPLITS:
+        raise QuantizationError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    root = Path(root or os.environ.get("TORCHQV_DATA", "data"))
+    raw = root / name / "raw"
+    images = read_idx(_find(raw, SPLITS[split][0]))
+    labels = read_idx(_find(raw, SPLITS[split][1]))
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))

@@ -1,0 +1,20 @@
+"""Post-training rounding as an exact QUBO per output neuron (paper 004).
+
+``qubo`` builds the objective (the loss), ``solvers`` minimises it (the optimisers), ``api``
+collects the calibration data and rounds a model layer by layer.
+"""
+
+from . import solvers
+from .api import LayerReport, RoundingReport, round_weights
+from .qubo import GramStats, LayerQUBO, build_layer_qubo, patches
+
+__all__ = [
+    "GramStats",
+    "LayerQUBO",
+    "LayerReport",
+    "RoundingReport",
+    "build_layer_qubo",
+    "patches",
+    "round_weights",
+    "solvers",
+]
