@@ -4,8 +4,8 @@
    calibration images, per-channel weights at 4 and 2 bits; objective and wall time of nearest,
    dwave-neal (1000 sweeps, 1 read per neuron) and ours, in one run.
 2. ``accuracy``: the GPFQ architecture 784-500-300-10; weight-only per-channel quantization at
-   1 bit (binary), ternary, 2, 3, 4 and 8 bits, nearest vs QUBO; then the same with 8-bit
-   activations and input.
+   1 bit (binary), ternary, 2, 3, 4 and 8 bits, nearest vs QUBO, each with MSE-observed and
+   min-max weight steps; then the same with 8-bit activations and input.
 Needs ../shared/data/MNIST (or TORCHQV_DATA).  Writes benchmarks/results/qubo_*.json.
 Usage: python benchmarks/bench_qubo.py [speed] [accuracy] [--epochs 15] [--calib 2048]
 """
@@ -13,6 +13,8 @@ Usage: python benchmarks/bench_qubo.py [speed] [accuracy] [--epochs 15] [--calib
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import time
@@ -33,7 +35,7 @@ OUT = Path(__file__).resolve().parent / "results"
 def train(widths: list[int], x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(widths[:-1], widths[1:], strict=False):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers[:-1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -53,7 +55,11 @@ def train(widths: list[int], x: torch.Tensor, y: torch.Tensor, epochs: int, seed
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float(
-            sum((model(xb).argmax(1) == yb).sum() for xb, yb in zip(x.split(1000), y.split(1000))) / len(y)
+            sum(
+                (model(xb).argmax(1) == yb).sum()
+                for xb, yb in zip(x.split(1000), y.split(1000), strict=False)
+            )
+            / len(y)
         )
 
 
@@ -84,8 +90,8 @@ def speed(xtr, ytr, epochs: int) -> dict:
         ).T.nan_to_num(0)
         results["nearest"] = (float(problem.energy(z_near).sum()), time.perf_counter() - t0)
         for name, fn in (
-            ("ours", lambda: solvers.solve_auto(problem)),
-            ("neal", lambda: solvers.neal(problem, num_sweeps=1000, num_reads=1)),
+            ("ours", functools.partial(solvers.solve_auto, problem)),
+            ("neal", functools.partial(solvers.neal, problem, num_sweeps=1000, num_reads=1)),
         ):
             t0 = time.perf_counter()
             z = fn()
@@ -136,35 +142,44 @@ def accuracy_run(xtr, ytr, xte, yte, epochs: int, n_calib: int) -> dict:
     for acts in (False, True):
         for label, fmt in FORMATS.items():
             a8 = tq.FixedPoint(bits=8) if acts else None
-            cfg = tq.QConfig(
-                weight=fmt(),
-                activation=a8,
-                input=tq.FixedPoint(bits=8, signed=False) if acts else None,
-                weight_observer="mse",
-                activation_observer="mse",
-            )
             row = {"weights": label, "activations": "8-bit" if acts else "float", "float": float_acc}
-            for method in ("nearest", "qubo"):
-                qm = tq.quantize(model, cfg)
-                tq.calibrate(qm, calib, progress=False)
-                t0 = time.perf_counter()
-                rep = tq.round_weights(qm, calib, method=method, bound=False, progress=False)
-                row[method] = accuracy(qm.eval(), xte, yte)
-                row[f"{method}_seconds"] = time.perf_counter() - t0
-                row[f"{method}_objective"] = sum(r.objective for r in rep.layers)
+            for observer in ("mse", "minmax"):
+                cfg = tq.QConfig(
+                    weight=fmt(),
+                    activation=a8,
+                    input=tq.FixedPoint(bits=8, signed=False) if acts else None,
+                    weight_observer=observer,
+                    activation_observer="mse",
+                )
+                for method in ("nearest", "qubo"):
+                    qm = tq.quantize(model, cfg)
+                    tq.calibrate(qm, calib, progress=False)
+                    t0 = time.perf_counter()
+                    rep = tq.round_weights(qm, calib, method=method, bound=False, progress=False)
+                    key = f"{method}_{observer}"
+                    row[key] = accuracy(qm.eval(), xte, yte)
+                    row[f"{key}_seconds"] = time.perf_counter() - t0
+                    row[f"{key}_objective"] = sum(r.objective for r in rep.layers)
             rows.append(row)
             print(
-                f"  {label} w / {row['activations']} a: nearest {row['nearest']:.4f}, qubo {row['qubo']:.4f} "
-                f"({row['qubo_seconds']:.1f}s)",
+                f"  {label} w / {row['activations']} a: "
+                + ", ".join(
+                    f"{k} {row[k]:.4f}" for k in ("nearest_mse", "nearest_minmax", "qubo_mse", "qubo_minmax")
+                ),
                 flush=True,
             )
     print(f"\nfloat accuracy {float_acc:.4f}\n")
-    print("| weights | activations | nearest | QUBO | QUBO - float | QUBO time (s) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| weights | activations | nearest (MSE steps) | nearest (min-max steps) | QUBO (MSE steps) "
+        "| QUBO (min-max steps) | best QUBO - float | QUBO time (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        best = max(r["qubo_mse"], r["qubo_minmax"])
         print(
-            f"| {r['weights']} | {r['activations']} | {r['nearest']:.4f} | {r['qubo']:.4f} "
-            f"| {r['qubo'] - float_acc:+.4f} | {r['qubo_seconds']:.1f} |"
+            f"| {r['weights']} | {r['activations']} | {r['nearest_mse']:.4f} | {r['nearest_minmax']:.4f} "
+            f"| {r['qubo_mse']:.4f} | {r['qubo_minmax']:.4f} | {best - float_acc:+.4f} "
+            f"| {r['qubo_minmax_seconds']:.1f} |"
         )
     return {"float": float_acc, "accuracy": rows}
 

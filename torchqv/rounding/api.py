@@ -76,7 +76,7 @@ def _layers(model: nn.Module) -> list[tuple[str, _QuantAffine]]:
     names = {id(m): n for n, m in model.named_modules()}
     try:
         order = [model.get_submodule(n.target) for n in trace(model).graph.nodes if n.op == "call_module"]
-    except Exception:  # noqa: BLE001 - untraceable models: definition order
+    except Exception:
         order = list(model.modules())
     seen, out = set(), []
     for m in order:
