@@ -13,6 +13,7 @@ from .observers import ObserverConfig
 from .quantize import QConfig, calibrate, enable_observers, freeze, quantize
 from .reference import reference_forward
 from .rounding import RoundingReport, round_weights
+from .verify import from_onnx
 
 __all__ = [
     "Binary",
@@ -35,6 +36,7 @@ __all__ = [
     "export_onnx",
     "fake_quantize",
     "freeze",
+    "from_onnx",
     "load_onnx",
     "quantize",
     "reference_forward",

@@ -1,0 +1,431 @@
+"""``from_onnx``: an ONNX file as an ordinary ``nn.Module`` (an ``fx.GraphModule``).
+
+The file is treated as untrusted (``torchqv.load_onnx``: parse errors and ``onnx.checker``
+failures are clear errors; unsupported operators, domains and opsets are listed).  Layers with
+constant weights become real modules (``Gemm``/``MatMul`` [+ ``Add``] -> ``nn.Linear``, ``Conv``
+-> ``nn.Conv2d``, ``Relu`` -> ``nn.ReLU``, ``Flatten`` -> ``nn.Flatten``), so the imported network
+can be quantized with ``torchqv.quantize`` and verified; everything else runs as torch functions
+with ONNX semantics, which also reads back torchqv's own exports (QDQ and integer forms).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import fx, nn
+
+from ..export import load_onnx
+from ..formats import QuantizationError
+
+OPSETS = range(7, 23)
+DTYPES = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.BOOL: torch.bool,
+}
+INT_RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255), torch.int32: (-(2**31), 2**31 - 1)}
+
+
+# ------------------------------------------------------------ ONNX semantics
+def _quantize_linear(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int) -> torch.Tensor:
+    """QuantizeLinear: saturate(round_half_even(x / scale) + zp) in zp's integer type."""
+    shape = _axis_shape(x, scale, axis)
+    q = torch.round(x / scale.reshape(shape)) + zp.reshape(shape).to(x.dtype)
+    lo, hi = INT_RANGES[zp.dtype]
+    return q.clamp(lo, hi).to(zp.dtype)
+
+
+def _dequantize_linear(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int) -> torch.Tensor:
+    shape = _axis_shape(q, scale, axis)
+    return (q.to(torch.float32) - zp.reshape(shape).to(torch.float32)) * scale.reshape(shape)
+
+
+def _axis_shape(x: torch.Tensor, scale: torch.Tensor, axis: int) -> list[int]:
+    if scale.numel() == 1:
+        return []
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = scale.numel()
+    return shape
+
+
+def _gemm(a, b, c, alpha: float, beta: float, trans_a: int, trans_b: int):
+    a = a.transpose(0, 1) if trans_a else a
+    b = b.transpose(0, 1) if trans_b else b
+    y = alpha * (a @ b) if alpha != 1.0 else a @ b
+    return y if c is None else y + (beta * c if beta != 1.0 else c)
+
+
+def _conv(x, w, b, strides, pads, dilations, group):
+    pad = _symmetric_pads(pads)
+    return F.conv2d(x, w.to(x.dtype), None if b is None else b.to(x.dtype), strides, pad, dilations, group)
+
+
+def _conv_integer(x, w, xz, wz, strides, pads, dilations, group):
+    """ConvInteger: exact integer convolution of (x - x_zero) and (w - w_zero), in int32."""
+    xd = x.to(torch.float64) - (xz.to(torch.float64) if xz is not None else 0)
+    wd = w.to(torch.float64) - (wz.to(torch.float64) if wz is not None else 0)
+    pad = _symmetric_pads(pads)
+    return F.conv2d(xd, wd, None, strides, pad, dilations, group).to(torch.int32)
+
+
+def _symmetric_pads(pads: list[int]) -> list[int]:
+    half = len(pads) // 2
+    if list(pads[:half]) != list(pads[half:]):
+        raise QuantizationError(f"asymmetric padding {pads} is not supported")
+    return list(pads[:half])
+
+
+def _maxpool(x, kernel, strides, pads, dilations, ceil_mode):
+    return F.max_pool2d(x, kernel, strides, _symmetric_pads(pads), dilations, bool(ceil_mode))
+
+
+def _flatten(x, axis: int):
+    axis = axis % x.dim() if x.dim() else 0
+    return x.reshape(int(math.prod(x.shape[:axis])), -1)
+
+
+def _reshape(x, shape):
+    dims = [int(d) for d in shape.tolist()]
+    dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+def _clip(x, lo=None, hi=None):
+    if lo is not None:
+        x = torch.maximum(x, lo.to(x.dtype))
+    if hi is not None:
+        x = torch.minimum(x, hi.to(x.dtype))
+    return x
+
+
+def _mod(a, b, fmod: int):
+    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+
+
+def _transpose(x, perm):
+    return x.permute(*(perm if perm is not None else reversed(range(x.dim()))))
+
+
+def _cast(x, dtype: torch.dtype):
+    return x.to(dtype)
+
+
+def _gather(data, idx, axis: int):
+    return torch.index_select(data, axis, idx.reshape(-1).long()).reshape(
+        (*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :])
+    )
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.root = nn.Module()
+        self.graph = fx.Graph()
+        self.env: dict[str, Any] = {}
+        self.consts: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+        }
+        self.uses: dict[str, int] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.uses[name] = self.uses.get(name, 0) + 1
+        self._n = 0
+
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const_node(self, name: str) -> fx.Node:
+        attr = self.fresh("const")
+        self.root.register_buffer(attr, torch.from_numpy(np.array(self.consts[name])))
+        return self.graph.get_attr(attr)
+
+    def value(self, name: str) -> Any:
+        if name == "":
+            return None
+        if name in self.env:
+            return self.env[name]
+        if name in self.consts:
+            self.env[name] = self.const_node(name)
+            return self.env[name]
+        raise QuantizationError(f"ONNX graph uses {name!r} before it is defined")
+
+    def module(self, mod: nn.Module, hint: str, x: Any) -> fx.Node:
+        name = self.fresh(hint)
+        self.root.add_module(name, mod)
+        return self.graph.call_module(name, (x,))
+
+    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> fx.Node:
+        return self.graph.call_function(fn, args, kwargs)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _linear_from(w: np.ndarray, b: np.ndarray | None) -> nn.Linear:
+    """``y = x @ w (+ b)`` as nn.Linear (weight ``w.T``)."""
+    lin = nn.Linear(w.shape[0], w.shape[1], bias=b is not None)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)).float())
+        if b is not None:
+            lin.bias.copy_(torch.from_numpy(np.broadcast_to(b, (w.shape[1],)).copy()).float())
+    return lin
+
+
+def from_onnx(source: str | Path | onnx.ModelProto) -> fx.GraphModule:
+    """Import an ONNX model (checked as untrusted) as a ``torch.fx.GraphModule``."""
+    model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    if set(opsets) - {"", "ai.onnx"}:
+        raise QuantizationError(f"unsupported operator domains {sorted(set(opsets) - {'', 'ai.onnx'})}")
+    version = opsets.get("", opsets.get("ai.onnx", 0))
+    if version not in OPSETS:
+        raise QuantizationError(
+            f"ONNX opset {version} is not supported (supported: {OPSETS.start}-{OPSETS.stop - 1})"
+        )
+    known = set(HANDLERS)
+    unsupported = sorted({n.op_type for n in model.graph.node} - known)
+    if unsupported:
+        raise QuantizationError(f"unsupported ONNX operators {unsupported}; supported: {sorted(known)}")
+    imp = _Importer(model)
+    inputs = [i for i in model.graph.input if i.name not in imp.consts]
+    for k, i in enumerate(inputs):
+        imp.env[i.name] = imp.graph.placeholder("x" if len(inputs) == 1 else f"x{k}")
+    nodes = list(model.graph.node)
+    k = 0
+    while k < len(nodes):
+        node = nodes[k]
+        consumed = HANDLERS[node.op_type](imp, node, nodes[k + 1 :])
+        k += 1 + consumed
+    outs = [imp.value(o.name) for o in model.graph.output]
+    imp.graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+    gm = fx.GraphModule(imp.root, imp.graph, class_name="OnnxModel")
+    gm.graph.lint()
+    return gm
+
+
+# ----------------------------------------------------------------- handlers
+def _h_gemm(imp: _Importer, node, rest) -> int:
+    a = _attrs(node)
+    x_name, w_name = node.input[0], node.input[1]
+    c_name = node.input[2] if len(node.input) > 2 else ""
+    ta, tb = a.get("transA", 0), a.get("transB", 0)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    if w_name in imp.consts and (not c_name or c_name in imp.consts) and not ta:
+        w = imp.consts[w_name]
+        w = (w.T if tb else w) * alpha
+        b = imp.consts[c_name] * beta if c_name else None
+        imp.env[node.output[0]] = imp.module(_linear_from(w, b), "gemm", imp.value(x_name))
+        return 0
+    imp.env[node.output[0]] = imp.call(
+        _gemm, imp.value(x_name), imp.value(w_name), imp.value(c_name), alpha, beta, ta, tb
+    )
+    return 0
+
+
+def _h_matmul(imp: _Importer, node, rest) -> int:
+    x_name, w_name = node.input
+    if w_name in imp.consts and imp.consts[w_name].ndim == 2:
+        w = imp.consts[w_name]
+        bias, consumed = None, 0
+        nxt = rest[0] if rest else None
+        if (
+            nxt is not None
+            and nxt.op_type == "Add"
+            and node.output[0] in nxt.input
+            and imp.uses.get(node.output[0], 0) == 1
+        ):
+            other = [n for n in nxt.input if n != node.output[0]]
+            if other and other[0] in imp.consts and imp.consts[other[0]].size == w.shape[1]:
+                bias, consumed = imp.consts[other[0]].reshape(-1), 1
+        out = imp.module(_linear_from(w, bias), "matmul", imp.value(x_name))
+        imp.env[(nxt.output[0] if consumed else node.output[0])] = out
+        return consumed
+    imp.env[node.output[0]] = imp.call(torch.matmul, imp.value(x_name), imp.value(w_name))
+    return 0
+
+
+def _h_conv(imp: _Importer, node, rest) -> int:
+    a = _attrs(node)
+    kernel = imp.consts.get(node.input[1])
+    strides = list(a.get("strides", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    dil = list(a.get("dilations", [1, 1]))
+    group = a.get("group", 1)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise QuantizationError(f"Conv {node.name!r}: auto_pad is not supported; give explicit pads")
+    bias_name = node.input[2] if len(node.input) > 2 else ""
+    if kernel is not None and kernel.ndim == 4 and (not bias_name or bias_name in imp.consts):
+        conv = nn.Conv2d(
+            kernel.shape[1] * group,
+            kernel.shape[0],
+            kernel.shape[2:],
+            strides,
+            _symmetric_pads(pads),
+            dil,
+            group,
+            bias=bool(bias_name),
+        )
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(kernel).float())
+            if bias_name:
+                conv.bias.copy_(torch.from_numpy(imp.consts[bias_name]).float())
+        imp.env[node.output[0]] = imp.module(conv, "conv", imp.value(node.input[0]))
+        return 0
+    imp.env[node.output[0]] = imp.call(
+        _conv,
+        imp.value(node.input[0]),
+        imp.value(node.input[1]),
+        imp.value(bias_name),
+        strides,
+        pads,
+        dil,
+        group,
+    )
+    return 0
+
+
+def _simple(fn: Callable, n_in: int | None = None, **fixed: Any) -> Callable:
+    def handler(imp: _Importer, node, rest) -> int:
+        args = [imp.value(i) for i in node.input[: n_in or len(node.input)]]
+        imp.env[node.output[0]] = imp.call(fn, *args, **fixed)
+        return 0
+
+    return handler
+
+
+def _h_relu(imp, node, rest) -> int:
+    imp.env[node.output[0]] = imp.module(nn.ReLU(), "relu", imp.value(node.input[0]))
+    return 0
+
+
+def _h_flatten(imp, node, rest) -> int:
+    axis = _attrs(node).get("axis", 1)
+    x = imp.value(node.input[0])
+    imp.env[node.output[0]] = (
+        imp.module(nn.Flatten(axis), "flatten", x) if axis == 1 else imp.call(_flatten, x, axis)
+    )
+    return 0
+
+
+def _h_identity(imp, node, rest) -> int:
+    imp.env[node.output[0]] = imp.value(node.input[0])
+    return 0
+
+
+def _h_constant(imp, node, rest) -> int:
+    imp.consts[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
+    return 0
+
+
+def _h_attrs(fn: Callable, *names: tuple[str, Any]) -> Callable:
+    def handler(imp: _Importer, node, rest) -> int:
+        a = _attrs(node)
+        extra = [a.get(k, d) for k, d in names]
+        args = [imp.value(i) for i in node.input]
+        imp.env[node.output[0]] = imp.call(fn, *args, *extra)
+        return 0
+
+    return handler
+
+
+def _h_cast(imp, node, rest) -> int:
+    to = _attrs(node)["to"]
+    if to not in DTYPES:
+        raise QuantizationError(f"Cast {node.name!r}: unsupported target type {to}")
+    imp.env[node.output[0]] = imp.call(_cast, imp.value(node.input[0]), DTYPES[to])
+    return 0
+
+
+def _h_quant(fn: Callable) -> Callable:
+    def handler(imp: _Importer, node, rest) -> int:
+        args = [imp.value(i) for i in node.input]
+        if len(args) < 3:
+            raise QuantizationError(f"{node.op_type} {node.name!r} needs an explicit zero point")
+        imp.env[node.output[0]] = imp.call(fn, *args[:3], _attrs(node).get("axis", 1))
+        return 0
+
+    return handler
+
+
+def _h_maxpool(imp, node, rest) -> int:
+    a = _attrs(node)
+    imp.env[node.output[0]] = imp.call(
+        _maxpool,
+        imp.value(node.input[0]),
+        list(a["kernel_shape"]),
+        list(a.get("strides", a["kernel_shape"])),
+        list(a.get("pads", [0, 0, 0, 0])),
+        list(a.get("dilations", [1, 1])),
+        a.get("ceil_mode", 0),
+    )
+    return 0
+
+
+def _h_conv_integer(imp, node, rest) -> int:
+    a = _attrs(node)
+    args = [imp.value(i) for i in node.input] + [None] * (4 - len(node.input))
+    imp.env[node.output[0]] = imp.call(
+        _conv_integer,
+        *args[:4],
+        list(a.get("strides", [1, 1])),
+        list(a.get("pads", [0, 0, 0, 0])),
+        list(a.get("dilations", [1, 1])),
+        a.get("group", 1),
+    )
+    return 0
+
+
+HANDLERS: dict[str, Callable] = {
+    "Gemm": _h_gemm,
+    "MatMul": _h_matmul,
+    "Conv": _h_conv,
+    "Relu": _h_relu,
+    "Flatten": _h_flatten,
+    "Identity": _h_identity,
+    "Constant": _h_constant,
+    "Reshape": _simple(_reshape),
+    "Add": _simple(operator.add),
+    "Sub": _simple(operator.sub),
+    "Mul": _simple(operator.mul),
+    "Div": _simple(torch.div),
+    "Abs": _simple(torch.abs),
+    "Sign": _simple(torch.sign),
+    "Floor": _simple(torch.floor),
+    "Round": _simple(torch.round),
+    "Clip": _simple(_clip),
+    "Sigmoid": _simple(torch.sigmoid),
+    "Tanh": _simple(torch.tanh),
+    "Where": _simple(torch.where),
+    "Greater": _simple(torch.gt),
+    "GreaterOrEqual": _simple(torch.ge),
+    "Less": _simple(torch.lt),
+    "Equal": _simple(torch.eq),
+    "Not": _simple(torch.logical_not),
+    "And": _simple(torch.logical_and),
+    "Or": _simple(torch.logical_or),
+    "Transpose": _h_attrs(_transpose, ("perm", None)),
+    "LeakyRelu": _h_attrs(F.leaky_relu, ("alpha", 0.01)),
+    "Elu": _h_attrs(F.elu, ("alpha", 1.0)),
+    "Mod": _h_attrs(_mod, ("fmod", 0)),
+    "Gather": _h_attrs(_gather, ("axis", 0)),
+    "Cast": _h_cast,
+    "QuantizeLinear": _h_quant(_quantize_linear),
+    "DequantizeLinear": _h_quant(_dequantize_linear),
+    "MaxPool": _h_maxpool,
+    "ConvInteger": _h_conv_integer,
+}
