@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchqv as tq
+from torchqv.formats import is_dyadic
 
 W4 = tq.FixedPoint(bits=4)
 A8 = tq.FixedPoint(bits=8)
@@ -226,7 +227,7 @@ def test_observers_give_grids_that_cover_the_data(kind):
         assert amax / 127 <= float(step) <= amax / 127 * (1 + 2**-7)
     else:
         assert float(step) <= amax / 127 * (1 + 2**-7)
-    assert step.denominator & (step.denominator - 1) == 0  # dyadic
+    assert is_dyadic(step)
     assert step.numerator < 2**8  # 8 significant bits
 
 

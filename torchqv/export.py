@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,14 @@ from torch import fx, nn
 
 from .activations import round_activation
 from .fake_quant import FakeQuantize
-from .formats import FixedPoint, QuantizationError, fraction_to_float
+from .formats import FixedPoint, QuantizationError, fraction_to_float, is_dyadic
 from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule, _QuantAffine
-from .quantize import trace
+from .quantize import _producer, trace
 
 OPSET = 17
 EXACT_F64 = 2**53
 EXACT_F32 = 2**24
 FORMS = ("integer", "qdq")
-
-
-def _is_dyadic(x: Fraction) -> bool:
-    return x.denominator & (x.denominator - 1) == 0
 
 
 def _int_dtype(codes: np.ndarray) -> Any:
@@ -268,7 +263,7 @@ class _IntegerForm:
         if v.grid is None:
             return v.name
         step = v.grid.steps()[0]
-        if _is_dyadic(step):
+        if is_dyadic(step):
             return self.g.op("Mul", [v.name, self.g.const(fraction_to_float(step))], "y")
         return self.g.op(
             "Div",
@@ -567,6 +562,13 @@ def check_onnx_parity(
 
 
 def _output_step(qmodel: nn.Module) -> float | None:
-    last = [m for m in qmodel.modules() if isinstance(m, QuantModule)]
-    out = last[-1].out_quant if last else None
+    """The step of the model's output grid (``None`` if the output is real-valued)."""
+    if isinstance(qmodel, QuantModule):
+        out = qmodel.out_quant
+    else:
+        gm = trace(qmodel)
+        result = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        src = _producer(result, gm) if isinstance(result, fx.Node) else None
+        mod = qmodel.get_submodule(src.target) if src is not None and src.op == "call_module" else None
+        out = mod.out_quant if isinstance(mod, QuantModule) else None
     return fraction_to_float(out.steps()[0]) if out is not None else None

@@ -70,6 +70,11 @@ def as_step(value: Any, what: str = "step") -> Fraction:
     return frac
 
 
+def is_dyadic(x: Fraction) -> bool:
+    """Is the denominator a power of two (so the value is exact in binary floating point)?"""
+    return x.denominator & (x.denominator - 1) == 0
+
+
 def fraction_to_float(x: Fraction) -> float:
     """The double nearest to ``x`` (Python's int true division is correctly rounded)."""
     return x.numerator / x.denominator
@@ -144,7 +149,7 @@ class FixedPoint:
                 object.__setattr__(self, "per_channel", True)
             else:
                 object.__setattr__(self, "step", parsed[0])
-            if not all(s.denominator & (s.denominator - 1) == 0 for s in parsed) and any(
+            if not all(is_dyadic(s) for s in parsed) and any(
                 s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
             ):
                 raise QuantizationError(
@@ -387,7 +392,7 @@ def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0
     shape = [1] * codes.dim()
     if len(steps) > 1:
         shape[axis] = len(steps)
-    if all(s.denominator & (s.denominator - 1) == 0 for s in steps):
+    if all(is_dyadic(s) for s in steps):
         s = torch.tensor([fraction_to_float(x) for x in steps], dtype=torch.float64)
         return codes * s.view(shape) if len(steps) > 1 else codes * s
     num = torch.tensor([float(x.numerator) for x in steps], dtype=torch.float64)

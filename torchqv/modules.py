@@ -27,7 +27,7 @@ from torch import nn
 
 from .activations import ABS_ERR, REL_ERR, Activation, round_activation
 from .fake_quant import DIV_ERR, FakeQuantize, fake_quantize
-from .formats import QuantizationError, dequantize_f64, fraction_to_float, round_certified
+from .formats import QuantizationError, dequantize_f64, fraction_to_float, is_dyadic, round_certified
 
 U64 = 2.0**-53
 EXACT_INT = 2.0**53
@@ -36,10 +36,6 @@ EXACT_INT = 2.0**53
 def _gamma(n: int) -> float:
     """Higham's bound: |fl(x . y) - x . y| <= gamma_n |x| . |y| with gamma_n = n u / (1 - n u)."""
     return 2 * n * U64 / (1 - n * U64)  # factor 2: margin for fused or reordered kernels
-
-
-def _is_dyadic(step: Fraction) -> bool:
-    return step.denominator & (step.denominator - 1) == 0
 
 
 class QuantModule(nn.Module):
@@ -413,7 +409,7 @@ class QuantAct(QuantModule):
         inq = self.input_quantizer
         if inq is not None:
             codes, s_in = inq.snap(x64, self.qname).flatten(), inq.steps()[0]
-            x_err = 0.0 if _is_dyadic(s_in) else self.act.lipschitz * 2 * U64
+            x_err = 0.0 if is_dyadic(s_in) else self.act.lipschitz * 2 * U64
             exact_x = lambda i: Fraction(int(codes[i].item())) * s_in  # noqa: E731
         else:
             flat, x_err = x64.flatten(), 0.0
