@@ -185,11 +185,20 @@ def test_export_errors(tmp_path):
     with pytest.raises(tq.QuantizationError, match="form"):
         tq.export_onnx(qm.eval(), torch.randn(1, 3), tmp_path / "c.onnx", form="tflite")
     pooled = tq.quantize(
-        nn.Sequential(nn.Conv2d(1, 1, 1), nn.AvgPool2d(2)), tq.QConfig(weight=fmt, activation=fmt, input=fmt)
+        nn.Sequential(nn.Conv2d(1, 1, 1), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 2)),
+        tq.QConfig(weight=fmt, activation=fmt, input=fmt),
     )
     tq.calibrate(pooled, [torch.randn(2, 1, 4, 4)], progress=False)
-    with pytest.raises(tq.QuantizationError, match="AvgPool2d"):
+    with pytest.raises(tq.QuantizationError, match="average pooling"):
         tq.export_onnx(pooled.eval(), torch.randn(1, 1, 4, 4), tmp_path / "d.onnx")
+    tq.export_onnx(pooled.eval(), torch.randn(1, 1, 4, 4), tmp_path / "d.onnx", form="qdq")
+    report = tq.check_onnx_parity(pooled, tmp_path / "d.onnx", torch.randn(64, 1, 4, 4))
+    assert report.max_step_diff <= 1  # float32 average pooling: at most one step apart
+    with pytest.raises(tq.QuantizationError, match="unsupported module Upsample"):
+        up = tq.quantize(nn.Sequential(nn.Conv2d(1, 1, 1)), tq.QConfig(weight=fmt, activation=fmt, input=fmt))
+        up.add_module("1", nn.Upsample(scale_factor=2))
+        tq.calibrate(up, [torch.randn(2, 1, 4, 4)], progress=False)
+        tq.export_onnx(up.eval(), torch.randn(1, 1, 4, 4), tmp_path / "e.onnx")
 
 
 def test_untrusted_files_are_checked(tmp_path):

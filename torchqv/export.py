@@ -280,6 +280,12 @@ class _IntegerForm:
     def maxpool(self, v: _Val, **attrs: Any) -> _Val:
         return _Val(self.g.op("MaxPool", [v.name], **attrs), v.grid)
 
+    def avgpool(self, v: _Val, op: str, **attrs: Any) -> _Val:
+        raise QuantizationError(
+            "average pooling leaves the grid, so the next layer's input has no integer codes; "
+            "export with form='qdq' (or use max pooling)"
+        )
+
 
 # --------------------------------------------------------------------- QDQ form
 class _QDQForm:
@@ -402,6 +408,10 @@ class _QDQForm:
     def maxpool(self, v: _Val, **attrs: Any) -> _Val:
         return _Val(self.g.op("MaxPool", [v.name], **attrs), v.grid)
 
+    def avgpool(self, v: _Val, op: str, **attrs: Any) -> _Val:
+        """Average pooling in float32 (its output is a real number, as in the simulation)."""
+        return _Val(self.g.op(op, [v.name], **attrs))
+
 
 # ------------------------------------------------------------------------ export
 def _pair(v: Any) -> list[int]:
@@ -449,6 +459,11 @@ def export_onnx(
                 _pair(mod.dilation),
             )
             return emit.maxpool(v, kernel_shape=k, strides=s, pads=p + p, dilations=d)
+        if isinstance(mod, nn.AvgPool2d) and not mod.ceil_mode and mod.count_include_pad:
+            k, s, p = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding)
+            return emit.avgpool(v, "AveragePool", kernel_shape=k, strides=s, pads=p + p)
+        if isinstance(mod, nn.AdaptiveAvgPool2d) and _pair(mod.output_size) == [1, 1]:
+            return emit.avgpool(v, "GlobalAveragePool")
         raise QuantizationError(f"export_onnx: unsupported module {type(mod).__name__}")
 
     def _flatten(v: _Val, start: int, end: int) -> _Val:

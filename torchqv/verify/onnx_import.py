@@ -92,6 +92,14 @@ def _maxpool(x, kernel, strides, pads, dilations, ceil_mode):
     return F.max_pool2d(x, kernel, strides, _symmetric_pads(pads), dilations, bool(ceil_mode))
 
 
+def _avgpool(x, kernel, strides, pads, ceil_mode):
+    return F.avg_pool2d(x, kernel, strides, _symmetric_pads(pads), bool(ceil_mode), count_include_pad=True)
+
+
+def _global_avgpool(x):
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
 def _flatten(x, axis: int):
     axis = axis % x.dim() if x.dim() else 0
     return x.reshape(int(math.prod(x.shape[:axis])), -1)
@@ -428,4 +436,8 @@ HANDLERS: dict[str, Callable] = {
     "DequantizeLinear": _h_quant(_dequantize_linear),
     "MaxPool": _h_maxpool,
     "ConvInteger": _h_conv_integer,
+    "GlobalAveragePool": _simple(_global_avgpool),
+    "AveragePool": _h_attrs(
+        _avgpool, ("kernel_shape", None), ("strides", None), ("pads", [0, 0, 0, 0]), ("ceil_mode", 0)
+    ),
 }
