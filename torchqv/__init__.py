@@ -13,7 +13,7 @@ from .observers import ObserverConfig
 from .quantize import QConfig, calibrate, enable_observers, freeze, quantize
 from .reference import reference_forward
 from .rounding import RoundingReport, round_weights
-from .verify import from_onnx
+from .verify import from_onnx, verify_equivalence
 
 __all__ = [
     "Binary",
@@ -41,5 +41,6 @@ __all__ = [
     "quantize",
     "reference_forward",
     "round_weights",
+    "verify_equivalence",
 ]
 __version__ = "0.1.0"

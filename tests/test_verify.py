@@ -1,0 +1,225 @@
+"""Equivalence verification: soundness against enumeration, constructed cases, errors."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import torchqv as tq
+from torchqv.verify.engine import holds
+
+ACTS = [nn.ReLU, lambda: nn.LeakyReLU(0.25), lambda: nn.Hardtanh(-1.0, 1.5), nn.Identity]
+
+
+def grid_points(fq: nn.Module, center: torch.Tensor, delta: float) -> torch.Tensor:
+    """Every grid point of f''s input format inside the L-inf ball (a finite set)."""
+    q = next(m for m in fq.modules() if isinstance(m, tq.QuantModule) and m.in_quant is not None).in_quant
+    s, (kmin, kmax) = q.steps()[0], q.code_range()
+    axes = []
+    for c in center.tolist():
+        lo = max(kmin, -((-(Fraction(c) - Fraction(delta))) // s))  # ceil
+        hi = min(kmax, (Fraction(c) + Fraction(delta)) // s)
+        axes.append([float(k * s) for k in range(int(lo), int(hi) + 1)])
+    return torch.tensor(list(itertools.product(*axes)), dtype=torch.float32).reshape(-1, len(axes))
+
+
+@st.composite
+def cases(draw):
+    torch.manual_seed(draw(st.integers(0, 10_000)))
+    d, h, o = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(2, 3))
+    f = nn.Sequential(nn.Linear(d, h), draw(st.sampled_from(ACTS))(), nn.Linear(h, o))
+    wbits = draw(st.integers(2, 5))
+    rounding = draw(st.sampled_from(["half_away", "half_even", "floor"]))
+    cfg = tq.QConfig(
+        weight=tq.FixedPoint(bits=wbits, rounding=rounding, per_channel=draw(st.booleans())),
+        activation=tq.FixedPoint(bits=draw(st.integers(3, 6)), rounding=rounding),
+        input=tq.FixedPoint(bits=4, rounding=rounding),
+    )
+    fq = tq.quantize(f, cfg)
+    tq.calibrate(fq, [torch.randn(64, d) * 2], progress=False)
+    relation = draw(st.sampled_from(["top1", "eps", "eps_l1", "strict"]))
+    eps = draw(st.sampled_from([0.05, 0.3, 1.0])) if relation.startswith("eps") else None
+    center = torch.randn(d) * 1.5
+    delta = draw(st.sampled_from([0.2, 0.5, 1.0]))
+    return f, fq, relation, eps, center, delta
+
+
+@given(cases())
+@settings(max_examples=120)
+def test_verdicts_agree_with_enumeration(case):
+    f, fq, relation, eps, center, delta = case
+    norm = "l1" if relation == "eps_l1" else "inf"
+    rel = "eps" if relation.startswith("eps") else relation
+    (res,) = tq.verify_equivalence(f, fq, center[None], delta, relation=rel, eps=eps, norm=norm, timeout=30)
+    xs = grid_points(fq, center, delta)
+    if xs.numel() == 0:  # no input grid point in the region: vacuously equivalent
+        assert res.verdict == "EQUIVALENT" and "vacuous" in res.reason
+        return
+    with torch.no_grad():
+        y = f.double()(xs.double())
+        f.float()
+    yq = tq.reference_forward(fq, xs)
+    truth = all(holds(rel, a, b, eps, norm) for a, b in zip(y, yq, strict=True))
+    assert res.verdict != "UNKNOWN", res.reason
+    if res.verdict == "EQUIVALENT":
+        assert truth, "the verifier said EQUIVALENT but enumeration finds a violation"
+    else:
+        assert not truth
+        cex = res.counterexample.reshape(1, -1).float()
+        assert any(torch.equal(cex[0], x) for x in xs)  # a point of the region
+        with torch.no_grad():
+            a = f.double()(cex.double())[0]
+            f.float()
+        assert not holds(rel, a, tq.reference_forward(fq, cex)[0], eps, norm)
+
+
+def test_equivalent_by_construction_is_proved():
+    """Integer weights, integer inputs and a wide integer output grid: f' computes f exactly."""
+    f = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        for lin in (f[0], f[2]):
+            lin.weight.copy_(torch.randint(-3, 4, lin.weight.shape).float())
+            lin.bias.copy_(torch.randint(-3, 4, lin.bias.shape).float())
+    one = tq.FixedPoint(bits=16, step=1)
+    fq = tq.quantize(
+        f,
+        tq.QConfig(weight=tq.FixedPoint(bits=4, step=1), activation=one, input=tq.FixedPoint(bits=6, step=1)),
+    )
+    points = torch.tensor([[0.0, 1.0, -2.0], [3.0, -1.0, 2.0]])
+    for relation in ("strict", "top1"):
+        res = tq.verify_equivalence(f, fq, points, 3.0, relation=relation)
+        assert [r.verdict for r in res] == ["EQUIVALENT", "EQUIVALENT"]
+
+
+def test_planted_difference_is_found_and_replayed():
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 3))
+    fq = tq.quantize(
+        f,
+        tq.QConfig(
+            weight=tq.FixedPoint(bits=8), activation=tq.FixedPoint(bits=8), input=tq.FixedPoint(bits=8)
+        ),
+    )
+    tq.calibrate(fq, [torch.randn(64, 2)], progress=False)
+    with torch.no_grad():  # plant: class 2 of f' gets a large extra bias
+        fq[2].bias[2] += 5.0
+    res = tq.verify_equivalence(f, fq, torch.zeros(1, 2), 1.0, relation="top1")
+    assert res[0].verdict == "NOT_EQUIVALENT"
+    cex = res[0].counterexample.reshape(1, 2).float()
+    assert int(tq.reference_forward(fq, cex).argmax()) != int(f(cex).argmax())
+
+
+def test_plain_z3_without_bounds_agrees():
+    torch.manual_seed(2)
+    f = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3))
+    fq = tq.quantize(
+        f,
+        tq.QConfig(
+            weight=tq.FixedPoint(bits=5), activation=tq.FixedPoint(bits=6), input=tq.FixedPoint(bits=5)
+        ),
+    )
+    tq.calibrate(fq, [torch.randn(64, 2)], progress=False)
+    pts = torch.randn(4, 2)
+    with_bounds = [r.verdict for r in tq.verify_equivalence(f, fq, pts, 0.3)]
+    plain = [r.verdict for r in tq.verify_equivalence(f, fq, pts, 0.3, use_bounds=False)]
+    assert with_bounds == plain
+
+
+def test_timeout_gives_unknown():
+    torch.manual_seed(3)
+    f = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4))
+    fq = tq.quantize(f, tq.QConfig(weight=tq.FixedPoint(bits=6), activation=tq.FixedPoint(bits=8)))
+    tq.calibrate(fq, [torch.randn(64, 6)], progress=False)
+    (res,) = tq.verify_equivalence(
+        f, fq, torch.zeros(1, 6), 2.0, relation="eps", eps=1e-3, timeout=0.05, samples=0
+    )
+    assert res.verdict in ("UNKNOWN", "NOT_EQUIVALENT")
+    if res.verdict == "UNKNOWN":
+        assert "within" in res.reason
+
+
+def test_bad_arguments():
+    f = nn.Sequential(nn.Linear(2, 2))
+    fq = tq.quantize(f, tq.QConfig(weight=tq.FixedPoint(bits=4), activation=tq.FixedPoint(bits=8)))
+    tq.calibrate(fq, [torch.randn(8, 2)], progress=False)
+    p = torch.zeros(1, 2)
+    with pytest.raises(tq.QuantizationError, match="relation"):
+        tq.verify_equivalence(f, fq, p, 0.1, relation="same")
+    with pytest.raises(tq.QuantizationError, match="eps"):
+        tq.verify_equivalence(f, fq, p, 0.1, relation="eps")
+    with pytest.raises(tq.QuantizationError, match="delta"):
+        tq.verify_equivalence(f, fq, p, float("nan"))
+    g = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid())
+    gq = tq.quantize(g, tq.QConfig(weight=tq.FixedPoint(bits=4), activation=tq.FixedPoint(bits=8)))
+    with pytest.raises(tq.QuantizationError, match="piecewise-linear"):
+        tq.verify_equivalence(g, gq, p, 0.1)
+
+
+@given(
+    t=st.fractions(min_value=-20, max_value=20, max_denominator=8),
+    rounding=st.sampled_from(["half_away", "half_even", "floor"]),
+    binary=st.booleans(),
+    step=st.sampled_from([Fraction(1), Fraction(1, 3), Fraction(1, 4)]),
+)
+@settings(max_examples=300)
+def test_z3_rounding_is_the_formats_rounding(t, rounding, binary, step):
+    """On exact values (ties and integers included) the encoding yields round_exact + saturation."""
+    import z3
+
+    from torchqv.verify.encode import Encoder, rv
+    from torchqv.verify.network import Rounding
+
+    fmt = tq.Binary(rounding=rounding) if binary else tq.FixedPoint(bits=4, rounding=rounding)
+    r = Rounding(fmt, step)
+    value = t * step
+    s = z3.Solver()
+    x = z3.Real("x")
+    out = Encoder(s).rounding(r, x, float("-inf"), float("inf"))
+    y = z3.Real("y")
+    s.add(x == rv(value), y == out)
+    assert s.check() == z3.sat
+    assert s.model()[y].as_fraction() == r.apply(value)
+    s.add(y != rv(r.apply(value)))
+    assert s.check() == z3.unsat  # the rounding is a function
+
+
+@given(cases())
+@settings(max_examples=40)
+def test_z3_network_encoding_matches_the_reference(case):
+    """Pin the inputs to grid points: z3's outputs are the integer reference's, exactly."""
+    import z3
+
+    from torchqv.verify import bounds as B
+    from torchqv.verify.encode import Encoder, rv
+    from torchqv.verify.network import Chain, quant_chain
+
+    _, fq, _, _, center, delta = case
+    xs = grid_points(fq, center, delta)[:5]
+    chain = quant_chain(fq, xs.shape[1] if xs.numel() else 1)
+    for x in xs:
+        s = z3.Solver()
+        enc = Encoder(s)
+        inputs = [z3.Real(f"i{j}") for j in range(len(x))]
+        loose = B.propagate(Chain(chain.layers, len(x)), x.double().numpy(), x.double().numpy())
+        out = enc.network(
+            Chain(chain.layers, len(x)), inputs, [_inf(b) for b in loose], [-1e300] * len(x), [1e300] * len(x)
+        )
+        s.add([v == rv(float(c)) for v, c in zip(inputs, x.tolist(), strict=True)])
+        assert s.check() == z3.sat
+        got = [s.model().eval(o, model_completion=True).as_fraction() for o in out]
+        ref = tq.reference_forward(fq, x[None], exact=True)[0].tolist()
+        assert got == ref
+
+
+def _inf(b):
+    from torchqv.verify.bounds import LayerBounds
+
+    inf = float("inf")
+    full = torch.full(b.lo.shape, inf, dtype=torch.float64).numpy()
+    return LayerBounds(-full, full, -full, full)
