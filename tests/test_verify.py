@@ -223,3 +223,74 @@ def _inf(b):
     inf = float("inf")
     full = torch.full(b.lo.shape, inf, dtype=torch.float64).numpy()
     return LayerBounds(-full, full, -full, full)
+
+
+@given(cases())
+@settings(max_examples=60)
+def test_linear_bounds_contain_every_value(case):
+    """Back-substitution bounds hold at sampled points of the box, layer by layer (exact values)."""
+    import numpy as np
+
+    from torchqv.verify.bounds import Crown
+    from torchqv.verify.network import Chain, float_chain, quant_chain
+
+    f, fq, _, _, center, delta = case
+    d = center.numel()
+    lo, hi = (center - delta).double().numpy(), (center + delta).double().numpy()
+    for chain in (float_chain(f, d), Chain(quant_chain(fq, d).layers, d)):
+        crown = Crown(chain, lo, hi)
+        bounds = crown.layer_bounds()
+        n = chain.out_features
+        A = np.eye(n)[: max(1, n - 1)] - np.eye(n)[-1]
+        margin_lo = crown.linear_lower(A)
+        gen = torch.Generator().manual_seed(0)
+        for x in torch.from_numpy(lo) + (torch.from_numpy(hi - lo)) * torch.rand(
+            20, d, generator=gen, dtype=torch.float64
+        ):
+            v = [Fraction(float(t)) for t in x]
+            for layer, b in zip(chain.layers, bounds, strict=True):
+                v = Chain([layer], len(v)).exact(v)
+                assert all(b.lo[i] <= float(t) <= b.hi[i] for i, t in enumerate(v))
+            out = np.array([float(t) for t in v])
+            assert (A @ out >= margin_lo - 1e-12).all()
+
+
+@given(cases())
+@settings(max_examples=40)
+def test_difference_bounds_contain_every_difference(case):
+    import numpy as np
+
+    from torchqv.verify.bounds import Crown, difference_bounds
+    from torchqv.verify.network import Chain, float_chain, quant_chain
+
+    f, fq, _, _, center, delta = case
+    d = center.numel()
+    lo, hi = (center - delta).double().numpy(), (center + delta).double().numpy()
+    cf, cq = float_chain(f, d), Chain(quant_chain(fq, d).layers, d)
+    dlo, dhi = difference_bounds(Crown(cf, lo, hi), Crown(cq, lo, hi))
+    gen = torch.Generator().manual_seed(1)
+    for x in torch.from_numpy(lo) + torch.from_numpy(hi - lo) * torch.rand(
+        30, d, generator=gen, dtype=torch.float64
+    ):
+        v = [Fraction(float(t)) for t in x]
+        diff = np.array([float(a - b) for a, b in zip(cf.exact(v), cq.exact(v), strict=True)])
+        assert (dlo <= diff).all() and (diff <= dhi).all()
+
+
+def test_imported_acas_network_with_input_shift():
+    from .conftest import SHARED_DATA
+
+    path = SHARED_DATA / "onnx" / "ACASXU_run2a_1_1_batch_2000.onnx"
+    if not path.exists():
+        pytest.skip(f"shared test data not found at {path}")
+    f = tq.from_onnx(path)
+    fq = tq.quantize(
+        f, tq.QConfig(weight=tq.FixedPoint(bits=8, per_channel=True), activation=tq.FixedPoint(bits=8))
+    )
+    box_lo = torch.tensor([-0.3284, -0.5, -0.5, -0.5, -0.5])
+    calib = (box_lo + torch.rand(512, 5) * torch.tensor([1.0083, 1, 1, 1, 1])).reshape(-1, 1, 1, 5)
+    tq.calibrate(fq, [calib], progress=False)
+    (res,) = tq.verify_equivalence(f, fq, calib[:1], 0.001, relation="eps", eps=0.5, timeout=30)
+    assert res.verdict == "EQUIVALENT" and res.stats["method"] == "bounds"
+    (res,) = tq.verify_equivalence(f, fq, calib[:1], 0.001, relation="eps", eps=1e-6, timeout=30)
+    assert res.verdict == "NOT_EQUIVALENT"  # 8-bit rounding moves the outputs by more than 1e-6

@@ -211,6 +211,10 @@ def reference_forward(model: nn.Module, x: torch.Tensor, exact: bool = False) ->
                 env[node.name] = value
             elif node.op == "call_module":
                 env[node.name] = _run_module(model.get_submodule(node.target), *args)
+            elif node.op == "get_attr":
+                env[node.name] = _to_obj(getattr(gm, node.target))
+            elif node.op == "call_function" and node.target in (operator.add, operator.sub):
+                env[node.name] = node.target(*args)
             elif node.op == "call_function" and node.target is torch.flatten:
                 env[node.name] = _flatten(*args, **node.kwargs)
             elif node.op == "call_function" and node.target is operator.getitem:

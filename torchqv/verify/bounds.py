@@ -35,13 +35,18 @@ def _widen(lo: np.ndarray, hi: np.ndarray, err: np.ndarray | float = 0.0) -> tup
     return lo - pad, hi + pad
 
 
-def round_interval(r: Rounding, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Interval of the rounded values (exact decisions at the float endpoints, then saturation)."""
+def rounded_ends(r: Rounding, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The grid values that the interval's ends round to (exact decisions; doubles of ``k * step``)."""
 
     def grid(v: np.ndarray) -> np.ndarray:
         return np.array([float(r.apply(Fraction(float(t)))) for t in v], dtype=np.float64)
 
-    return _widen(grid(lo), grid(hi))
+    return grid(lo), grid(hi)
+
+
+def round_interval(r: Rounding, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of the rounded values (monotone rounding and saturation), padded."""
+    return _widen(*rounded_ends(r, lo, hi))
 
 
 def propagate(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> list[LayerBounds]:
@@ -89,3 +94,159 @@ def _act_interval(layer: Act, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
 
 def is_finite(b: list[LayerBounds]) -> bool:
     return all(math.isfinite(float(x.lo.min())) and math.isfinite(float(x.hi.max())) for x in b)
+
+
+# ------------------------------------------------------------------------------------------
+# Linear bound propagation (CROWN / DeepPoly style back-substitution)
+#
+# The chain is flattened into operations: affine maps and elementwise functions (activations and
+# roundings).  Each elementwise function phi on an input interval [l, u] gets linear lower and
+# upper relaxations  a_L x + b_L <= phi(x) <= a_U x + b_U ; a linear function of any layer is then
+# bounded by substituting backwards down to the input box.  Roundings to nearest satisfy
+# x - s/2 <= round(x) <= x + s/2 inside the grid's range (floor: x - s < floor(x) <= x), and a
+# saturating or binary rounding is bounded by its values at the interval's ends.  Every bound is
+# padded by a relative margin far above float64's error, so it holds for the exact network.
+PAD = 1e-9
+
+
+def _ops(chain: Chain) -> list[tuple]:
+    ops: list[tuple] = []
+    for layer in chain.layers:
+        ops.append(("affine", layer.Wf, layer.bf) if isinstance(layer, Affine) else ("act", layer.act))
+        if layer.out is not None:
+            ops.append(("round", layer.out))
+    return ops
+
+
+def _relax(op: tuple, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(a_L, b_L, a_U, b_U) with a_L x + b_L <= phi(x) <= a_U x + b_U on [l, u]."""
+    kind = op[0]
+    zero = np.zeros_like(l)
+    if kind == "act":
+        a = op[1]
+        if a.name == "identity":
+            return np.ones_like(l), zero, np.ones_like(l), zero
+        if a.name in ("relu", "leaky_relu"):
+            s = a.param("negative_slope") if a.name == "leaky_relu" else 0.0
+            pos, neg = l >= 0, u <= 0
+            width = np.where(u > l, u - l, 1.0)
+            chord = (u - s * l) / width  # through (l, s l) and (u, u)
+            aU = np.where(pos, 1.0, np.where(neg, s, chord))
+            bU = np.where(pos | neg, 0.0, s * l - chord * l)
+            aL = np.where(pos, 1.0, np.where(neg, s, np.where(u > -l, 1.0, s)))
+            return aL, zero, aU, bU
+        vl, vu = _act_interval(Act(a), l, u)  # monotone: constant bounds
+        return zero, vl, zero, vu
+    r: Rounding = op[1]
+    s = float(r.step)
+    kmin, kmax = r.code_range
+    if r.fmt.rounding == "floor":  # floor(x) in (x - s, x] while no saturation happens
+        inside = (l >= kmin * s) & (u < (kmax + 1) * s)
+        lo_b, hi_b = -s, 0.0
+    else:  # nearest: |round(x) - x| <= s/2 while no saturation happens
+        inside = (l >= (kmin - 0.5) * s) & (u <= (kmax + 0.5) * s)
+        lo_b, hi_b = -s / 2, s / 2
+    el, eu = rounded_ends(r, l, u)
+    vl, vu = _widen(el, eu)  # otherwise: the values at the ends (monotone)
+    # a single rounded value is a constant; binary grids are bounded by their ends
+    inside = inside & (eu > el) & (not r.fmt.binary)
+    slope = np.where(inside, 1.0, 0.0)
+    return slope, np.where(inside, lo_b, vl), slope, np.where(inside, hi_b, vu)
+
+
+def _back(ops, relax, A: np.ndarray, c: np.ndarray, upto: int, xl, xu, lower: bool) -> np.ndarray:
+    """Bound of ``A y_upto + c`` (y_upto: output of op ``upto - 1``; 0 = the input) over the box."""
+    A, c = _substitute(ops, relax, A, c, upto, lower)
+    return _minimize(A, c, xl, xu, lower)
+
+
+def _minimize(A: np.ndarray, c: np.ndarray, xl, xu, lower: bool) -> np.ndarray:
+    """min (or max) of ``A x + c`` over the box, padded outwards."""
+    mid, rad = (xl + xu) / 2, (xu - xl) / 2
+    val = A @ mid + c + (-1 if lower else 1) * (np.abs(A) @ rad)
+    pad = PAD * (np.abs(A) @ np.maximum(np.abs(xl), np.abs(xu)) + np.abs(c) + 1.0)
+    return val - pad if lower else val + pad
+
+
+def _substitute(ops, relax, A: np.ndarray, c: np.ndarray, upto: int, lower: bool):
+    """Linear lower (or upper) bound ``A' x + c'`` of ``A y_upto + c`` in terms of the input."""
+    for k in range(upto - 1, -1, -1):
+        op = ops[k]
+        if op[0] == "affine":
+            c = c + A @ op[2]
+            A = A @ op[1]
+        else:
+            aL, bL, aU, bU = relax[k]
+            pos, neg = np.maximum(A, 0), np.minimum(A, 0)
+            if lower:
+                c = c + pos @ bL + neg @ bU
+                A = pos * aL + neg * aU
+            else:
+                c = c + pos @ bU + neg @ bL
+                A = pos * aU + neg * aL
+    return A, c
+
+
+class Crown:
+    """Back-substitution bounds of a chain over an input box (input rounding already applied)."""
+
+    def __init__(self, chain: Chain, xl: np.ndarray, xu: np.ndarray):
+        self._layers = chain.layers
+        self.ops = _ops(chain)
+        self.xl, self.xu = xl, xu
+        ibp = propagate(chain, xl, xu)
+        self.lo, self.hi = [xl], [xu]  # bounds of each op's output (index 0: the input)
+        self.relax: list = []
+        layer = -1
+        for op in self.ops:
+            l, u = self.lo[-1], self.hi[-1]
+            if op[0] == "affine":
+                n = len(op[2])
+                self.relax.append(None)
+                k = len(self.relax)
+                nl = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k, xl, xu, True)
+                nu = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k, xl, xu, False)
+            else:
+                self.relax.append(_relax(op, l, u))
+                a_lo, b_lo, a_hi, b_hi = self.relax[-1]
+                nl = np.minimum(a_lo * l, a_lo * u) + b_lo
+                nu = np.maximum(a_hi * l, a_hi * u) + b_hi
+                vl, vu = round_interval(op[1], l, u) if op[0] == "round" else _act_interval(Act(op[1]), l, u)
+                nl, nu = np.maximum(nl, vl), np.minimum(nu, vu)
+            if op[0] != "round":  # a layer's main operation: intersect with interval bounds too
+                layer += 1
+                nl, nu = np.maximum(nl, ibp[layer].pre_lo), np.minimum(nu, ibp[layer].pre_hi)
+            self.lo.append(nl)
+            self.hi.append(nu)
+
+    def linear_lower(self, A: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
+        """Lower bounds of ``A y + c`` for the chain's output ``y``."""
+        c = np.zeros(A.shape[0]) if c is None else c
+        return _back(self.ops, self.relax, A, c, len(self.ops), self.xl, self.xu, True)
+
+    def layer_bounds(self) -> list[LayerBounds]:
+        """Per chain layer: bounds before and after its output rounding (tightened)."""
+        out, k = [], 1
+        for layer in self._layers:
+            pre_lo, pre_hi = self.lo[k], self.hi[k]
+            if layer.out is not None:
+                k += 1
+            out.append(LayerBounds(pre_lo, pre_hi, self.lo[k], self.hi[k]))
+            k += 1
+        return out
+
+
+def difference_bounds(f: Crown, g: Crown) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of ``f(x) - g(x)`` over the shared input box: both networks are substituted down to
+    the input before minimising, so their correlation through ``x`` is kept (much tighter than
+    subtracting separate bounds)."""
+    n = f.hi[-1].shape[0]
+    eye = np.eye(n)
+    zero = np.zeros(n)
+    out = []
+    for lower in (True, False):
+        Af, cf = _substitute(f.ops, f.relax, eye, zero, len(f.ops), lower)
+        Ag, cg = _substitute(g.ops, g.relax, -eye, zero, len(g.ops), lower)
+        out.append(_minimize(Af + Ag, cf + cg, f.xl, f.xu, lower))
+    sep_lo, sep_hi = f.lo[-1] - g.hi[-1], f.hi[-1] - g.lo[-1]
+    return np.maximum(out[0], sep_lo), np.minimum(out[1], sep_hi)

@@ -165,18 +165,26 @@ def _gradient_search(
     return _snap(x.detach().double(), grid, lo, hi).float().double()
 
 
-def _prove_by_bounds(p: _Problem, bf: list, bq: list) -> bool:
-    ylo, yhi = bf[-1].lo, bf[-1].hi
-    qlo, qhi = bq[-1].lo, bq[-1].hi
+def _margins_positive(crown: B.Crown, c: int) -> bool:
+    """Is ``y_c - y_j > 0`` for every ``j != c`` on the whole region (linear bounds)?"""
+    n = crown.hi[-1].shape[0]
+    A = -np.eye(n)[[j for j in range(n) if j != c]]
+    A[:, c] += 1.0
+    return bool((crown.linear_lower(A) > 0).all())
+
+
+def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
+    ylo, yhi, qlo, qhi = cf.lo[-1], cf.hi[-1], cq.lo[-1], cq.hi[-1]
     if p.relation == "top1":
-        for c in range(len(ylo)):
-            others = [j for j in range(len(ylo)) if j != c]
-            if all(ylo[c] > yhi[j] for j in others) and all(qlo[c] > qhi[j] for j in others):
+        # a class that can win for f (its upper bound reaches every lower bound) is tried
+        for c in _candidates(ylo, yhi):
+            if _margins_positive(cf, c) and _margins_positive(cq, c):
                 return True
         return False
     if p.relation == "strict":
         return bool((ylo == yhi).all() and (qlo == qhi).all() and (ylo == qlo).all())
-    gap = np.maximum(yhi - qlo, qhi - ylo)
+    dlo, dhi = B.difference_bounds(cf, cq)
+    gap = np.maximum(np.abs(dlo), np.abs(dhi))
     return bool((gap.max() if p.norm == "inf" else gap.sum()) <= p.eps)
 
 
@@ -189,8 +197,8 @@ def _candidates(lo: np.ndarray, hi: np.ndarray) -> list[int]:
 def _z3(
     p: _Problem, lo: np.ndarray, hi: np.ndarray, bf: list, bq: list, timeout: float, stats: dict
 ) -> Result | None:
+    deadline = time.perf_counter() + timeout
     s = z3.SolverFor("QF_LIRA")
-    s.set("timeout", max(1, int(timeout * 1000)))
     enc = Encoder(s)
     grid = p.cq.inp
     if grid is not None:
@@ -212,6 +220,10 @@ def _z3(
     stats["solver_calls"] += 1
     stats["neurons_fixed"] = enc.fixed
     stats["neurons"] = enc.total
+    left = deadline - time.perf_counter()  # building the formula counts against the timeout
+    if left <= 0:
+        return None
+    s.set("timeout", max(1, int(left * 1000)))
     answer = s.check()
     if answer == z3.unsat:
         return Result("EQUIVALENT", stats={**stats, "method": "z3"})
@@ -293,9 +305,9 @@ def verify_equivalence(
                 {**stats, "method": "falsification"},
             )
         else:
-            bf = B.propagate(p.cf, lo, hi)
-            bq = B.propagate(Chain(p.cq.layers, p.d), lo, hi)
-            if use_bounds and _prove_by_bounds(p, bf, bq):
+            crown_f, crown_q = B.Crown(p.cf, lo, hi), B.Crown(Chain(p.cq.layers, p.d), lo, hi)
+            bf, bq = crown_f.layer_bounds(), crown_q.layer_bounds()
+            if use_bounds and _prove_by_bounds(p, crown_f, crown_q):
                 res = Result("EQUIVALENT", stats={**stats, "method": "bounds"})
             else:
                 if not use_bounds:  # plain encoding: only the input box bounds each layer

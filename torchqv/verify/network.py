@@ -9,12 +9,13 @@ the same network.  Rounding steps use the format's own rule (``FixedPoint.round_
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .. import activations as A
 from ..formats import FixedPoint, QuantizationError
@@ -95,14 +96,22 @@ def _fractions(t: torch.Tensor) -> list:
     )
 
 
+class Shift(nn.Module):
+    """``x + offset`` (a constant Add or Sub in an imported graph, e.g. input normalisation)."""
+
+    def __init__(self, offset: torch.Tensor):
+        super().__init__()
+        self.offset = offset.detach().reshape(-1).clone()
+
+
 def _modules_in_order(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, (nn.Linear, QuantLinear, QuantAct)):
         return [model]
     gm = trace(model)
     mods, prev = [], None
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            prev = node
+        if node.op in ("placeholder", "get_attr"):
+            prev = node if node.op == "placeholder" else prev
             continue
         if node.op == "output":
             break
@@ -115,10 +124,25 @@ def _modules_in_order(model: nn.Module) -> list[nn.Module]:
             mods.append(nn.Flatten())
         elif node.op == "call_method" and node.target in ("flatten", "view", "reshape"):
             mods.append(nn.Flatten())
+        elif (
+            node.op == "call_function"
+            and node.target in (operator.add, operator.sub)
+            and isinstance(node.args[1], fx.Node)
+            and node.args[1].op == "get_attr"
+        ):
+            const = gm.get_buffer(node.args[1].target)
+            sign = 1.0 if node.target is operator.add else -1.0
+            mods.append(Shift(sign * const.double()))
         else:
             raise QuantizationError(f"the verifier does not support the operation {node.op} {node.target}")
         prev = node
     return mods
+
+
+def _shift(m: Shift) -> Affine:
+    n = m.offset.numel()
+    eye = [[Fraction(int(i == j)) for j in range(n)] for i in range(n)]
+    return Affine(eye, _fractions(m.offset))
 
 
 def _unsupported(m: nn.Module) -> QuantizationError:
@@ -131,7 +155,9 @@ def float_chain(model: nn.Module, in_features: int) -> Chain:
     """The float network as an exact chain (piecewise-linear activations only)."""
     layers: list[Affine | Act] = []
     for m in _modules_in_order(model):
-        if isinstance(m, nn.Linear):
+        if isinstance(m, Shift):
+            layers.append(_shift(m))
+        elif isinstance(m, nn.Linear):
             b = m.bias if m.bias is not None else torch.zeros(m.out_features)
             layers.append(Affine(_fractions(m.weight), _fractions(b)))
         elif isinstance(m, (nn.Flatten, nn.Dropout)):
@@ -154,7 +180,9 @@ def quant_chain(model: nn.Module, in_features: int) -> Chain:
             if layers:
                 raise QuantizationError(f"{m.qname}: input quantizer inside the network")
             inp = Rounding(m.in_quant.fmt, m.in_quant.steps()[0], m.in_quant.zp)
-        if isinstance(m, QuantLinear):
+        if isinstance(m, Shift):
+            layers.append(_shift(m))
+        elif isinstance(m, QuantLinear):
             out = Rounding(m.out_quant.fmt, m.out_quant.steps()[0], m.out_quant.zp) if m.out_quant else None
             if m.weight_quant is not None or m.frozen:
                 steps = m.weight_steps()
