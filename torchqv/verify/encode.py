@@ -12,6 +12,7 @@ encoded as their negation, so ``unsat`` proves equivalence.  The top-1 tie rule 
 from __future__ import annotations
 
 import math
+import time
 from fractions import Fraction
 
 import z3
@@ -25,12 +26,17 @@ def rv(x: Fraction | int | float) -> z3.ArithRef:
     return z3.RealVal(f"{x.numerator}/{x.denominator}")
 
 
+class BuildTimeout(Exception):
+    """Building the formula alone took longer than the query's time budget."""
+
+
 class Encoder:
-    def __init__(self, solver: z3.Solver):
+    def __init__(self, solver: z3.Solver, deadline: float = math.inf):
         self.s = solver
         self.fixed = 0
         self.total = 0
         self._n = 0
+        self.deadline = deadline
 
     def fresh(self, kind: str) -> str:
         self._n += 1
@@ -123,6 +129,8 @@ class Encoder:
                     for t, lo, hi in zip(v, lb.pre_lo, lb.pre_hi, strict=True)
                 ]
             v = [self._name(t) for t in v]
+            if time.perf_counter() > self.deadline:
+                raise BuildTimeout
             prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
         return v
 

@@ -32,7 +32,7 @@ from torch import nn
 from ..formats import QuantizationError
 from ..reference import reference_forward
 from . import bounds as B
-from .encode import Encoder, rv, violation
+from .encode import BuildTimeout, Encoder, rv, violation
 from .network import Chain, float_chain, quant_chain
 
 RELATIONS = ("strict", "top1", "eps")
@@ -168,9 +168,11 @@ def _gradient_search(
 def _margins_positive(crown: B.Crown, c: int) -> bool:
     """Is ``y_c - y_j > 0`` for every ``j != c`` on the whole region (linear bounds)?"""
     n = crown.hi[-1].shape[0]
-    A = -np.eye(n)[[j for j in range(n) if j != c]]
+    others = [j for j in range(n) if j != c]
+    A = -np.eye(n)[others]
     A[:, c] += 1.0
-    return bool((crown.linear_lower(A) > 0).all())
+    interval = crown.lo[-1][c] - crown.hi[-1][others]  # sometimes the tighter of the two
+    return bool((np.maximum(crown.linear_lower(A), interval) > 0).all())
 
 
 def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
@@ -199,7 +201,7 @@ def _z3(
 ) -> Result | None:
     deadline = time.perf_counter() + timeout
     s = z3.SolverFor("QF_LIRA")
-    enc = Encoder(s)
+    enc = Encoder(s, deadline)
     grid = p.cq.inp
     if grid is not None:
         step = grid.step
@@ -211,9 +213,12 @@ def _z3(
         xs = [z3.Real(f"x{i}") for i in range(p.d)]
         for x, a, b in zip(xs, lo, hi, strict=True):
             s.add(x >= rv(a), x <= rv(b))
-    y = enc.network(p.cf, xs, bf, lo.tolist(), hi.tolist())
-    # the input rounding of f' is the identity on grid points, and its bounds start from the box
-    yq = enc.network(Chain(p.cq.layers, p.d), xs, bq, lo.tolist(), hi.tolist())
+    try:
+        y = enc.network(p.cf, xs, bf, lo.tolist(), hi.tolist())
+        # the input rounding of f' is the identity on grid points, and its bounds start from the box
+        yq = enc.network(Chain(p.cq.layers, p.d), xs, bq, lo.tolist(), hi.tolist())
+    except BuildTimeout:
+        return None
     classes = (_candidates(bf[-1].lo, bf[-1].hi), _candidates(bq[-1].lo, bq[-1].hi))
     eps = Fraction(p.eps) if p.eps is not None else None
     s.add(violation(p.relation, y, yq, eps, p.norm, classes if p.relation == "top1" else None))
