@@ -197,6 +197,7 @@ def test_z3_network_encoding_matches_the_reference(case):
 
     from torchqv.verify import bounds as B
     from torchqv.verify.encode import Encoder, rv
+    from torchqv.verify.engine import _loose
     from torchqv.verify.network import Chain, quant_chain
 
     _, fq, _, _, center, delta = case
@@ -208,7 +209,7 @@ def test_z3_network_encoding_matches_the_reference(case):
         inputs = [z3.Real(f"i{j}") for j in range(len(x))]
         loose = B.propagate(Chain(chain.layers, len(x)), x.double().numpy(), x.double().numpy())
         out = enc.network(
-            Chain(chain.layers, len(x)), inputs, [_inf(b) for b in loose], [-1e300] * len(x), [1e300] * len(x)
+            Chain(chain.layers, len(x)), inputs, _loose(loose), [-1e300] * len(x), [1e300] * len(x)
         )
         s.add([v == rv(float(c)) for v, c in zip(inputs, x.tolist(), strict=True)])
         assert s.check() == z3.sat
@@ -217,12 +218,20 @@ def test_z3_network_encoding_matches_the_reference(case):
         assert got == ref
 
 
-def _inf(b):
-    from torchqv.verify.bounds import LayerBounds
+def box_samples(case, n: int, seed: int):
+    """Chains of f and f' (without input rounding), the box around the case's centre, and ``n``
+    exact points sampled in it."""
+    from torchqv.verify.network import Chain, float_chain, quant_chain
 
-    inf = float("inf")
-    full = torch.full(b.lo.shape, inf, dtype=torch.float64).numpy()
-    return LayerBounds(-full, full, -full, full)
+    f, fq, _, _, center, delta = case
+    d = center.numel()
+    lo, hi = (center - delta).double().numpy(), (center + delta).double().numpy()
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.from_numpy(lo) + torch.from_numpy(hi - lo) * torch.rand(
+        n, d, generator=gen, dtype=torch.float64
+    )
+    points = [[Fraction(float(t)) for t in x] for x in xs]
+    return float_chain(f, d), Chain(quant_chain(fq, d).layers, d), lo, hi, points
 
 
 @given(cases())
@@ -232,22 +241,16 @@ def test_linear_bounds_contain_every_value(case):
     import numpy as np
 
     from torchqv.verify.bounds import Crown
-    from torchqv.verify.network import Chain, float_chain, quant_chain
+    from torchqv.verify.network import Chain
 
-    f, fq, _, _, center, delta = case
-    d = center.numel()
-    lo, hi = (center - delta).double().numpy(), (center + delta).double().numpy()
-    for chain in (float_chain(f, d), Chain(quant_chain(fq, d).layers, d)):
+    cf, cq, lo, hi, points = box_samples(case, 20, 0)
+    for chain in (cf, cq):
         crown = Crown(chain, lo, hi)
         bounds = crown.layer_bounds()
         n = chain.out_features
         A = np.eye(n)[: max(1, n - 1)] - np.eye(n)[-1]
         margin_lo = crown.linear_lower(A)
-        gen = torch.Generator().manual_seed(0)
-        for x in torch.from_numpy(lo) + (torch.from_numpy(hi - lo)) * torch.rand(
-            20, d, generator=gen, dtype=torch.float64
-        ):
-            v = [Fraction(float(t)) for t in x]
+        for v in points:
             for layer, b in zip(chain.layers, bounds, strict=True):
                 v = Chain([layer], len(v)).exact(v)
                 assert all(b.lo[i] <= float(t) <= b.hi[i] for i, t in enumerate(v))
@@ -261,18 +264,10 @@ def test_difference_bounds_contain_every_difference(case):
     import numpy as np
 
     from torchqv.verify.bounds import Crown, difference_bounds
-    from torchqv.verify.network import Chain, float_chain, quant_chain
 
-    f, fq, _, _, center, delta = case
-    d = center.numel()
-    lo, hi = (center - delta).double().numpy(), (center + delta).double().numpy()
-    cf, cq = float_chain(f, d), Chain(quant_chain(fq, d).layers, d)
+    cf, cq, lo, hi, points = box_samples(case, 30, 1)
     dlo, dhi = difference_bounds(Crown(cf, lo, hi), Crown(cq, lo, hi))
-    gen = torch.Generator().manual_seed(1)
-    for x in torch.from_numpy(lo) + torch.from_numpy(hi - lo) * torch.rand(
-        30, d, generator=gen, dtype=torch.float64
-    ):
-        v = [Fraction(float(t)) for t in x]
+    for v in points:
         diff = np.array([float(a - b) for a, b in zip(cf.exact(v), cq.exact(v), strict=True)])
         assert (dlo <= diff).all() and (diff <= dhi).all()
 

@@ -10,7 +10,6 @@ before z3 sees the problem.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -90,10 +89,6 @@ def _act_interval(layer: Act, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
             hi, a.param("min_val"), a.param("max_val")
         )
     raise ValueError(f"no interval rule for {a.name}")
-
-
-def is_finite(b: list[LayerBounds]) -> bool:
-    return all(math.isfinite(float(x.lo.min())) and math.isfinite(float(x.hi.max())) for x in b)
 
 
 # ------------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ class _Problem:
         self.shape = shape
         self.d = int(np.prod(shape))
         self.relation, self.eps, self.norm = relation, eps, norm
+        self.surrogate = copy.deepcopy(fq).train()  # differentiable f' (STE) for the search
+        for prm in self.surrogate.parameters():
+            prm.requires_grad_(False)
         self.cf = float_chain(f, self.d)
         self.cq = quant_chain(fq, self.d)
         if self.cf.out_features != self.cq.out_features:
@@ -138,9 +141,7 @@ def _gradient_search(
     p: _Problem, starts: torch.Tensor, lo: np.ndarray, hi: np.ndarray, grid: Any, steps: int = 10
 ) -> torch.Tensor:
     """Sign-gradient ascent of a violation score on f (float) and f' (training mode, STE)."""
-    surrogate = copy.deepcopy(p.fq).train()
-    for prm in surrogate.parameters():
-        prm.requires_grad_(False)
+    surrogate = p.surrogate
     x = starts.clone().float()
     step = torch.from_numpy((hi - lo) / 4).float()
     with torch.no_grad():
