@@ -159,7 +159,7 @@ def elu(alpha: float = 1.0) -> Activation:
         f64,
         lambda x: x if x >= 0 else None,
         lambda x: a * mpmath.expm1(x),
-        max(1.0, alpha),
+        max(1.0, abs(alpha)),
     )
 
 

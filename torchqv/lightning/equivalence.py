@@ -1,0 +1,305 @@
+"""``EquivalenceCheck``: verify the quantized network f' against the float network f around
+validation points (paper 003's local equivalence, by ``tq.verify_equivalence``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from ..formats import QuantizationError
+from ..modules import QuantAct, QuantConv2d, QuantLinear
+from ..verify.engine import NORMS, RELATIONS, verify_equivalence
+from . import _trainer as T
+
+FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "identity": nn.Identity,
+    "leaky_relu": nn.LeakyReLU,
+    "hardtanh": nn.Hardtanh,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "mish": nn.Mish,
+    "softplus": nn.Softplus,
+}
+FAILURE_MODES = ("warn", "raise")
+
+
+def _float_module(m: nn.Module) -> nn.Module | None:
+    if isinstance(m, (QuantLinear, QuantConv2d)):
+        if m.frozen:
+            raise QuantizationError(f"{m.qname} is frozen (integer weights only): its float twin is lost")
+        if isinstance(m, QuantLinear):
+            new: nn.Module = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        else:
+            new = nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                bias=m.bias is not None,
+            )
+        with torch.no_grad():
+            new.weight.copy_(m.weight)
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
+        return new
+    if isinstance(m, QuantAct):
+        return FLOAT_ACTIVATIONS[m.act.name](**dict(m.act.params))
+    return None
+
+
+def float_twin(qnet: nn.Module) -> nn.Module:
+    """The float network f behind a quantized f': the same (unrounded) weights, exact activations
+    and no quantizer, as ordinary torch modules (eval mode)."""
+    twin = copy.deepcopy(qnet)
+    root = _float_module(twin)
+    if root is not None:
+        return root.eval()
+    for name, m in list(twin.named_modules()):
+        new = _float_module(m)
+        if new is not None:
+            parent, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, attr, new)
+    return twin.eval()
+
+
+@dataclass
+class Region:
+    """One L-infinity ball around validation point ``index``."""
+
+    index: int
+    verdict: str
+    reason: str
+    method: str
+    seconds: float
+    counterexample: torch.Tensor | None = None
+
+
+@dataclass
+class EquivalenceReport:
+    relation: str
+    delta: float
+    epoch: int | None = None
+    regions: list[Region] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(r.verdict == verdict for r in self.regions)
+
+    @property
+    def proved(self) -> int:
+        return self.count("EQUIVALENT")
+
+    @property
+    def refuted(self) -> int:
+        return self.count("NOT_EQUIVALENT")
+
+    @property
+    def unknown(self) -> int:
+        return self.count("UNKNOWN")
+
+    def counterexamples(self) -> list[torch.Tensor]:
+        return [r.counterexample for r in self.regions if r.counterexample is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "relation": self.relation,
+            "delta": self.delta,
+            "epoch": self.epoch,
+            "proved": self.proved,
+            "refuted": self.refuted,
+            "unknown": self.unknown,
+            "regions": [
+                {
+                    "index": r.index,
+                    "verdict": r.verdict,
+                    "reason": r.reason,
+                    "method": r.method,
+                    "seconds": r.seconds,
+                    "counterexample": None if r.counterexample is None else r.counterexample.tolist(),
+                }
+                for r in self.regions
+            ],
+        }
+
+    def table(self) -> str:
+        rows = ["| point | verdict | method | time (s) | reason |", "|---|---|---|---|---|"]
+        for r in self.regions:
+            rows.append(f"| {r.index} | {r.verdict} | {r.method} | {r.seconds:.2f} | {r.reason} |")
+        return "\n".join(rows)
+
+
+class EquivalenceCheck(Callback):
+    """Check ``f(x) ~ f'(x)`` for every ``x`` within ``delta`` (L-infinity, inside ``domain``) of
+    each of ``points`` validation inputs (an int: the first ones of the validation loader; or a
+    tensor of points).
+
+    f' is ``pl_module.<attr>`` (a calibrated torchqv-quantized network); f is ``reference``: an
+    ``nn.Module``, the name of another attribute of the LightningModule, or ``None`` for the float
+    twin of f' (same weights, no rounding: what quantization alone changes).  ``relation``,
+    ``eps`` and ``norm`` as in ``tq.verify_equivalence``; ``timeout`` is per region (z3 timeouts
+    give "unknown").  Runs after fitting (``after_fit``), every ``every_n_epochs`` validation
+    epochs, or on demand (:meth:`check`).  Logs ``equivalence/proved|refuted|unknown``, writes
+    the report with the counterexamples (each replayed on the concrete models) to the logger's
+    folder (``<log_dir>/equivalence-epoch<E>.json``) and keeps it as ``callback.report``.  A
+    refuted region is a failure: ``on_failure="warn"`` warns, ``"raise"`` raises
+    ``QuantizationError``.
+    """
+
+    def __init__(
+        self,
+        relation: str = "top1",
+        delta: float = 0.01,
+        points: int | torch.Tensor = 8,
+        timeout: float = 60.0,
+        on_failure: str = "warn",
+        attr: str = "model",
+        reference: nn.Module | str | None = None,
+        eps: float | None = None,
+        norm: str = "inf",
+        domain: tuple[float, float] | None = None,
+        after_fit: bool = True,
+        every_n_epochs: int | None = None,
+        seed: int = 0,
+    ):
+        if relation not in RELATIONS:
+            raise QuantizationError(f"relation must be one of {RELATIONS}, got {relation!r}")
+        if norm not in NORMS:
+            raise QuantizationError(f"norm must be one of {NORMS}, got {norm!r}")
+        if on_failure not in FAILURE_MODES:
+            raise QuantizationError(f"on_failure must be one of {FAILURE_MODES}, got {on_failure!r}")
+        if not (delta >= 0 and math.isfinite(delta)) or not timeout > 0:
+            raise QuantizationError(f"delta must be finite and >= 0 and timeout > 0, got {delta}, {timeout}")
+        if isinstance(points, int) and points < 1:
+            raise QuantizationError(f"points must be >= 1, got {points}")
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise QuantizationError(f"every_n_epochs must be >= 1 or None, got {every_n_epochs}")
+        self.relation, self.delta, self.points, self.timeout = relation, delta, points, timeout
+        self.on_failure, self.attr, self.reference = on_failure, attr, reference
+        self.eps, self.norm = eps, norm
+        self.domain = tuple(domain) if domain is not None else None
+        self.after_fit, self.every_n_epochs, self.seed = after_fit, every_n_epochs, seed
+        self.report: EquivalenceReport | None = None
+
+    def _reference(self, pl_module: pl.LightningModule, fq: nn.Module) -> nn.Module:
+        if self.reference is None:
+            return float_twin(fq)
+        if isinstance(self.reference, str):
+            return T.get_network(pl_module, self.reference, type(self).__name__)
+        return self.reference
+
+    def _points(self, trainer: pl.Trainer | None, points: torch.Tensor | None) -> torch.Tensor:
+        if points is None and isinstance(self.points, torch.Tensor):
+            points = self.points
+        if points is not None:
+            return points.detach().cpu()
+        if trainer is None:
+            raise QuantizationError(f"{type(self).__name__}.check needs a trainer or the points")
+        want, got = int(self.points), []
+        loader = T.val_loader(trainer, type(self).__name__)
+        for x in T.input_batches(loader, want, None, type(self).__name__):
+            got.append(x)
+            if sum(len(t) for t in got) >= want:
+                break
+        return torch.cat(got)[:want].cpu()
+
+    def check(
+        self,
+        pl_module: pl.LightningModule,
+        trainer: pl.Trainer | None = None,
+        points: torch.Tensor | None = None,
+    ) -> EquivalenceReport:
+        """Verify now (rank 0; every process gets the report)."""
+        who = type(self).__name__
+        fq = T.get_network(pl_module, self.attr, who)
+        if not T.is_quantized(fq) or T.uncalibrated(fq):
+            raise QuantizationError(
+                f"{who}: pl_module.{self.attr} must be a calibrated torchqv-quantized network"
+            )
+        report = None
+        if trainer is None or trainer.is_global_zero:
+            pts = self._points(trainer, points)
+            was_training = fq.training
+            try:
+                results = verify_equivalence(
+                    self._reference(pl_module, fq),
+                    fq,
+                    pts.to(next(fq.parameters()).device),
+                    self.delta,
+                    relation=self.relation,
+                    eps=self.eps,
+                    norm=self.norm,
+                    domain=self.domain,
+                    timeout=self.timeout,
+                    seed=self.seed,
+                )
+            finally:
+                fq.train(was_training)
+            report = EquivalenceReport(self.relation, self.delta, trainer.current_epoch if trainer else None)
+            for i, r in enumerate(results):
+                cex = r.counterexample.detach().cpu() if r.counterexample is not None else None
+                report.regions.append(
+                    Region(i, r.verdict, r.reason, str(r.stats.get("method", "")), r.stats["seconds"], cex)
+                )
+            path = self._write(trainer, report)
+            rank_zero_info(
+                f"{who}: {report.proved} proved, {report.refuted} refuted, {report.unknown} unknown"
+                + (f" (report: {path})" if path else "")
+                + f"\n{report.table()}"
+            )
+        self.report = T.broadcast(trainer, report)
+        T.log_metrics(
+            trainer,
+            {
+                "equivalence/proved": self.report.proved,
+                "equivalence/refuted": self.report.refuted,
+                "equivalence/unknown": self.report.unknown,
+            },
+        )
+        self._judge(self.report)
+        return self.report
+
+    def _write(self, trainer: pl.Trainer | None, report: EquivalenceReport) -> Path | None:
+        """The report as JSON in the Trainer's log folder (if it has one)."""
+        if trainer is None or not trainer.loggers or trainer.log_dir is None:
+            return None
+        path = Path(trainer.log_dir) / f"equivalence-epoch{report.epoch}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=1))
+        return path
+
+    def _judge(self, report: EquivalenceReport) -> None:
+        if report.refuted == 0:
+            return
+        cex = [r.index for r in report.regions if r.verdict == "NOT_EQUIVALENT"]
+        msg = (
+            f"f and f' are not {self.relation}-equivalent within delta={self.delta} of validation point(s) "
+            f"{cex}; counterexamples (replayed on both models) are in callback.report.counterexamples()"
+        )
+        if self.on_failure == "raise":
+            raise QuantizationError(msg)
+        rank_zero_warn(msg)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.after_fit:
+            self.check(pl_module, trainer)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = self.every_n_epochs
+        if n is not None and not trainer.sanity_checking and (trainer.current_epoch + 1) % n == 0:
+            self.check(pl_module, trainer)

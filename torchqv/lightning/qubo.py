@@ -1,0 +1,122 @@
+"""``QUBORounding``: round a quantized network's weights with the QUBO method (paper 004) when
+fitting ends, or on demand, from calibration batches of the training data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info
+
+from ..formats import QuantizationError
+from ..rounding.api import SOLVERS, TARGETS, RoundingReport, round_weights
+from . import _trainer as T
+
+METHODS = ("qubo", "nearest")
+
+
+class QUBORounding(Callback):
+    """Choose the rounding of every weight of ``pl_module.<attr>`` (a calibrated torchqv-quantized
+    network, e.g. trained with :class:`QuantizationAwareTraining`) by ``tq.round_weights``.
+
+    Runs at the end of fitting when ``after_fit`` (before the Trainer tears down), or whenever
+    :meth:`round` is called.  Calibration: the first ``calibration_batches`` batches of the
+    Trainer's training loader (else the data module's).  ``solver``, ``method``, ``target``,
+    ``seed`` and ``options`` (``sweeps``, ``replicas``, ``num_sweeps``, ``num_reads``, ``bound``)
+    go to ``round_weights``.  Per-layer objectives go to the Trainer's loggers
+    (``qubo/<layer>/nearest``, ``.../qubo``, ``.../ratio``) and ``callback.report``.  Rounding runs on
+    rank 0 and the weights are copied to every process.  Checkpoints written before rounding hold
+    the unrounded weights: give ``checkpoint_path`` to save one afterwards.
+    """
+
+    def __init__(
+        self,
+        attr: str = "model",
+        calibration_batches: int = 8,
+        after_fit: bool = True,
+        solver: str = "auto",
+        method: str = "qubo",
+        target: str = "float",
+        seed: int = 0,
+        options: Mapping[str, Any] | None = None,
+        checkpoint_path: str | None = None,
+        progress: bool | None = None,
+    ):
+        if calibration_batches < 1:
+            raise QuantizationError(f"calibration_batches must be >= 1, got {calibration_batches}")
+        if solver not in SOLVERS:
+            raise QuantizationError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if method not in METHODS:
+            raise QuantizationError(f"method must be one of {METHODS}, got {method!r}")
+        if target not in TARGETS:
+            raise QuantizationError(f"target must be one of {TARGETS}, got {target!r}")
+        unknown = set(options or {}) - {"sweeps", "replicas", "num_sweeps", "num_reads", "bound"}
+        if unknown:
+            raise QuantizationError(
+                f"unknown rounding option(s) {sorted(unknown)}; valid: sweeps, replicas, num_sweeps, "
+                "num_reads, bound"
+            )
+        self.attr, self.calibration_batches, self.after_fit = attr, calibration_batches, after_fit
+        self.solver, self.method, self.target, self.seed = solver, method, target, seed
+        self.options = dict(options or {})
+        self.checkpoint_path = checkpoint_path
+        self.progress = progress
+        self.report: RoundingReport | None = None
+
+    def round(
+        self,
+        pl_module: pl.LightningModule,
+        trainer: pl.Trainer | None = None,
+        batches: Iterable[Any] | None = None,
+    ) -> RoundingReport:
+        """Round now; ``batches`` (tensors or ``(x, y)`` tuples) replace the Trainer's data."""
+        who = type(self).__name__
+        net = T.get_network(pl_module, self.attr, who)
+        if not T.is_quantized(net):
+            raise QuantizationError(
+                f"{who}: pl_module.{self.attr} is not quantized; add QuantizationAwareTraining before "
+                "this callback, or quantize and calibrate the network (tq.quantize, tq.calibrate)"
+            )
+        missing = T.uncalibrated(net)
+        if missing:
+            raise QuantizationError(f"{who}: calibrate the network first ({missing[:3]} have no step)")
+        if batches is None:
+            if trainer is None:
+                raise QuantizationError(f"{who}.round needs a trainer or calibration batches")
+            batches = T.train_loader(trainer, who)
+        report = None
+        if trainer is None or trainer.is_global_zero:
+            report = round_weights(
+                net,
+                T.input_batches(batches, self.calibration_batches, trainer, who),
+                method=self.method,
+                solver=self.solver,
+                target=self.target,
+                seed=self.seed,
+                progress=T.show_progress(trainer, self.progress),
+                **self.options,
+            )
+        self.report = T.broadcast(trainer, report)
+        T.broadcast_state(trainer, net)
+        metrics = {}
+        for r in self.report.layers:
+            metrics |= {
+                f"qubo/{r.layer}/nearest": r.nearest,
+                f"qubo/{r.layer}/qubo": r.objective,
+                f"qubo/{r.layer}/ratio": r.objective / r.nearest if r.nearest else 1.0,
+            }
+        T.log_metrics(trainer, metrics)
+        rank_zero_info(f"{who}: per-layer output errors (squared Frobenius)\n{self.report.table()}")
+        if self.checkpoint_path is not None:
+            if trainer is None:
+                raise QuantizationError(f"{who}: saving checkpoint_path needs the trainer")
+            Path(self.checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(self.checkpoint_path)
+        return self.report
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.after_fit:
+            self.round(pl_module, trainer)
