@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=15)
     parser.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.01, 0.02])
     parser.add_argument("--plain", type=int, default=3)
+    parser.add_argument("--branching", type=float, default=0.5)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     f = tq.from_onnx(ROOT / "onnx" / "mnist-net_256x2.onnx")

@@ -50,17 +50,19 @@ def cases(draw):
     return f, fq, relation, eps, center, delta
 
 
-@given(cases())
-@settings(max_examples=120)
-def test_verdicts_agree_with_enumeration(case):
+def check_against_enumeration(case, input_split: int) -> str:
+    """Verify the case's region and compare the verdict with all its grid points; returns the
+    stage that decided."""
     f, fq, relation, eps, center, delta = case
     norm = "l1" if relation == "eps_l1" else "inf"
     rel = "eps" if relation.startswith("eps") else relation
-    (res,) = tq.verify_equivalence(f, fq, center[None], delta, relation=rel, eps=eps, norm=norm, timeout=30)
+    (res,) = tq.verify_equivalence(
+        f, fq, center[None], delta, relation=rel, eps=eps, norm=norm, timeout=30, input_split=input_split
+    )
     xs = grid_points(fq, center, delta)
     if xs.numel() == 0:  # no input grid point in the region: vacuously equivalent
         assert res.verdict == "EQUIVALENT" and "vacuous" in res.reason
-        return
+        return res.stats["method"]
     with torch.no_grad():
         y = f.double()(xs.double())
         f.float()
@@ -77,6 +79,39 @@ def test_verdicts_agree_with_enumeration(case):
             a = f.double()(cex.double())[0]
             f.float()
         assert not holds(rel, a, tq.reference_forward(fq, cex)[0], eps, norm)
+    return res.stats["method"]
+
+
+@given(cases())
+@settings(max_examples=120)
+def test_verdicts_agree_with_enumeration(case):
+    """Input-splitting branch and bound (small inputs), then z3."""
+    check_against_enumeration(case, input_split=16)
+
+
+@given(cases())
+@settings(max_examples=80)
+def test_lp_search_verdicts_agree_with_enumeration(case):
+    """The LP branch and bound on the MILP encoding (forced for every region), then z3."""
+    check_against_enumeration(case, input_split=0)
+
+
+def test_lp_search_decides_regions_on_its_own():
+    """Regions the linear bounds leave open are decided by the LP search, without z3."""
+    methods = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        f = nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 3))
+        fq = tq.quantize(
+            f,
+            tq.QConfig(
+                weight=tq.FixedPoint(bits=4), activation=tq.FixedPoint(bits=5), input=tq.FixedPoint(bits=6)
+            ),
+        )
+        tq.calibrate(fq, [torch.randn(64, 2)], progress=False)
+        (res,) = tq.verify_equivalence(f, fq, torch.randn(1, 2), 0.5, timeout=30, samples=0, input_split=0)
+        methods.append(res.stats["method"])
+    assert "LP branch and bound" in methods, methods
 
 
 def test_equivalent_by_construction_is_proved():

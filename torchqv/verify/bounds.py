@@ -11,7 +11,6 @@ before z3 sees the problem.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
@@ -36,11 +35,7 @@ def _widen(lo: np.ndarray, hi: np.ndarray, err: np.ndarray | float = 0.0) -> tup
 
 def rounded_ends(r: Rounding, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The grid values that the interval's ends round to (exact decisions; doubles of ``k * step``)."""
-
-    def grid(v: np.ndarray) -> np.ndarray:
-        return np.array([float(r.apply(Fraction(float(t)))) for t in v], dtype=np.float64)
-
-    return grid(lo), grid(hi)
+    return r.apply_floats(lo), r.apply_floats(hi)
 
 
 def round_interval(r: Rounding, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,17 +125,20 @@ def _relax(op: tuple, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
             bU = np.where(pos | neg, 0.0, s * l - chord * l)
             aL = np.where(pos, 1.0, np.where(neg, s, np.where(u > -l, 1.0, s)))
             return aL, zero, aU, bU
-        vl, vu = _act_interval(Act(a), l, u)  # monotone: constant bounds
-        return zero, vl, zero, vu
+        vl, vu = _act_interval(Act(a), l, u)  # monotone: constant bounds, or exact where linear
+        linear = np.zeros_like(l, dtype=bool)
+        if a.name == "hardtanh":
+            linear = (l >= a.param("min_val")) & (u <= a.param("max_val"))
+        slope = linear.astype(np.float64)
+        return slope, np.where(linear, 0.0, vl), slope, np.where(linear, 0.0, vu)
     r: Rounding = op[1]
     s = float(r.step)
     kmin, kmax = r.code_range
     if r.fmt.rounding == "floor":  # floor(x) in (x - s, x] while no saturation happens
         inside = (l >= kmin * s) & (u < (kmax + 1) * s)
-        lo_b, hi_b = -s, 0.0
     else:  # nearest: |round(x) - x| <= s/2 while no saturation happens
         inside = (l >= (kmin - 0.5) * s) & (u <= (kmax + 0.5) * s)
-        lo_b, hi_b = -s / 2, s / 2
+    lo_b, hi_b = (float(e * r.step) for e in r.error_bounds())
     el, eu = rounded_ends(r, l, u)
     vl, vu = _widen(el, eu)  # otherwise: the values at the ends (monotone)
     # a single rounded value is a constant; binary grids are bounded by their ends
@@ -190,17 +188,16 @@ class Crown:
         self.ops = _ops(chain)
         self.xl, self.xu = xl, xu
         ibp = propagate(chain, xl, xu)
-        self.lo, self.hi = [xl], [xu]  # bounds of each op's output (index 0: the input)
+        self.lo, self.hi = [xl], [xu]  # bounds of each value (index 0: the input, k: op k-1's output)
         self.relax: list = []
         layer = -1
-        for op in self.ops:
+        for k, op in enumerate(self.ops):
             l, u = self.lo[-1], self.hi[-1]
             if op[0] == "affine":
                 n = len(op[2])
                 self.relax.append(None)
-                k = len(self.relax)
-                nl = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k, xl, xu, True)
-                nu = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k, xl, xu, False)
+                nl = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k + 1, xl, xu, True)
+                nu = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k + 1, xl, xu, False)
             else:
                 self.relax.append(_relax(op, l, u))
                 a_lo, b_lo, a_hi, b_hi = self.relax[-1]
@@ -219,6 +216,11 @@ class Crown:
         c = np.zeros(A.shape[0]) if c is None else c
         return _back(self.ops, self.relax, A, c, len(self.ops), self.xl, self.xu, True)
 
+    def lower_and_inputs(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``linear_lower(A)`` and the input coefficients of those bounds (for input splitting)."""
+        Ax, c = _substitute(self.ops, self.relax, A, np.zeros(A.shape[0]), len(self.ops), True)
+        return _minimize(Ax, c, self.xl, self.xu, True), Ax
+
     def layer_bounds(self) -> list[LayerBounds]:
         """Per chain layer: bounds before and after its output rounding (tightened)."""
         out, k = [], 1
@@ -231,10 +233,11 @@ class Crown:
         return out
 
 
-def difference_bounds(f: Crown, g: Crown) -> tuple[np.ndarray, np.ndarray]:
+def difference_bounds(f: Crown, g: Crown, inputs: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of ``f(x) - g(x)`` over the shared input box: both networks are substituted down to
     the input before minimising, so their correlation through ``x`` is kept (much tighter than
-    subtracting separate bounds)."""
+    subtracting separate bounds).  ``inputs`` (optional) receives the input coefficients of the
+    lower and of the upper bounds."""
     n = f.hi[-1].shape[0]
     eye = np.eye(n)
     zero = np.zeros(n)
@@ -242,6 +245,8 @@ def difference_bounds(f: Crown, g: Crown) -> tuple[np.ndarray, np.ndarray]:
     for lower in (True, False):
         Af, cf = _substitute(f.ops, f.relax, eye, zero, len(f.ops), lower)
         Ag, cg = _substitute(g.ops, g.relax, -eye, zero, len(g.ops), lower)
+        if inputs is not None:
+            inputs.append(Af + Ag)
         out.append(_minimize(Af + Ag, cf + cg, f.xl, f.xu, lower))
     sep_lo, sep_hi = f.lo[-1] - g.hi[-1], f.hi[-1] - g.lo[-1]
     return np.maximum(out[0], sep_lo), np.minimum(out[1], sep_hi)

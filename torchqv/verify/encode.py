@@ -2,10 +2,12 @@
 
 A rounding ``q = round(u)`` of ``u = t / step`` becomes an integer variable ``k`` with the
 format's rule (paper 001's ties away from zero, ties to even, floor; binary is a sign), then
-saturation to ``[kmin, kmax]``; its value is ``q * step``.  Interval bounds fix what they decide:
-a rounding whose interval falls in one cell is a constant and a piecewise-linear activation whose
-input is on one side of a kink is linear.  Relations (paper 003, Definitions 2.4.1-2.4.3) are
-encoded as their negation, so ``unsat`` proves equivalence.  The top-1 tie rule is the one of
+saturation to ``[kmin, kmax]``; its value is ``q * step``.  Bounds fix what they decide: a
+rounding whose interval falls in one cell is a constant, one whose input already lies on a finer
+grid is the identity, and a piecewise-linear activation whose input is on one side of a kink is
+linear; only the cone of influence of the queried outputs is encoded.  Relations (paper 003,
+Definitions 2.4.1-2.4.3) are encoded as their negation, split into small disjuncts
+(``queries``), so ``unsat`` for each proves equivalence.  The top-1 tie rule is the one of
 ``torch.argmax``: the first index of the maximum.
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import z3
 
 from .bounds import LayerBounds
-from .network import Act, Affine, Chain, Rounding
+from .network import Act, Affine, Chain, Rounding, cone, constants
 
 
 def rv(x: Fraction | int | float) -> z3.ArithRef:
@@ -50,8 +54,12 @@ class Encoder:
             self.fixed += 1  # monotone: the whole interval rounds to one value
             return rv(r.apply(Fraction(lo)))
         fmt, step = r.fmt, r.step
-        u = t / rv(step)
         kmin, kmax = r.code_range
+        finite = math.isfinite(lo) and math.isfinite(hi)
+        if r.exact_on_input and finite and kmin * step <= Fraction(lo) <= Fraction(hi) <= kmax * step:
+            self.fixed += 1  # the input is on a finer grid inside the range: nothing to round
+            return t
+        u = t / rv(step)
         if fmt.binary:
             thr = 1 if fmt.rounding == "floor" else 0
             return z3.If(u >= thr, rv(step), rv(-step))
@@ -112,23 +120,33 @@ class Encoder:
         bounds: list[LayerBounds],
         in_lo: list[float],
         in_hi: list[float],
-    ) -> list[z3.ArithRef]:
-        v = list(x)
+        outputs: list[int] | None = None,
+    ) -> list[z3.ArithRef | None]:
+        """The chain's outputs as z3 terms.  Only the cone of influence of ``outputs`` (default:
+        all) is encoded: neurons that bounds prove constant are constants, and what feeds only
+        constants or unrequested outputs is left out (``None`` in the result)."""
+        const = constants(chain, bounds, in_lo, in_hi)
+        need = cone(chain, const, range(chain.out_features) if outputs is None else outputs)
+        v: list = list(x)
         prev_lo, prev_hi = list(in_lo), list(in_hi)
-        for layer, lb in zip(chain.layers, bounds, strict=True):
-            if isinstance(layer, Affine):
-                v = [
-                    z3.Sum([rv(w) * xi for w, xi in zip(row, v, strict=True) if w != 0] + [rv(b)])
-                    for row, b in zip(layer.W, layer.b, strict=True)
-                ]
-            else:
-                v = [self.act(layer, t, lo, hi) for t, lo, hi in zip(v, prev_lo, prev_hi, strict=True)]
-            if layer.out is not None:
-                v = [
-                    self.rounding(layer.out, t, lo, hi)
-                    for t, lo, hi in zip(v, lb.pre_lo, lb.pre_hi, strict=True)
-                ]
-            v = [self._name(t) for t in v]
+        for li, (layer, lb) in enumerate(zip(chain.layers, bounds, strict=True)):
+            out: list = []
+            for i in range(len(lb.lo)):
+                if const[li][i] is not None:
+                    out.append(rv(const[li][i]))
+                    continue
+                if i not in need[li]:
+                    out.append(None)
+                    continue
+                if isinstance(layer, Affine):
+                    row = layer.W[i]
+                    t = z3.Sum([rv(w) * v[j] for j, w in enumerate(row) if w != 0] + [rv(layer.b[i])])
+                else:
+                    t = self.act(layer, v[i], prev_lo[i], prev_hi[i])
+                if layer.out is not None:
+                    t = self.rounding(layer.out, t, lb.pre_lo[i], lb.pre_hi[i])
+                out.append(self._name(t))
+            v = out
             if time.perf_counter() > self.deadline:
                 raise BuildTimeout
             prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
@@ -143,27 +161,103 @@ class Encoder:
         return y
 
 
-def argmax_is(y: list[z3.ArithRef], i: int) -> z3.BoolRef:
-    """``torch.argmax(y) == i``: ``y_i`` beats every earlier entry and ties no later one."""
-    return z3.And([y[i] > y[k] for k in range(i)] + [y[i] >= y[k] for k in range(i + 1, len(y))])
+def argmax_is(y: list, i: int, classes: list[int]) -> z3.BoolRef:
+    """``torch.argmax(y) == i``: ``y_i`` beats every earlier entry and ties no later one.  Only
+    ``classes`` are compared: the others are below some class's lower bound (from bounds), so
+    they can never be the maximum."""
+    return z3.And([y[i] > y[k] for k in classes if k < i] + [y[i] >= y[k] for k in classes if k > i])
 
 
-def violation(
+def beats(y: list, j: int, c: int) -> z3.BoolRef:
+    """Class ``j`` takes the argmax from ``c`` (``torch.argmax``: the first maximum wins)."""
+    return y[j] >= y[c] if j < c else y[j] > y[c]
+
+
+@dataclass
+class Query:
+    """One disjunct of the negated relation, on the outputs ``f_out`` of f and ``q_out`` of f'.
+
+    Most disjuncts are linear: ``objective = (a, b, c)`` stands for ``sum a_i y_i + sum b_i yq_i +
+    c``, and the disjunct says it is ``<= 0`` (``strict``: the relation needs it ``> 0``) or
+    ``< 0``; the LP search (``lp_branch``) minimises it.  The others carry a z3 ``formula``."""
+
+    f_out: list[int]
+    q_out: list[int]
+    what: str
+    objective: tuple[dict[int, Fraction], dict[int, Fraction], Fraction] | None = None
+    strict: bool = False
+    formula: Callable[[list, list], z3.BoolRef] | None = None
+
+    def violated(self, y: list, yq: list) -> z3.BoolRef:
+        """The disjunct as a z3 formula over the outputs."""
+        if self.formula is not None:
+            return self.formula(y, yq)
+        a, b, c = self.objective
+        value = z3.Sum([rv(w) * y[i] for i, w in a.items()] + [rv(w) * yq[i] for i, w in b.items()] + [rv(c)])
+        return value <= 0 if self.strict else value < 0
+
+
+def _linear(f_coefs: dict, q_coefs: dict, c: Fraction, strict: bool, what: str) -> Query:
+    return Query(sorted(f_coefs), sorted(q_coefs), what, (f_coefs, q_coefs, Fraction(c)), strict)
+
+
+def queries(
     relation: str,
-    y: list[z3.ArithRef],
-    yq: list[z3.ArithRef],
+    n: int,
     eps: Fraction | None,
     norm: str,
-    classes: tuple[list[int], list[int]] | None = None,
-) -> z3.BoolRef:
-    """The negation of ``y ~ yq`` under ``relation``; for top-1, ``classes`` restricts the pairs to
-    the classes that can be the argmax of each network (from bounds)."""
-    if relation == "strict":
-        return z3.Or([a != b for a, b in zip(y, yq, strict=True)])
-    if relation == "top1":
-        cf, cq = classes if classes is not None else (range(len(y)), range(len(yq)))
-        return z3.Or([z3.And(argmax_is(y, i), argmax_is(yq, j)) for i in cf for j in cq if i != j])
-    e = rv(eps)
-    if norm == "inf":
-        return z3.Or([z3.Or(a - b > e, b - a > e) for a, b in zip(y, yq, strict=True)])
-    return z3.Sum([z3.If(a >= b, a - b, b - a) for a, b in zip(y, yq, strict=True)]) > e
+    classes: tuple[list[int], list[int]],
+    fixed: tuple[int | None, int | None],
+    open_outputs: list[int],
+) -> list[Query]:
+    """The negation of ``y ~ yq`` (paper 003, Definitions 2.4.1-2.4.3) as a disjunction of small
+    queries; ``unsat`` for every one proves the relation.
+
+    ``classes``: the classes that can be the argmax of f and of f' (bounds); ``fixed``: the class
+    that bounds prove to be f's (f''s) argmax everywhere, if any: then only "another class beats
+    it in the other network" is asked, one competitor at a time (``torch.argmax``: an earlier
+    class wins a tie, so ``j < c`` beats ``c`` when ``y_j >= y_c``, a later one when
+    ``y_j > y_c``).  ``open_outputs``: the outputs whose ``|y_i - yq_i|`` bounds do not settle
+    the eps or strict relation already."""
+    one = Fraction(1)
+    if relation == "strict":  # y_i != yq_i: one of y_i - yq_i, yq_i - y_i is < 0
+        return [
+            _linear({i: s * one}, {i: -s * one}, Fraction(0), False, f"output {i}")
+            for i in open_outputs
+            for s in (1, -1)
+        ]
+    if relation == "eps" and norm == "inf":  # |y_i - yq_i| > eps: eps -+ (y_i - yq_i) < 0
+        return [
+            _linear({i: -s * one}, {i: s * one}, eps, False, f"output {i}")
+            for i in open_outputs
+            for s in (1, -1)
+        ]
+    if relation == "eps":
+        everything = list(range(n))
+        return [
+            Query(
+                everything,
+                everything,
+                "L1 norm",
+                formula=lambda y, q: (
+                    z3.Sum([z3.If(a >= b, a - b, b - a) for a, b in zip(y, q, strict=True)]) > rv(eps)
+                ),
+            )
+        ]
+    cf, cq = classes
+    if fixed[0] is not None:  # f' must keep class c: yq_c - yq_j > 0 (j < c) or >= 0 (j > c)
+        c = fixed[0]
+        return [_linear({}, {c: one, j: -one}, Fraction(0), j < c, f"f' class {j}") for j in cq if j != c]
+    if fixed[1] is not None:
+        c = fixed[1]
+        return [_linear({c: one, j: -one}, {}, Fraction(0), j < c, f"f class {j}") for j in cf if j != c]
+    return [
+        Query(
+            cf,
+            cq,
+            "top-1",
+            formula=lambda y, q: z3.Or(
+                [z3.And(argmax_is(y, i, cf), argmax_is(q, j, cq)) for i in cf for j in cq if i != j]
+            ),
+        )
+    ]

@@ -1,0 +1,214 @@
+"""Mixed-integer linear encoding of f and f' on a region, and certified LP bounds.
+
+The same networks the z3 encoding describes, as a MILP: every rounding is an integer code ``k``
+with ``e_lo * s <= z - s k <= e_hi * s`` (``Rounding.error_bounds``: ``|e| <= 1/2`` for nearest,
+``[0, 1]`` for floor; a closed band, so a tie allows both neighbours: a relaxation, which is
+sound for proofs), and every piecewise-linear function is written with ReLUs
+(``clamp(t, a, b) = a + relu(t - a) - relu(t - b)``, ``leaky(t) = s t + (1 - s) relu(t)``); a
+ReLU whose input interval ``[l, u]`` straddles 0 gets a binary ``d`` with ``y >= t``,
+``y <= t - l (1 - d)``, ``y <= u d``, ``y >= 0``.  Only the cone of influence of the queried
+outputs is built, with the bounds of ``bounds.Crown`` (so stable ReLUs and constant roundings
+need no variable).
+
+Dropping integrality gives the LP relaxation.  ``certified_lower`` turns any (approximate) LP
+dual into a *rigorous* lower bound of the relaxation (Neumaier and Shcherbina, "Safe bounds in
+linear and mixed-integer programming", Math. Prog. 2004), evaluated with a float64 error term.
+Row and variable bounds are rounded outwards when built, so the float model contains the exact
+one (weights enter as the doubles they are; the error term covers the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import scipy.sparse as sp
+
+from .bounds import LayerBounds
+from .network import Affine, Chain, Rounding, cone, constants
+
+U = 2.0**-53
+
+
+def _up(x: Fraction | float) -> float:
+    """The smallest double >= x."""
+    f = float(x)
+    return f if Fraction(f) >= Fraction(x) else float(np.nextafter(f, np.inf))
+
+
+def _down(x: Fraction | float) -> float:
+    """The largest double <= x."""
+    f = float(x)
+    return f if Fraction(f) <= Fraction(x) else float(np.nextafter(f, -np.inf))
+
+
+class InexactModel(Exception):
+    """The chain's numbers are not all doubles, so the float LP would not be the exact model."""
+
+
+@dataclass
+class Lin:
+    """A linear expression ``sum coefs[v] * x_v + const``."""
+
+    coefs: dict[int, float] = field(default_factory=dict)
+    const: float = 0.0
+
+    def scaled(self, a: float) -> Lin:
+        return Lin({v: a * w for v, w in self.coefs.items()}, a * self.const)
+
+    def plus(self, other: Lin, a: float = 1.0) -> Lin:
+        coefs = dict(self.coefs)
+        for v, w in other.coefs.items():
+            coefs[v] = coefs.get(v, 0.0) + a * w
+        return Lin(coefs, self.const + a * other.const)
+
+
+@dataclass
+class Model:
+    """Variables with bounds and integrality; rows ``lo <= expression <= hi``."""
+
+    lb: list[float] = field(default_factory=list)
+    ub: list[float] = field(default_factory=list)
+    integer: list[bool] = field(default_factory=list)
+    rows: list[tuple[dict[int, float], float, float]] = field(default_factory=list)
+    binaries: list[int] = field(default_factory=list)  # the ReLU phase variables
+
+    def var(self, lb: float, ub: float, integer: bool = False) -> int:
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.integer.append(integer)
+        return len(self.lb) - 1
+
+    def row(self, e: Lin, lo: float, hi: float) -> None:
+        """``lo <= e <= hi`` (the constant moves to the bounds, rounded outwards)."""
+        c = Fraction(e.const)
+        lo = _down(Fraction(lo) - c) if lo > -np.inf else -np.inf
+        hi = _up(Fraction(hi) - c) if hi < np.inf else np.inf
+        self.rows.append((e.coefs, lo, hi))
+
+    def matrices(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        data, ri, ci = [], [], []
+        for r, (coefs, _, _) in enumerate(self.rows):
+            ri += [r] * len(coefs)
+            ci += list(coefs)
+            data += list(coefs.values())
+        A = sp.csr_matrix((data, (ri, ci)), shape=(len(self.rows), len(self.lb)))
+        return A, np.array([r[1] for r in self.rows]), np.array([r[2] for r in self.rows])
+
+    # ----------------------------------------------------------------- building blocks
+    def relu(self, t: Lin, lo: float, hi: float) -> Lin:
+        """``max(t, 0)`` for ``lo <= t <= hi``."""
+        if lo >= 0:
+            return t
+        if hi <= 0:
+            return Lin()
+        y, d = self.var(0.0, _up(hi)), self.var(0.0, 1.0, integer=True)
+        self.binaries.append(d)
+        self.row(Lin({y: 1.0}).plus(t, -1.0), 0.0, np.inf)  # y >= t
+        self.row(Lin({y: 1.0, d: -lo}).plus(t, -1.0), -np.inf, -lo)  # y <= t - lo (1 - d)
+        self.row(Lin({y: 1.0, d: -hi}), -np.inf, 0.0)  # y <= hi d
+        return Lin({y: 1.0})
+
+    def clamp(self, t: Lin, lo: float, hi: float, a: float, b: float) -> Lin:
+        """``min(max(t, a), b)`` for ``lo <= t <= hi`` (a hardtanh, or saturation)."""
+        low = self.relu(t.plus(Lin(const=-a)), lo - a, hi - a)
+        high = self.relu(t.plus(Lin(const=-b)), lo - b, hi - b)
+        return Lin(const=a).plus(low).plus(high, -1.0)
+
+    def rounding(self, r: Rounding, t: Lin, lo: float, hi: float) -> Lin:
+        """``r.apply(t)`` for ``lo <= t <= hi``: saturation as a clamp, then an integer code."""
+        s = r.step
+        kmin, kmax = r.code_range
+        if r.fmt.binary:  # two levels: -s below the threshold, +s from it on
+            thr = (1 if r.fmt.rounding == "floor" else 0) * s
+            d = self.var(0.0, 1.0, integer=True)
+            self.binaries.append(d)
+            self.row(t.plus(Lin({d: -_up(hi - thr)})), -np.inf, thr)  # d = 0 -> t <= thr
+            self.row(t.plus(Lin({d: -_up(thr - Fraction(lo))})), lo, np.inf)  # d = 1 -> t >= thr
+            return Lin({d: float(2 * s)}, -float(s))
+        a, b = float(kmin * s), float(kmax * s)
+        if lo < a or hi > b:  # saturation: round(clamp(t)) equals clamp(round(t)) on the grid
+            t = self.clamp(t, lo, hi, a, b)
+            lo, hi = max(lo, a), min(hi, b)
+        if r.exact_on_input:
+            return t
+        e_lo, e_hi = r.error_bounds()
+        k_lo = max(kmin, math.floor(Fraction(lo) / s + e_lo))  # s k - z in [e_lo s, e_hi s]
+        k_hi = min(kmax, math.ceil(Fraction(hi) / s + e_hi))
+        k = self.var(float(k_lo), float(k_hi), integer=True)
+        sf = float(s)
+        self.row(t.plus(Lin({k: -sf})), _down(-e_hi * s), _up(-e_lo * s))  # z - s k
+        return Lin({k: sf})
+
+    # ----------------------------------------------------------------- networks
+    def network(
+        self,
+        chain: Chain,
+        x: list[Lin],
+        bounds: list[LayerBounds],
+        in_lo: list[float],
+        in_hi: list[float],
+        outputs: list[int],
+        pre: dict | None = None,
+    ) -> list[Lin | None]:
+        """The chain's requested outputs as expressions (cone of influence only); ``pre``
+        receives every encoded neuron's expression before its rounding, keyed ``(layer, i)``."""
+        if not chain.floats_exact:
+            raise InexactModel("a weight, bias or step is not a double (e.g. step 1/3): no LP model")
+        const = constants(chain, bounds, in_lo, in_hi)
+        need = cone(chain, const, outputs)
+        v: list = list(x)
+        prev_lo, prev_hi = list(in_lo), list(in_hi)
+        for li, (layer, lb) in enumerate(zip(chain.layers, bounds, strict=True)):
+            out: list = []
+            for i in range(len(lb.lo)):
+                if const[li][i] is not None:
+                    out.append(Lin(const=float(const[li][i])))
+                elif i not in need[li]:
+                    out.append(None)
+                else:
+                    if isinstance(layer, Affine):
+                        t = Lin(const=float(layer.b[i]))
+                        for j, w in enumerate(layer.Wf[i]):
+                            if w != 0:
+                                t = t.plus(v[j], w)
+                    else:
+                        t = self.activation(layer.act, v[i], prev_lo[i], prev_hi[i])
+                    if pre is not None:
+                        pre[li, i] = t
+                    if layer.out is not None:
+                        t = self.rounding(layer.out, t, lb.pre_lo[i], lb.pre_hi[i])
+                    out.append(t)
+            v = out
+            prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
+        return v
+
+    def activation(self, act, t: Lin, lo: float, hi: float) -> Lin:
+        if act.name == "identity":
+            return t
+        if act.name == "relu":
+            return self.relu(t, lo, hi)
+        if act.name == "leaky_relu":
+            a = act.param("negative_slope")
+            return t.scaled(a).plus(self.relu(t, lo, hi), 1.0 - a)
+        if act.name == "hardtanh":
+            return self.clamp(t, lo, hi, act.param("min_val"), act.param("max_val"))
+        raise ValueError(f"no MILP encoding for {act.name}")
+
+
+def certified_lower(
+    c: np.ndarray, A: sp.csr_matrix, b: np.ndarray, lb: np.ndarray, ub: np.ndarray, y: np.ndarray
+) -> float:
+    """A rigorous lower bound of ``min c.v`` over ``A v <= b``, ``lb <= v <= ub`` (finite bounds)
+    from any multipliers ``y <= 0`` of the rows: for every feasible ``v``,
+    ``c.v = y.(A v) + r.v >= y.b + sum_i min(r_i lb_i, r_i ub_i)`` with ``r = c - A^T y``.  The
+    float64 evaluation error (of ``r`` and both sums, entries of ``A`` included) is below
+    ``gamma_{n+2}`` times the same sums of absolute values; four times that is subtracted."""
+    y = np.minimum(y, 0.0)
+    r = c - A.T @ y
+    value = y @ b + np.minimum(r * lb, r * ub).sum()
+    size = np.maximum(np.abs(lb), np.abs(ub))
+    err = 4 * (max(A.shape) + 2) * U * ((np.abs(c) + abs(A).T @ np.abs(y)) @ size + np.abs(y) @ np.abs(b))
+    return float(value - err - 1e-300)
