@@ -324,3 +324,44 @@ def test_imported_acas_network_with_input_shift():
     assert res.verdict == "EQUIVALENT" and res.stats["method"] == "bounds"
     (res,) = tq.verify_equivalence(f, fq, calib[:1], 0.001, relation="eps", eps=1e-6, timeout=30)
     assert res.verdict == "NOT_EQUIVALENT"  # 8-bit rounding moves the outputs by more than 1e-6
+
+
+def test_convolutional_network_chain_is_exact_and_verified():
+    """Conv2d layers become exact dense affine maps: the chain reproduces the integer reference on
+    grid points, and verdicts agree with enumeration of a small region."""
+    from torchqv.verify.network import quant_chain
+
+    torch.manual_seed(4)
+    f = nn.Sequential(
+        nn.Conv2d(1, 2, 2, stride=1, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 2, 2, stride=2),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    cfg = tq.QConfig(
+        weight=tq.FixedPoint(bits=4, per_channel=True),
+        activation=tq.FixedPoint(bits=6),
+        input=tq.FixedPoint(bits=4, signed=False),
+    )
+    fq = tq.quantize(f, cfg)
+    tq.calibrate(fq, [torch.rand(64, 1, 3, 3)], progress=False)
+    fq.eval()
+    chain = quant_chain(fq, (1, 3, 3))
+    xs = torch.randint(0, 16, (5, 1, 3, 3)).float() * float(chain.inp.step)
+    for x in xs:
+        got = chain.exact([Fraction(float(v)) for v in x.reshape(-1)])
+        assert got == tq.reference_forward(fq, x[None], exact=True)[0].tolist()
+    center = torch.full((1, 1, 3, 3), 0.5)
+    delta = float(chain.inp.step) * 0.6  # each pixel takes its two nearest grid values
+    for relation, eps in (("top1", None), ("eps", 0.05)):
+        (res,) = tq.verify_equivalence(f, fq, center, delta, relation=relation, eps=eps, domain=(0.0, 1.0))
+        lo = torch.ceil((center - delta) / chain.inp.step.__float__()).reshape(-1)
+        grid = [torch.tensor([lo[i], lo[i] + 1]) for i in range(9)]
+        pts = torch.cartesian_prod(*grid).reshape(-1, 1, 3, 3) * float(chain.inp.step)
+        with torch.no_grad():
+            y = f.double()(pts.double())
+            f.float()
+        yq = tq.reference_forward(fq, pts)
+        truth = all(holds(relation, a, b, eps, "inf") for a, b in zip(y, yq, strict=True))
+        assert res.verdict == ("EQUIVALENT" if truth else "NOT_EQUIVALENT"), (relation, res.reason)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import z3
@@ -161,44 +161,43 @@ class Encoder:
         return y
 
 
-def argmax_is(y: list, i: int, classes: list[int]) -> z3.BoolRef:
-    """``torch.argmax(y) == i``: ``y_i`` beats every earlier entry and ties no later one.  Only
-    ``classes`` are compared: the others are below some class's lower bound (from bounds), so
-    they can never be the maximum."""
-    return z3.And([y[i] > y[k] for k in classes if k < i] + [y[i] >= y[k] for k in classes if k > i])
+Form = tuple[dict[int, Fraction], dict[int, Fraction], Fraction]  # sum a_i y_i + sum b_i yq_i + c
 
 
-def beats(y: list, j: int, c: int) -> z3.BoolRef:
-    """Class ``j`` takes the argmax from ``c`` (``torch.argmax``: the first maximum wins)."""
-    return y[j] >= y[c] if j < c else y[j] > y[c]
+def _value(form: Form, y: list, yq: list) -> z3.ArithRef:
+    a, b, c = form
+    return z3.Sum([rv(w) * y[i] for i, w in a.items()] + [rv(w) * yq[i] for i, w in b.items()] + [rv(c)])
 
 
 @dataclass
 class Query:
     """One disjunct of the negated relation, on the outputs ``f_out`` of f and ``q_out`` of f'.
 
-    Most disjuncts are linear: ``objective = (a, b, c)`` stands for ``sum a_i y_i + sum b_i yq_i +
-    c``, and the disjunct says it is ``<= 0`` (``strict``: the relation needs it ``> 0``) or
-    ``< 0``; the LP search (``lp_branch``) minimises it.  The others carry a z3 ``formula``."""
+    Most disjuncts are linear: a linear ``objective`` form is ``<= 0`` (``strict``: the relation
+    needs it ``> 0``) or ``< 0``, on the part of the region where every ``given`` form is ``> 0``
+    (its flag true) or ``>= 0``; the LP search (``lp_branch``) minimises the objective there.
+    The others carry a z3 ``formula``."""
 
     f_out: list[int]
     q_out: list[int]
     what: str
-    objective: tuple[dict[int, Fraction], dict[int, Fraction], Fraction] | None = None
+    objective: Form | None = None
     strict: bool = False
+    given: list[tuple[Form, bool]] = field(default_factory=list)
     formula: Callable[[list, list], z3.BoolRef] | None = None
 
     def violated(self, y: list, yq: list) -> z3.BoolRef:
         """The disjunct as a z3 formula over the outputs."""
         if self.formula is not None:
             return self.formula(y, yq)
-        a, b, c = self.objective
-        value = z3.Sum([rv(w) * y[i] for i, w in a.items()] + [rv(w) * yq[i] for i, w in b.items()] + [rv(c)])
-        return value <= 0 if self.strict else value < 0
+        value = _value(self.objective, y, yq)
+        conditions = [_value(g, y, yq) > 0 if gt else _value(g, y, yq) >= 0 for g, gt in self.given]
+        return z3.And([value <= 0 if self.strict else value < 0, *conditions])
 
 
-def _linear(f_coefs: dict, q_coefs: dict, c: Fraction, strict: bool, what: str) -> Query:
-    return Query(sorted(f_coefs), sorted(q_coefs), what, (f_coefs, q_coefs, Fraction(c)), strict)
+def _linear(f_coefs: dict, q_coefs: dict, c: Fraction, strict: bool, what: str, given=()) -> Query:
+    f_out = sorted({*f_coefs, *(i for g, _ in given for i in g[0])})
+    return Query(f_out, sorted(q_coefs), what, (f_coefs, q_coefs, Fraction(c)), strict, list(given))
 
 
 def queries(
@@ -213,12 +212,13 @@ def queries(
     """The negation of ``y ~ yq`` (paper 003, Definitions 2.4.1-2.4.3) as a disjunction of small
     queries; ``unsat`` for every one proves the relation.
 
-    ``classes``: the classes that can be the argmax of f and of f' (bounds); ``fixed``: the class
-    that bounds prove to be f's (f''s) argmax everywhere, if any: then only "another class beats
-    it in the other network" is asked, one competitor at a time (``torch.argmax``: an earlier
-    class wins a tie, so ``j < c`` beats ``c`` when ``y_j >= y_c``, a later one when
-    ``y_j > y_c``).  ``open_outputs``: the outputs whose ``|y_i - yq_i|`` bounds do not settle
-    the eps or strict relation already."""
+    ``classes``: the classes that can be the argmax of f and of f' (bounds; the others are below
+    some class's lower bound, so they never win); ``fixed``: the class that bounds prove to be
+    f's (f''s) argmax everywhere, if any.  Top-1 is violated where f's argmax is ``i`` and some
+    ``j != i`` beats ``i`` in f' (``torch.argmax``: an earlier class wins a tie, so ``j < i``
+    beats ``i`` when ``yq_j >= yq_i``, a later one when ``yq_j > yq_i``): one query per pair.
+    ``open_outputs``: the outputs whose ``|y_i - yq_i|`` bounds do not settle the eps or strict
+    relation already."""
     one = Fraction(1)
     if relation == "strict":  # y_i != yq_i: one of y_i - yq_i, yq_i - y_i is < 0
         return [
@@ -245,19 +245,20 @@ def queries(
             )
         ]
     cf, cq = classes
-    if fixed[0] is not None:  # f' must keep class c: yq_c - yq_j > 0 (j < c) or >= 0 (j > c)
-        c = fixed[0]
-        return [_linear({}, {c: one, j: -one}, Fraction(0), j < c, f"f' class {j}") for j in cq if j != c]
-    if fixed[1] is not None:
+    if fixed[1] is not None and fixed[0] is None:  # f' keeps class c: some j must beat c in f
         c = fixed[1]
         return [_linear({c: one, j: -one}, {}, Fraction(0), j < c, f"f class {j}") for j in cf if j != c]
-    return [
-        Query(
-            cf,
-            cq,
-            "top-1",
-            formula=lambda y, q: z3.Or(
-                [z3.And(argmax_is(y, i, cf), argmax_is(q, j, cq)) for i in cf for j in cq if i != j]
-            ),
+    out = []
+    for i in [fixed[0]] if fixed[0] is not None else cf:
+        # where f's argmax is i (nothing to state when bounds fix it): y_i > y_k (k < i), >= (k > i)
+        given = (
+            []
+            if fixed[0] is not None
+            else [(({i: one, k: -one}, {}, Fraction(0)), k < i) for k in cf if k != i]
         )
-    ]
+        out += [
+            _linear({}, {i: one, j: -one}, Fraction(0), j < i, f"f class {i}, f' class {j}", given)
+            for j in cq
+            if j != i
+        ]
+    return out

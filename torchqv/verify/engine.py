@@ -74,8 +74,8 @@ class _Problem:
         self.surrogate = copy.deepcopy(fq).train()  # differentiable f' (STE) for the search
         for prm in self.surrogate.parameters():
             prm.requires_grad_(False)
-        self.cf = float_chain(f, self.d)
-        self.cq = quant_chain(fq, self.d)
+        self.cf = float_chain(f, shape)
+        self.cq = quant_chain(fq, shape)
         if self.cf.out_features != self.cq.out_features:
             raise QuantizationError("f and f' have different output sizes")
         # the input rounding of f' is the identity on grid points; bounds start from the box
@@ -257,12 +257,18 @@ def _lp_search(
     bf, bq = bounds
     y = model.network(p.cf, xs, bf, lo.tolist(), hi.tolist(), query.f_out) if query.f_out else []
     yq = model.network(p.cq_body, xs, bq, lo.tolist(), hi.tolist(), query.q_out) if query.q_out else []
-    a, b, c = query.objective
-    objective = Lin(const=float(c))
-    for outs, coefs in ((y, a), (yq, b)):
-        for i, w in coefs.items():
-            objective = objective.plus(outs[i], float(w))
-    out = LPBranch(model, objective, query.strict, inputs, fixed, p.falsify).run(deadline)
+
+    def linear(form: tuple) -> Lin:
+        a, b, c = form
+        e = Lin(const=float(c))
+        for outs, coefs in ((y, a), (yq, b)):
+            for i, w in coefs.items():
+                e = e.plus(outs[i], float(w))
+        return e
+
+    for form, _ in query.given:  # the part of the region the query is about (closed: a relaxation)
+        model.row(linear(form), 0.0, np.inf)
+    out = LPBranch(model, linear(query.objective), query.strict, inputs, fixed, p.falsify).run(deadline)
     stats["nodes"] += out.nodes
     return out
 
