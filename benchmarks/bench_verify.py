@@ -1,10 +1,17 @@
-"""Equivalence verification benchmarks (paper 003), part 1: VNN-COMP mnist-net_256x2.
+"""Equivalence verification benchmarks (paper 003).
 
-The network (98.08% on MNIST) quantized to 8-bit per-channel weights, 8-bit activations and an
-8-bit unsigned input, calibrated on 1024 MNIST training images; top-1 equivalence around the
-first test images at each delta (pixels in [0, 1]); verdict and time per image, and the plain z3
-encoding (no bound stage, no sampling) side by side on the first ``--plain`` images.
-Usage: python benchmarks/bench_verify.py [--images 15] [--deltas 0.005 0.01 0.02] [--plain 3]
+``mnist``: VNN-COMP mnist-net_256x2 (98.08% on MNIST) quantized to 8-bit per-channel weights,
+8-bit activations and an 8-bit unsigned input, calibrated on 1024 MNIST training images; top-1
+equivalence around the first test images at each delta (pixels in [0, 1]); verdict and time per
+image, and the plain z3 encoding (no bounds, no branching, no sampling) side by side.
+
+``acas``: the five ACAS Xu networks quantized to 8 and 6 bits, per-channel weights and biases
+only (the thesis' setting, ``--mode weights``) or weights and activations (``--mode full``),
+calibrated on 2048 points of the normalised input box; eps-equivalence (L-inf, eps 0.05) around
+5 random points of the box per network at each delta.
+
+Usage: python benchmarks/bench_verify.py mnist [--images 15] [--deltas 0.005 0.01 0.02] [--plain 15]
+       python benchmarks/bench_verify.py acas [--points 5] [--deltas 0.01 0.05 0.1] [--bits 8 6]
 """
 
 from __future__ import annotations
@@ -12,23 +19,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
+
+import torch
 
 import torchqv as tq
 from torchqv.data import load_mnist
 
 ROOT = Path(os.environ.get("TORCHQV_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OUT = Path(__file__).resolve().parent / "results"
+ACAS = os.environ.get("ACAS_NETS", "1_1 1_2 2_1 3_3 5_9").split()
+ACAS_LO = torch.tensor([-0.3284, -0.5, -0.5, -0.5, -0.5])
+ACAS_HI = torch.tensor([0.6799, 0.5, 0.5, 0.5, 0.5])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=15)
-    parser.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.01, 0.02])
-    parser.add_argument("--plain", type=int, default=3)
-    parser.add_argument("--branching", type=float, default=0.5)
-    parser.add_argument("--timeout", type=float, default=60.0)
-    args = parser.parse_args()
+def _row(r: tq.verify.Result) -> dict:
+    return {"verdict": r.verdict, "method": r.stats["method"], "seconds": round(r.stats["seconds"], 2)}
+
+
+def mnist(args: argparse.Namespace) -> list[dict]:
     f = tq.from_onnx(ROOT / "onnx" / "mnist-net_256x2.onnx")
     xtr, _ = load_mnist(ROOT, "train")
     xte, _ = load_mnist(ROOT, "test")
@@ -42,34 +52,13 @@ def main() -> None:
     tq.calibrate(fq, [xtr[:1024]], progress=False)
     rows = []
     for delta in args.deltas:
-        ours = tq.verify_equivalence(
-            f, fq, xte[: args.images], delta, relation="top1", domain=(0.0, 1.0), timeout=args.timeout
-        )
-        plain = (
-            tq.verify_equivalence(
-                f,
-                fq,
-                xte[: args.plain],
-                delta,
-                relation="top1",
-                domain=(0.0, 1.0),
-                timeout=args.timeout,
-                samples=0,
-                use_bounds=False,
-            )
-            if args.plain
-            else []
-        )
+        common = dict(relation="top1", domain=(0.0, 1.0), timeout=args.timeout)
+        ours = tq.verify_equivalence(f, fq, xte[: args.images], delta, **common)
+        plain = tq.verify_equivalence(f, fq, xte[: args.plain], delta, samples=0, use_bounds=False, **common)
         for i, r in enumerate(ours):
-            row = {
-                "delta": delta,
-                "image": i,
-                "verdict": r.verdict,
-                "method": r.stats["method"],
-                "seconds": r.stats["seconds"],
-            }
+            row = {"delta": delta, "image": i, **_row(r)}
             if i < len(plain):
-                row.update(plain_verdict=plain[i].verdict, plain_seconds=plain[i].stats["seconds"])
+                row.update(plain_verdict=plain[i].verdict, plain_seconds=round(plain[i].stats["seconds"], 2))
             rows.append(row)
             print(row, flush=True)
     print("\n| delta | image | verdict | decided by | time (s) | plain z3 verdict | plain z3 time (s) |")
@@ -82,9 +71,82 @@ def main() -> None:
     for delta in args.deltas:
         sel = [r for r in rows if r["delta"] == delta]
         decided = sum(r["verdict"] != "UNKNOWN" for r in sel)
-        print(f"delta {delta}: {decided}/{len(sel)} decided, max time {max(r['seconds'] for r in sel):.1f} s")
+        plain_decided = sum(r.get("plain_verdict", "UNKNOWN") != "UNKNOWN" for r in sel)
+        print(
+            f"delta {delta}: ours {decided}/{len(sel)} decided (max {max(r['seconds'] for r in sel):.1f} s), "
+            f"plain z3 {plain_decided}/{min(len(sel), args.plain)}"
+        )
+    return rows
+
+
+def acas(args: argparse.Namespace) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for name in ACAS:
+        f = tq.from_onnx(ROOT / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
+        calib = ACAS_LO + torch.rand(2048, 5, generator=gen) * (ACAS_HI - ACAS_LO)
+        points = ACAS_LO + torch.rand(args.points, 5, generator=gen) * (ACAS_HI - ACAS_LO)
+        for bits in args.bits:
+            cfg = tq.QConfig(
+                weight=tq.FixedPoint(bits=bits, per_channel=True), activation=tq.FixedPoint(bits=bits)
+            )
+            fq = tq.quantize(f, cfg)
+            tq.calibrate(fq, [calib.reshape(-1, 1, 1, 5)], progress=False)
+            for delta in args.deltas:
+                res = tq.verify_equivalence(
+                    f,
+                    fq,
+                    points.reshape(-1, 1, 1, 5),
+                    delta,
+                    relation="eps",
+                    eps=0.05,
+                    domain=(ACAS_LO.reshape(1, 1, 5), ACAS_HI.reshape(1, 1, 5)),
+                    timeout=args.timeout,
+                )
+                for i, r in enumerate(res):
+                    row = {"network": name, "bits": bits, "delta": delta, "point": i, **_row(r)}
+                    rows.append(row)
+                    print(row, flush=True)
+    print("\n| network | bits | delta | verdicts (EQ / NEQ / UNK) | decided by | max time (s) |")
+    print("|---|---|---|---|---|---|")
+    for name in ACAS:
+        for bits in args.bits:
+            for delta in args.deltas:
+                sel = [r for r in rows if (r["network"], r["bits"], r["delta"]) == (name, bits, delta)]
+                counts = [
+                    sum(r["verdict"] == v for r in sel) for v in ("EQUIVALENT", "NOT_EQUIVALENT", "UNKNOWN")
+                ]
+                methods = ", ".join(sorted({r["method"] for r in sel}))
+                print(
+                    f"| {name} | {bits} | {delta} | {counts[0]} / {counts[1]} / {counts[2]} | {methods} | "
+                    f"{max(r['seconds'] for r in sel):.1f} |"
+                )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="bench", required=True)
+    m = sub.add_parser("mnist")
+    m.add_argument("--images", type=int, default=15)
+    m.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.01, 0.02])
+    m.add_argument("--plain", type=int, default=15)
+    m.add_argument("--timeout", type=float, default=60.0)
+    a = sub.add_parser("acas")
+    a.add_argument("--points", type=int, default=5)
+    a.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.05, 0.1])
+    a.add_argument("--bits", type=int, nargs="+", default=[8, 6])
+    a.add_argument("--timeout", type=float, default=60.0)
+    a.add_argument("--mode", choices=["weights", "full"], default="weights")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    rows = mnist(args) if args.bench == "mnist" else acas(args)
+    print(f"total {time.perf_counter() - t0:.0f} s")
     OUT.mkdir(exist_ok=True)
-    (OUT / "verify_mnist.json").write_text(json.dumps(rows, indent=2))
+    name = args.bench if args.bench == "mnist" else f"acas_{args.mode}"
+    (OUT / f"verify_{name}.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

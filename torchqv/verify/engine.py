@@ -316,7 +316,7 @@ def _by_queries(
     lo: np.ndarray,
     hi: np.ndarray,
     crowns: tuple[B.Crown, B.Crown],
-    lp_deadline: float | None,
+    lp_deadline: float,
     deadline: float,
     stats: dict,
 ) -> Result:
@@ -337,20 +337,29 @@ def _by_queries(
         todo = _open_outputs(p, cf, cq) if use_bounds else list(range(n))
     eps = Fraction(p.eps) if p.eps is not None else None
     todo_queries = queries(p.relation, n, eps, p.norm, classes, fixed, todo)
-    for i, query in enumerate(todo_queries):
-        if use_bounds and lp_deadline is not None:
+    left = list(todo_queries)
+    if use_bounds:  # first the LP search on every query ...
+        left = []
+        for i, query in enumerate(todo_queries):
             share = (lp_deadline - time.perf_counter()) / (len(todo_queries) - i)
             out = _lp_search(p, query, lo, hi, bounds, time.perf_counter() + max(share, 0.0), stats)
             if out is not None and out.status == "refuted":
                 return Result(
                     "NOT_EQUIVALENT", out.point.reshape(p.shape), "LP branch and bound, replayed", stats
                 )
-            if out is not None and out.status == "proved":
-                continue
+            if out is None or out.status == "open":
+                left.append(query)
+    if left:
         stats["method"] = "z3"
-        res = _z3_query(p, query, lo, hi, bounds, deadline, stats)
-        if res is not None:
+    unknown = None
+    for i, query in enumerate(left):  # ... then z3 on what is left, sharing the time
+        share = (deadline - time.perf_counter()) / (len(left) - i)
+        res = _z3_query(p, query, lo, hi, bounds, time.perf_counter() + max(share, 0.0), stats)
+        if res is not None and res.verdict == "NOT_EQUIVALENT":
             return res
+        unknown = unknown or res
+    if unknown is not None:
+        return unknown
     return Result("EQUIVALENT", None, f"all {len(todo_queries)} disjuncts of the violation ruled out", stats)
 
 
@@ -411,8 +420,8 @@ def verify_equivalence(
     to one input, the box every input stays in.  ``boxes=(lo, hi)``: regions given directly
     (batches shaped like the input) instead of points and delta.  ``timeout``: seconds per region;
     ``branching``: the share of it that branch and bound may use before z3 gets the rest.
-    Regions with at most ``input_split`` free input coordinates are branched by splitting the
-    box, larger ones by the LP search on the MILP encoding.  ``use_bounds=False`` skips bounds
+    Regions with at most ``input_split`` free input coordinates are first branched by splitting
+    the box; then the LP search on the MILP encoding takes over.  ``use_bounds=False`` skips bounds
     and branching (the plain z3 encoding, for comparison).
     """
     if relation not in RELATIONS:
@@ -478,7 +487,7 @@ def _decide(
         if p.relation != "strict" and few_inputs and bab_deadline > time.perf_counter():
             stats["method"] = "branch and bound"
             bab = InputBranch(p.cf, p.cq_body, p.relation, p.eps, p.norm, p.cq.inp, p.falsify)
-            out = bab.run(lo, hi, bab_deadline)
+            out = bab.run(lo, hi, (time.perf_counter() + bab_deadline) / 2)  # half; the LP search next
             stats["nodes"], stats["depth"] = out.nodes, out.depth
             if out.status == "proved":
                 return Result("EQUIVALENT", None, f"branch and bound, {out.nodes} nodes", stats)
@@ -487,7 +496,7 @@ def _decide(
                     "NOT_EQUIVALENT", out.point.reshape(p.shape), "branch and bound, replayed", stats
                 )
         stats["method"] = "LP branch and bound"
-    return _by_queries(p, lo, hi, crowns, None if few_inputs else bab_deadline, deadline, stats)
+    return _by_queries(p, lo, hi, crowns, bab_deadline, deadline, stats)
 
 
 def _loose(bounds: list) -> list:

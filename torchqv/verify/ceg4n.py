@@ -1,0 +1,604 @@
+"""CEG4N: counterexample-guided search of per-layer bit widths (paper 003, ch. 3, Algorithm 1).
+
+Algorithm 1 alternates two problems until the verifier accepts a candidate:
+
+* **bit search** (Eq. 3.2): the cheapest bit vector ``b`` (cost ``J(b)``, ``b_min <= b_l <= b_max``)
+  whose quantized network ``f' = Q(f, b)`` agrees with ``f`` on every counterexample found so far
+  (a concrete check; the set starts with the critical points, sec. 4.4.6);
+* **equivalence verification**: ``verify_equivalence`` over the regions ``R_delta`` around the
+  critical points; a real (replayed) counterexample joins the set, and the search goes on.
+
+Search strategy (instead of the thesis' NSGA-II, sec. 3.4.1): an exact **best-first enumeration of
+the bit lattice in order of cost** (a heap seeded with ``(b_min, ..., b_min)``; popping ``b`` pushes
+``b + e_l`` for every layer).  With a cost that never decreases when a layer gains a bit, the
+heap pops vectors in non-decreasing cost.  Each popped vector gets one concrete check (one batched
+forward of the exact ``fq.eval()`` against float64 ``f`` on all counterexamples); the first that
+passes goes to the verifier.  The counterexample set only grows, so a vector that failed once
+fails forever and the enumeration simply resumes where it stopped; the candidate the verifier
+refutes fails its own counterexample.  Every vector popped before the answer was refuted by a
+real point of the regions, hence the answer is the *cheapest bit vector of the whole range that
+the verifier proves equivalent* -- no tuning of generations or populations, no premature
+convergence, and a proof of infeasibility (status QF) when the lattice runs out.  Monotonicity of
+equivalence in the bits is not assumed.
+
+Quantization ``Q(f, b)``, one bit width per Linear layer (thesis sec. 3.2.3: a layer's
+parameters share its width):
+
+* ``mode="weights"`` (what the thesis' tables measure): weights on a signed narrow ``b_l``-bit
+  grid with a per-layer min-max step (Eq. 2.12, symmetric); biases on a signed narrow ``b_l``-bit
+  grid with their own step (Eq. 2.13: ``Q(bias, b_l)``), a power of two (a fixed number of
+  fractional bits per layer, so every grid value is exact in float32 storage, for every width);
+  activations and input stay real.
+* ``mode="full"``: fixed point everywhere (paper 001 Eq. 7): weights as above, the output of
+  Linear ``l`` and of the activation that follows it on an asymmetric ``b_l``-bit grid (sec. 3.2.3:
+  asymmetric activations), the input on an asymmetric ``input_bits``-bit grid (fixed for the whole
+  search, so counterexamples stay grid points of every candidate); biases on the accumulator grid
+  in high precision (the int32-bias convention, sec. 2.3.3.3).  Steps come from calibration data.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from .. import activations as A
+from ..formats import MAX_BITS, FixedPoint, QuantizationError
+from ..observers import OBSERVERS, step_for_range
+from ..quantize import QConfig, calibrate, quantize, trace
+from .engine import NORMS, RELATIONS, holds, verify_equivalence
+from .network import Affine, float_chain
+
+MODES = ("weights", "full")
+COSTS = ("weight_bits", "sum_bits")
+ON_UNKNOWN = ("vf", "skip")
+STATUSES = ("SQ", "QF", "TO", "VF")
+
+
+@dataclass
+class BitSearchConfig:
+    """Options of :func:`search_bits` (a plain dataclass: ``to_dict`` / ``BitSearchConfig(**d)``).
+
+    ``mode``: ``"weights"`` (weights and biases) or ``"full"`` (weights, activations, input).
+    ``cost``: ``"weight_bits"`` (sum over layers of bits * number of weights) or ``"sum_bits"``
+    (sum of the bits, the thesis' single objective); a callable given to ``search_bits`` replaces it.
+    ``timeout``: seconds per verifier query (one region); ``time_limit``: seconds for the whole
+    search (status TO beyond); ``max_iterations``: verifier rounds (TO beyond).
+    ``observer``: step observer (``minmax``, ``mse``, ...) for weights and activations;
+    ``power_of_two``: power-of-two weight and activation steps; ``input_bits``: input format of the
+    full mode (``None``: the input stays real).  ``on_unknown``: what an undecided region does:
+    ``"vf"`` stops with status VF, ``"skip"`` drops the candidate and goes on (the answer is then
+    the cheapest *proved* vector among those not skipped; ``BitSearchResult.skipped`` lists them).
+    ``samples`` and ``seed`` go to ``verify_equivalence``.
+    """
+
+    mode: str = "weights"
+    cost: str = "weight_bits"
+    timeout: float = 60.0
+    time_limit: float = 300.0
+    max_iterations: int = 100
+    observer: str = "minmax"
+    power_of_two: bool = False
+    input_bits: int | None = 8
+    on_unknown: str = "vf"
+    samples: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("mode", MODES),
+            ("cost", COSTS),
+            ("on_unknown", ON_UNKNOWN),
+            ("observer", OBSERVERS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise QuantizationError(
+                    f"BitSearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        for name in ("timeout", "time_limit"):
+            if not getattr(self, name) > 0:
+                raise QuantizationError(
+                    f"BitSearchConfig.{name} must be > 0 seconds, got {getattr(self, name)}"
+                )
+        if not (isinstance(self.max_iterations, int) and self.max_iterations >= 1):
+            raise QuantizationError(
+                f"BitSearchConfig.max_iterations must be an int >= 1, got {self.max_iterations!r}"
+            )
+        if self.input_bits is not None and not 2 <= self.input_bits <= MAX_BITS:
+            raise QuantizationError(f"BitSearchConfig.input_bits must be None or in [2, {MAX_BITS}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BitSearchResult:
+    """Outcome of :func:`search_bits` (statuses as in the thesis' Tables 2-9).
+
+    ``status``: ``"SQ"`` (the final ``bits`` are proved equivalent on every region), ``"QF"`` (no
+    bit vector of the range passes: each was refuted by a real counterexample), ``"TO"`` (time or
+    iteration limit), ``"VF"`` (the verifier could not decide a region).  ``bits``: one width per
+    Linear layer (``layers``) of the last candidate given to the verifier (``None`` if none);
+    ``fq``: its quantized model.  ``iterations``: verifier rounds; ``counterexamples``: the points
+    the verifier found (the critical points not included); ``candidates``: bit vectors checked
+    concretely; ``history``: one dict per round.
+    """
+
+    status: str
+    bits: tuple[int, ...] | None
+    layers: list[str]
+    iterations: int
+    counterexamples: list[torch.Tensor]
+    cost: float | None
+    seconds: float
+    fq: nn.Module | None
+    reason: str = ""
+    candidates: int = 0
+    skipped: list[tuple[int, ...]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the model)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fq"}
+        out["bits"] = list(self.bits) if self.bits is not None else None
+        out["counterexamples"] = [x.tolist() for x in self.counterexamples]
+        out["skipped"] = [list(b) for b in self.skipped]
+        return out
+
+
+# ------------------------------------------------------------------------ the layers of f
+@dataclass
+class _Layers:
+    """The Linear layers of a chain in execution order, and the activation modules after each."""
+
+    names: list[str]
+    weights: list[int]  # number of weights per layer
+    acts: dict[str, int] = field(default_factory=dict)  # activation module -> layer index
+    functional: list[str] = field(default_factory=list)  # functional activations (fx node names)
+
+
+def _layers(f: nn.Module) -> _Layers:
+    out = _Layers([], [])
+    for node in trace(f).graph.nodes:
+        if node.op == "call_module":
+            m = f.get_submodule(node.target)
+            if isinstance(m, nn.Linear):
+                out.names.append(node.target)
+                out.weights.append(m.weight.numel())
+            elif A.from_module(m) is not None and out.names:
+                prev = out.acts.setdefault(node.target, len(out.names) - 1)
+                if prev != len(out.names) - 1:
+                    raise QuantizationError(
+                        f"activation module {node.target!r} follows two Linear layers; use one per layer"
+                    )
+        elif (node.op == "call_function" and node.target in A.FUNCTIONAL) or (
+            node.op == "call_method" and node.target in A.METHODS
+        ):
+            out.functional.append(node.name)
+    if not out.names:
+        raise QuantizationError("search_bits needs a network with at least one nn.Linear layer")
+    return out
+
+
+def _as_chain(f: nn.Module) -> nn.Module:
+    """A bare ``nn.Linear`` as a one-layer ``nn.Sequential`` (its layer is then named ``"0"``)."""
+    return nn.Sequential(f) if isinstance(f, nn.Linear) else f
+
+
+def _round_bias(bias: torch.Tensor, bits: int) -> torch.Tensor:
+    """``Q(bias, b)`` of Eq. 2.13: signed narrow ``bits``-bit grid, power-of-two min-max step.
+
+    Exact in float32: the code times the step has at most 24 significant bits, because a float32
+    bias whose last bit is finer than the step is below ``2^23`` steps."""
+    fmt = FixedPoint(bits=bits, power_of_two=True)
+    step = step_for_range(fmt, bias.min().reshape(1), bias.max().reshape(1))[0].double()
+    kmin, kmax = fmt.code_range()
+    exact = fmt.saturate_tensor(fmt.round_tensor(bias.detach().double() / step), kmin, kmax) * step
+    rounded = exact.float()
+    if not torch.equal(rounded.double(), exact):
+        raise AssertionError("a bias grid value is not a float32 number")  # excluded by the docstring
+    return rounded
+
+
+def quantize_bits(
+    f: nn.Module,
+    bits: Sequence[int],
+    config: BitSearchConfig | None = None,
+    calibration: torch.Tensor | Iterable[Any] | None = None,
+) -> nn.Module:
+    """``Q(f, b)``: ``f`` quantized with one bit width per Linear layer (execution order), in
+    ``config.mode`` (see the module docstring); eval mode.  ``calibration``: batches (a tensor or
+    an iterable of tensors or ``(x, y)`` pairs) for the activation and input steps of the full mode.
+    A bare ``nn.Linear`` comes back inside an ``nn.Sequential``."""
+    f = _as_chain(f)
+    cfg = config or BitSearchConfig()
+    layers = _layers(f)
+    bits = tuple(int(b) for b in bits)
+    if len(bits) != len(layers.names):
+        raise QuantizationError(
+            f"{len(bits)} bit widths for the {len(layers.names)} Linear layers {layers.names}"
+        )
+    _check_mode(cfg, layers, calibration)
+    return _quantize(f, layers, bits, cfg, calibration)
+
+
+def _check_mode(cfg: BitSearchConfig, layers: _Layers, calibration: Any) -> None:
+    if cfg.mode == "full" and calibration is None:
+        raise QuantizationError(
+            "mode='full' needs calibration data (typical inputs) for the activation steps"
+        )
+    if cfg.mode == "full" and layers.functional:
+        raise QuantizationError(
+            f"mode='full' gives each activation its layer's width, so activations must be modules "
+            f"(nn.ReLU, ...); found functional ones: {layers.functional}"
+        )
+
+
+def _quantize(
+    f: nn.Module, layers: _Layers, bits: tuple[int, ...], cfg: BitSearchConfig, calibration: Any
+) -> nn.Module:
+    full = cfg.mode == "full"
+    obs = {"weight_observer": cfg.observer, "activation_observer": cfg.observer}
+    act = {
+        b: FixedPoint(bits=b, zero_point=None, power_of_two=cfg.power_of_two) if full else None for b in bits
+    }
+    overrides = {
+        glob.escape(name): QConfig(
+            weight=FixedPoint(bits=b, power_of_two=cfg.power_of_two), activation=act[b], **obs
+        )
+        for name, b in zip(layers.names, bits, strict=True)
+    }
+    overrides.update(
+        {glob.escape(name): QConfig(activation=act[bits[i]], **obs) for name, i in layers.acts.items()}
+    )
+    inp = FixedPoint(bits=cfg.input_bits, zero_point=None) if full and cfg.input_bits else None
+    model = copy.deepcopy(f)
+    if not full:  # weights and biases: round the biases onto their grids first
+        for name, b in zip(layers.names, bits, strict=True):
+            lin = model.get_submodule(name)
+            if lin.bias is not None:
+                with torch.no_grad():
+                    lin.bias.copy_(_round_bias(lin.bias, b))
+    fq = quantize(model, QConfig(input=inp, **obs), overrides)
+    calibrate(
+        fq, [calibration] if isinstance(calibration, torch.Tensor) else (calibration or []), progress=False
+    )
+    return fq.eval()
+
+
+class _Evaluator(fx.Interpreter):
+    """``Q(f, b)`` on the counterexamples for many ``b``, without quantizing ``f`` for each.
+
+    The graph of a quantized ``f`` runs node by node.  A module of layer ``l`` depends only on
+    ``b_l`` (calibration steps come from the float network), except through its input link: in
+    full mode the accumulator grid of Linear ``l`` is its weight step times the step of its input,
+    the output format of layer ``l - 1``.  So each module comes from any quantized model with layer
+    ``l`` at ``b_l``; a Linear layer of the full mode is linked, for the call, to the output
+    quantizer of a model with layer ``l - 1`` at ``b_{l-1}``.  Node values are memoized by the
+    bits of the layers up to the node.  The result equals ``Q(f, b).eval()`` on the same points
+    (checked bit for bit for every candidate that goes to the verifier)."""
+
+    def __init__(self, f: nn.Module, layers: _Layers, cfg: BitSearchConfig, calibration: Any, lo: int):
+        self.f, self.layers, self.cfg, self.calibration = f, layers, cfg, calibration
+        first = _quantize(f, layers, (lo,) * len(layers.names), cfg, calibration)
+        super().__init__(trace(first))
+        self.layer_of: dict[str, int] = {}  # node or module name -> its layer (-1: before the first)
+        layer = -1
+        for node in self.graph.nodes:
+            if node.op == "call_module" and node.target in layers.names:
+                layer = layers.names.index(node.target)
+            self.layer_of[node.name] = layer
+            if node.op == "call_module":
+                self.layer_of[node.target] = layer
+        self.models: dict[tuple[int, int], nn.Module] = {}  # (layer, bits) -> a quantized model
+        self.memo: dict[tuple, torch.Tensor] = {}
+        self.built = 0
+        self.bits: tuple[int, ...] = ()
+        self._register((lo,) * len(layers.names), first)
+
+    def _register(self, bits: tuple[int, ...], model: nn.Module) -> None:
+        for layer, b in enumerate(bits):
+            self.models.setdefault((layer, b), model)
+
+    def outputs(self, bits: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        if any((layer, b) not in self.models for layer, b in enumerate(bits)):
+            self._register(bits, _quantize(self.f, self.layers, bits, self.cfg, self.calibration))
+            self.built += 1
+        self.bits = bits
+        with torch.no_grad():
+            return self.run(x)
+
+    def forget(self) -> None:
+        """The points changed: drop the memoized values."""
+        self.memo.clear()
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("placeholder", "output"):
+            return super().run_node(n)
+        key = (n.name, self.bits[: self.layer_of[n.name] + 1])
+        if key not in self.memo:
+            self.memo[key] = super().run_node(n)
+        return self.memo[key]
+
+    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
+        layer, b = self.layer_of[target], self.bits
+        if layer < 0:
+            return self.module.get_submodule(target)(*args, **kwargs)
+        model = self.models[(layer, b[layer])]
+        m = model.get_submodule(target)
+        if self.cfg.mode != "full" or layer == 0 or target != self.layers.names[layer]:
+            return m(*args, **kwargs)
+        src = m.input_source  # link to the grid of layer l - 1 at b_{l-1} for this call
+        m.link_input(self.models[(layer - 1, b[layer - 1])].get_submodule(src).out_quant, src)
+        try:
+            return m(*args, **kwargs)
+        finally:
+            m.link_input(model.get_submodule(src).out_quant, src)
+
+
+# ------------------------------------------------------------------------------- the search
+class _Lattice:
+    """Bit vectors of ``[lo, hi]^L`` in non-decreasing cost (best-first over the lattice)."""
+
+    def __init__(self, n: int, lo: int, hi: int, cost: Callable[[tuple[int, ...]], float]):
+        self.hi, self.cost = hi, cost
+        start = (lo,) * n
+        self.heap = [(self._cost(start), start)]
+        self.seen = {start}
+
+    def _cost(self, b: tuple[int, ...]) -> float:
+        c = self.cost(b)
+        if not isinstance(c, (int, float)) or not math.isfinite(c):
+            raise QuantizationError(f"the cost of {b} must be a finite number, got {c!r}")
+        return float(c)
+
+    def pop(self) -> tuple[float, tuple[int, ...]] | None:
+        if not self.heap:
+            return None
+        c, b = heapq.heappop(self.heap)
+        for i in range(len(b)):
+            nxt = (*b[:i], b[i] + 1, *b[i + 1 :])
+            if b[i] < self.hi and nxt not in self.seen:
+                cn = self._cost(nxt)
+                if cn < c:
+                    raise QuantizationError(
+                        f"the cost must not decrease when a layer gains a bit: cost{nxt}={cn} < cost{b}={c}"
+                    )
+                self.seen.add(nxt)
+                heapq.heappush(self.heap, (cn, nxt))
+        return c, b
+
+
+def _cost_fn(name: str, weights: list[int]) -> Callable[[tuple[int, ...]], float]:
+    if name == "weight_bits":
+        return lambda b: float(sum(x * n for x, n in zip(b, weights, strict=True)))
+    return lambda b: float(sum(b))
+
+
+def _check_inputs(
+    f: nn.Module, points: torch.Tensor, delta: float, relation: str, eps: Any, norm: str, bits: Any
+) -> None:
+    if not isinstance(f, nn.Module):
+        raise QuantizationError(f"f must be an nn.Module, got {type(f).__name__}")
+    if not isinstance(points, torch.Tensor) or points.dim() < 2 or len(points) == 0:
+        raise QuantizationError("points must be a non-empty batch tensor shaped (n, *input_shape)")
+    if not bool(torch.isfinite(points).all()):
+        raise QuantizationError("points contain NaN or inf")
+    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta >= 0):
+        raise QuantizationError(f"delta must be a finite number >= 0, got {delta!r}")
+    if relation not in RELATIONS or norm not in NORMS:
+        raise QuantizationError(f"relation must be one of {RELATIONS} and norm one of {NORMS}")
+    if relation == "eps" and not (eps is not None and eps > 0):
+        raise QuantizationError("relation='eps' needs eps > 0")
+    ok = isinstance(bits, (tuple, list)) and len(bits) == 2 and all(isinstance(b, int) for b in bits)
+    if not ok or not 2 <= bits[0] <= bits[1] <= MAX_BITS:
+        raise QuantizationError(
+            f"bits must be a range (lo, hi) of ints with 2 <= lo <= hi <= {MAX_BITS}, got {bits!r} "
+            "(2 is the narrowest signed grid with a non-zero level, thesis sec. 4.4.4)"
+        )
+    d = math.prod(points.shape[1:])
+    chain = float_chain(f, d)  # raises for what the verifier does not support
+    first = next(layer for layer in chain.layers if isinstance(layer, Affine))
+    if len(first.W[0]) != d:
+        raise QuantizationError(
+            f"points have {d} features per point (shape {tuple(points.shape)}) but f's first layer "
+            f"takes {len(first.W[0])}; pass points shaped (n, {len(first.W[0])})"
+        )
+
+
+def search_bits(
+    f: nn.Module,
+    points: torch.Tensor,
+    delta: float,
+    relation: str = "top1",
+    bits: tuple[int, int] = (2, 32),
+    *,
+    eps: float | None = None,
+    norm: str = "inf",
+    domain: tuple[float, float] | None = None,
+    config: BitSearchConfig | None = None,
+    cost: Callable[[tuple[int, ...]], float] | None = None,
+    calibration: torch.Tensor | Iterable[Any] | None = None,
+    progress: bool = True,
+) -> BitSearchResult:
+    """CEG4N (paper 003, Algorithm 1): the cheapest per-layer bits with ``f ~ Q(f, b)`` proved
+    on the L-infinity balls of radius ``delta`` around ``points`` (within ``domain``).
+
+    ``relation``/``eps``/``norm``/``domain`` as in :func:`verify_equivalence`; ``bits``: the range
+    ``(b_min, b_max)`` of every layer's width; ``cost``: a callable ``bits -> float``, non-decreasing
+    in every layer's bits, replacing ``config.cost``; ``calibration``: batches for the steps of
+    ``mode="full"``.  See the module docstring for the strategy and :class:`BitSearchResult`.
+    """
+    cfg = config or BitSearchConfig()
+    if not isinstance(cfg, BitSearchConfig):
+        raise QuantizationError(f"config must be a BitSearchConfig, got {type(cfg).__name__}")
+    f = _as_chain(f)
+    _check_inputs(f, points, delta, relation, eps, norm, bits)
+    layers = _layers(f)
+    _check_mode(cfg, layers, calibration)
+    t0 = time.perf_counter()
+    s = _Search(f, points, layers, cfg, calibration, bits[0], (delta, relation, eps, norm, domain))
+    lattice = _Lattice(len(layers.names), bits[0], bits[1], cost or _cost_fn(cfg.cost, layers.weights))
+    history: list[dict[str, Any]] = []
+    skipped: list[tuple[int, ...]] = []
+    last: tuple[tuple[int, ...], float, nn.Module] | None = None
+    bar = tqdm(desc="ceg4n", disable=not progress, leave=False)
+
+    def left() -> float:
+        return cfg.time_limit - (time.perf_counter() - t0)
+
+    def result(status: str, reason: str) -> BitSearchResult:
+        bar.close()
+        b, c, fq = last if last is not None else (None, None, None)
+        return BitSearchResult(
+            status=status,
+            bits=b,
+            layers=layers.names,
+            iterations=len(history),
+            counterexamples=s.found,
+            cost=c,
+            seconds=time.perf_counter() - t0,
+            fq=fq,
+            reason=reason,
+            candidates=s.checked,
+            skipped=skipped,
+            history=history,
+        )
+
+    while True:
+        # bit search: the cheapest vector that agrees with f on every counterexample so far
+        while True:
+            if left() <= 0:
+                return result("TO", f"time limit of {cfg.time_limit} s reached during the bit search")
+            item = lattice.pop()
+            if item is None and skipped:
+                return result("VF", f"no bit vector in {tuple(bits)} proved; undecided: {skipped}")
+            if item is None:
+                return result("QF", f"every bit vector in {tuple(bits)} fails on a counterexample")
+            c, b = item
+            bar.update()
+            if s.passes(b):
+                break
+        if len(history) == cfg.max_iterations:
+            return result("TO", f"iteration limit of {cfg.max_iterations} reached")
+        fq = s.model(b)
+        last = (b, c, fq)
+        bar.set_postfix(bits=",".join(map(str, b)), cex=len(s.found))
+        entry = {"iteration": len(history) + 1, "bits": list(b), "cost": c, "candidates": s.checked}
+        history.append(entry)
+        # equivalence verification
+        outcome, why = s.verify(fq, entry, left)
+        if outcome == "refuted":
+            continue
+        if outcome == "proved":
+            return result("SQ", "every region proved equivalent")
+        if outcome == "timeout" or left() <= 0:
+            return result("TO", f"time limit of {cfg.time_limit} s reached during verification {why}")
+        if cfg.on_unknown == "vf":
+            return result("VF", why)
+        skipped.append(b)
+
+
+class _Search:
+    """The counterexample set and the concrete check (thesis sec. 3.3.1, ``R_{delta=0}``)."""
+
+    def __init__(
+        self,
+        f: nn.Module,
+        points: torch.Tensor,
+        layers: _Layers,
+        cfg: BitSearchConfig,
+        calibration: Any,
+        lo: int,
+        problem: tuple[float, str, float | None, str, Any],
+    ):
+        self.f, self.layers, self.cfg, self.calibration = f, layers, cfg, calibration
+        self.f64 = copy.deepcopy(f).double().eval()
+        self.points, self.shape = points, tuple(points.shape[1:])
+        self.delta, self.relation, self.eps, self.norm, self.domain = problem
+        self.x = points.detach().float().reshape(-1, *self.shape)  # the critical points start the set
+        self.y = self._float(self.x)
+        self.found: list[torch.Tensor] = []
+        self.failures = [0] * len(points)  # counterexamples per region
+        self.checked = 0
+        self.evaluator = _Evaluator(f, layers, cfg, calibration, lo)
+        self.passed: tuple[tuple[int, ...], torch.Tensor] = ((), self.y)  # the last concrete check
+
+    def _float(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.f64(x.double()).reshape(len(x), -1)
+
+    def _agree(self, y: torch.Tensor, yq: torch.Tensor) -> bool:
+        return all(holds(self.relation, a, b, self.eps, self.norm) for a, b in zip(y, yq, strict=True))
+
+    def passes(self, bits: tuple[int, ...]) -> bool:
+        """Does ``Q(f, bits)`` agree with ``f`` on every counterexample (one batched forward)?"""
+        self.checked += 1
+        yq = self.evaluator.outputs(bits, self.x).reshape(len(self.x), -1)
+        self.passed = (bits, yq)
+        return self._agree(self.y, yq)
+
+    def model(self, bits: tuple[int, ...]) -> nn.Module:
+        """``Q(f, bits)`` itself, checked against the evaluator on the counterexamples."""
+        fq = _quantize(self.f, self.layers, bits, self.cfg, self.calibration)
+        with torch.no_grad():
+            yq = fq(self.x).reshape(len(self.x), -1)
+        if self.passed[0] != bits or not torch.equal(yq, self.passed[1]):
+            raise AssertionError(f"the memoized forward differs from Q(f, {bits}).eval()")
+        return fq
+
+    def add(self, region: int, x: torch.Tensor, fq: nn.Module) -> None:
+        """A verifier's (replayed) counterexample of ``fq`` joins the set."""
+        x = x.detach().float().reshape(1, *self.shape)
+        y = self._float(x)
+        with torch.no_grad():
+            if self._agree(y, fq(x).reshape(1, -1)):
+                raise AssertionError("the verifier's counterexample does not refute its candidate")
+        self.x, self.y = torch.cat([self.x, x]), torch.cat([self.y, y])
+        self.found.append(x.reshape(self.shape).clone())
+        self.failures[region] += 1
+        self.evaluator.forget()
+
+    def verify(self, fq: nn.Module, entry: dict[str, Any], left: Callable[[], float]) -> tuple[str, str]:
+        """``verify_equivalence`` region by region, regions that refuted earlier candidates first,
+        up to the first counterexample (proofs of the other regions would be wasted on a refuted
+        candidate).  Outcome: ``"refuted"``, ``"proved"``, ``"undecided"`` or ``"timeout"``."""
+        t0, regions, undecided = time.perf_counter(), [], ""
+        entry["regions"] = regions
+        try:
+            for i in sorted(range(len(self.points)), key=lambda j: -self.failures[j]):
+                budget = min(self.cfg.timeout, left())
+                if budget <= 0:
+                    return "timeout", f"(before region {i})"
+                (res,) = verify_equivalence(
+                    self.f,
+                    fq,
+                    self.points[i : i + 1],
+                    self.delta,
+                    self.relation,
+                    eps=self.eps,
+                    norm=self.norm,
+                    domain=self.domain,
+                    timeout=budget,
+                    samples=self.cfg.samples,
+                    seed=self.cfg.seed,
+                )
+                regions.append({"region": i, "verdict": res.verdict, "reason": res.reason, **res.stats})
+                if res.verdict == "NOT_EQUIVALENT":
+                    self.add(i, res.counterexample, fq)
+                    entry["counterexample"] = res.counterexample.reshape(-1).tolist()
+                    return "refuted", ""
+                if res.verdict == "UNKNOWN" and not undecided:
+                    undecided = f"region {i} undecided: {res.reason}"
+            return ("undecided", undecided) if undecided else ("proved", "")
+        finally:
+            entry["seconds"] = time.perf_counter() - t0
