@@ -72,14 +72,16 @@ class LPBranch:
         self.slack_ub = np.full(m, 1e6 * (1.0 + np.abs(self.b).max(initial=0.0)))
         self.penalty = penalty
         self.lb0, self.ub0 = np.array(model.lb), np.array(model.ub)
-        self.integer = np.array(model.integer)
+        self.integer = np.array(model.integer, dtype=bool)
         priority = np.zeros(n)  # ReLU phases, then rounding codes, then inputs
         priority[model.binaries] = 2
         priority[self.integer & (priority == 0)] = 1
-        priority[[v for v, _ in filter(None, inputs)]] = 0.5
+        priority[np.array([v for v, _ in filter(None, inputs)], dtype=int)] = 0.5
         self.priority = priority
 
     def _solve(self, lb: np.ndarray, ub: np.ndarray) -> tuple[float, np.ndarray | None]:
+        if len(self.c) == 0:  # nothing varies: the objective is its constant
+            return self.const, lb
         lo = np.concatenate([lb, np.zeros(len(self.b))])
         hi = np.concatenate([ub, self.slack_ub])
         res = linprog(self.c, A_ub=self.A, b_ub=self.b, bounds=np.column_stack([lo, hi]), method="highs")
