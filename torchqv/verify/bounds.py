@@ -250,4 +250,3 @@ def difference_bounds(f: Crown, g: Crown, inputs: list | None = None) -> tuple[n
         out.append(_minimize(Af + Ag, cf + cg, f.xl, f.xu, lower))
     sep_lo, sep_hi = f.lo[-1] - g.hi[-1], f.hi[-1] - g.lo[-1]
     return np.maximum(out[0], sep_lo), np.minimum(out[1], sep_hi)
-

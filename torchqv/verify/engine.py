@@ -26,17 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import z3
 from torch import nn
 
 from ..formats import QuantizationError
 from ..reference import reference_forward
 from . import bounds as B
 from .branch import INPUT_SPLIT_DIMS, InputBranch, margin_rows, winners
-from .encode import BuildTimeout, Encoder, Query, queries, rv
-from .lp_branch import LPBranch, LPOutcome
-from .milp import Lin, Model
+from .encode import Query, queries
 from .network import Chain, float_chain, quant_chain
+from .queries import QuerySolver
 
 RELATIONS = ("strict", "top1", "eps")
 NORMS = ("inf", "l1")
@@ -207,162 +205,6 @@ def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
     return bool((gap.max() if p.norm == "inf" else gap.sum()) <= p.eps)
 
 
-def _input_terms(p: _Problem, s: z3.Solver, lo: np.ndarray, hi: np.ndarray) -> tuple[list, Any]:
-    """z3 inputs ranging over the box (its grid points when f' quantizes its input) and a
-    function reading the point from a model."""
-    grid = p.cq.inp
-    if grid is not None:
-        step = grid.step
-        ks = [z3.Int(f"x{i}") for i in range(p.d)]
-        for k, a, b in zip(ks, lo, hi, strict=True):
-            s.add(k >= round(Fraction(a) / step), k <= round(Fraction(b) / step))
-        xs = [z3.ToReal(k) * rv(step) for k in ks]
-        return xs, lambda m: [m.eval(k, model_completion=True).as_long() * step for k in ks]
-    xs = [z3.Real(f"x{i}") for i in range(p.d)]
-    for x, a, b in zip(xs, lo, hi, strict=True):
-        s.add(x >= rv(a), x <= rv(b))
-    return xs, lambda m: [m.eval(x, model_completion=True).as_fraction() for x in xs]
-
-
-def _lp_inputs(
-    p: _Problem, model: Model, lo: np.ndarray, hi: np.ndarray
-) -> tuple[list[Lin], list, np.ndarray]:
-    """MILP input expressions (integer codes on an input grid), their variables and the fixed values."""
-    grid, xs, inputs, fixed = p.cq.inp, [], [], np.zeros(p.d)
-    for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
-        if a == b:
-            xs.append(Lin(const=float(a)))
-            inputs.append(None)
-            fixed[i] = a
-        elif grid is not None:
-            scale = float(grid.step)
-            v = model.var(float(round(Fraction(a) / grid.step)), float(round(Fraction(b) / grid.step)), True)
-            xs.append(Lin({v: scale}))
-            inputs.append((v, scale))
-        else:
-            v = model.var(float(a), float(b))
-            xs.append(Lin({v: 1.0}))
-            inputs.append((v, 1.0))
-    return xs, inputs, fixed
-
-
-def _lp_search(
-    p: _Problem, query: Query, lo: np.ndarray, hi: np.ndarray, bounds: tuple, deadline: float, stats: dict
-) -> LPOutcome | None:
-    """Branch and bound with certified LP bounds on one linear query (``None``: not applicable)."""
-    if query.objective is None or not (p.cf.floats_exact and p.cq_body.floats_exact):
-        return None
-    model = Model()
-    xs, inputs, fixed = _lp_inputs(p, model, lo, hi)
-    bf, bq = bounds
-    y = model.network(p.cf, xs, bf, lo.tolist(), hi.tolist(), query.f_out) if query.f_out else []
-    yq = model.network(p.cq_body, xs, bq, lo.tolist(), hi.tolist(), query.q_out) if query.q_out else []
-
-    def linear(form: tuple) -> Lin:
-        a, b, c = form
-        e = Lin(const=float(c))
-        for outs, coefs in ((y, a), (yq, b)):
-            for i, w in coefs.items():
-                e = e.plus(outs[i], float(w))
-        return e
-
-    for form, _ in query.given:  # the part of the region the query is about (closed: a relaxation)
-        model.row(linear(form), 0.0, np.inf)
-    out = LPBranch(model, linear(query.objective), query.strict, inputs, fixed, p.falsify).run(deadline)
-    stats["nodes"] += out.nodes
-    return out
-
-
-def _z3_query(
-    p: _Problem, query: Query, lo: np.ndarray, hi: np.ndarray, bounds: tuple, deadline: float, stats: dict
-) -> Result | None:
-    """One query with z3: ``None`` when unsat (the disjunct cannot happen)."""
-    s = z3.SolverFor("QF_LIRA")
-    enc = Encoder(s, deadline)
-    xs, read = _input_terms(p, s, lo, hi)
-    bf, bq = bounds
-    try:
-        y = enc.network(p.cf, xs, bf, lo.tolist(), hi.tolist(), query.f_out) if query.f_out else []
-        yq = enc.network(p.cq_body, xs, bq, lo.tolist(), hi.tolist(), query.q_out) if query.q_out else []
-    except BuildTimeout:
-        return Result("UNKNOWN", None, "no decision within the timeout (building the z3 formula)", stats)
-    s.add(query.violated(y, yq))
-    stats["solver_calls"] += 1
-    stats["neurons_fixed"] += enc.fixed
-    stats["neurons"] += enc.total
-    left = deadline - time.perf_counter()  # building the formula counts against the timeout
-    if left <= 0:
-        return Result("UNKNOWN", None, f"no decision within the timeout ({query.what})", stats)
-    s.set("timeout", max(1, int(left * 1000)))
-    answer = s.check()
-    if answer == z3.unsat:
-        return None
-    if answer == z3.unknown:
-        return Result("UNKNOWN", None, f"no decision within the timeout (z3 on {query.what})", stats)
-    x = torch.tensor([float(v) for v in read(s.model())], dtype=torch.float32).double()
-    stats["replays"] += 1
-    if p.confirmed(x):
-        return Result("NOT_EQUIVALENT", x.reshape(p.shape), f"z3 model ({query.what}), replayed", stats)
-    return Result(
-        "UNKNOWN",
-        None,
-        "z3's model did not replay on the concrete models (a float32/float64 knife edge)",
-        stats,
-    )
-
-
-def _by_queries(
-    p: _Problem,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    crowns: tuple[B.Crown, B.Crown],
-    lp_deadline: float,
-    deadline: float,
-    stats: dict,
-) -> Result:
-    """Decide the region one disjunct of the violation at a time: LP branch and bound on the
-    MILP encoding (many inputs), then z3.  The bounds fix neurons in both encodings."""
-    cf, cq = crowns
-    bounds = (cf.layer_bounds(), cq.layer_bounds())
-    use_bounds = stats["use_bounds"]
-    if not use_bounds:  # plain encoding: only the input box bounds each layer
-        bounds = (_loose(bounds[0]), _loose(bounds[1]))
-    n = p.cf.out_features
-    if p.relation == "top1":
-        classes = (winners(bounds[0][-1].lo, bounds[0][-1].hi), winners(bounds[1][-1].lo, bounds[1][-1].hi))
-        fixed = (_fixed_class(cf), _fixed_class(cq)) if use_bounds else (None, None)
-        todo = []
-    else:
-        classes, fixed = ([], []), (None, None)
-        todo = _open_outputs(p, cf, cq) if use_bounds else list(range(n))
-    eps = Fraction(p.eps) if p.eps is not None else None
-    todo_queries = queries(p.relation, n, eps, p.norm, classes, fixed, todo)
-    left = list(todo_queries)
-    if use_bounds:  # first the LP search on every query ...
-        left = []
-        for i, query in enumerate(todo_queries):
-            share = (lp_deadline - time.perf_counter()) / (len(todo_queries) - i)
-            out = _lp_search(p, query, lo, hi, bounds, time.perf_counter() + max(share, 0.0), stats)
-            if out is not None and out.status == "refuted":
-                return Result(
-                    "NOT_EQUIVALENT", out.point.reshape(p.shape), "LP branch and bound, replayed", stats
-                )
-            if out is None or out.status == "open":
-                left.append(query)
-    if left:
-        stats["method"] = "z3"
-    unknown = None
-    for i, query in enumerate(left):  # ... then z3 on what is left, sharing the time
-        share = (deadline - time.perf_counter()) / (len(left) - i)
-        res = _z3_query(p, query, lo, hi, bounds, time.perf_counter() + max(share, 0.0), stats)
-        if res is not None and res.verdict == "NOT_EQUIVALENT":
-            return res
-        unknown = unknown or res
-    if unknown is not None:
-        return unknown
-    return Result("EQUIVALENT", None, f"all {len(todo_queries)} disjuncts of the violation ruled out", stats)
-
-
 def _boxes(
     points: torch.Tensor | None,
     delta: float | None,
@@ -466,7 +308,8 @@ def _decide(
     stats: dict,
     input_split: int,
 ) -> Result:
-    """One region: falsification, bounds, branch and bound, z3 (in that order)."""
+    """One region: falsification, bounds, a quick z3 try of every disjunct, branch and bound
+    (input splitting for few inputs, then the LP search), z3 with the time left (in that order)."""
     box = _grid_box(box_lo, box_hi, p.cq.inp)
     if box is None:
         stats["method"] = "vacuous"
@@ -478,25 +321,90 @@ def _decide(
     cex = _falsify(p, lo, hi, samples, gen, stats)
     if cex is not None:
         return Result("NOT_EQUIVALENT", cex.reshape(p.shape), "found by sampling, replayed", stats)
-    crowns = (B.Crown(p.cf, lo, hi), B.Crown(p.cq_body, lo, hi))
-    few_inputs = int((hi > lo).sum()) <= input_split  # split the box; else LP branch and bound
-    if stats["use_bounds"]:
+    cf, cq = B.Crown(p.cf, lo, hi), B.Crown(p.cq_body, lo, hi)
+    use_bounds = stats["use_bounds"]
+    if use_bounds:
         stats["method"] = "bounds"
-        if _prove_by_bounds(p, *crowns):
+        if _prove_by_bounds(p, cf, cq):
             return Result("EQUIVALENT", None, "linear bounds", stats)
-        if p.relation != "strict" and few_inputs and bab_deadline > time.perf_counter():
+    todo, solver = _disjuncts(p, lo, hi, cf, cq, deadline, stats)
+    stats["method"] = "z3"
+    found, todo, reason = _z3_pass(solver, todo, deadline, 0.02 * (deadline - time.perf_counter()))
+    if found is not None or not todo:
+        return found or Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
+    if use_bounds and p.relation != "strict":
+        if int((hi > lo).sum()) <= input_split and bab_deadline > time.perf_counter():
             stats["method"] = "branch and bound"
             bab = InputBranch(p.cf, p.cq_body, p.relation, p.eps, p.norm, p.cq.inp, p.falsify)
             out = bab.run(lo, hi, (time.perf_counter() + bab_deadline) / 2)  # half; the LP search next
-            stats["nodes"], stats["depth"] = out.nodes, out.depth
+            stats["depth"] = out.depth
+            stats["nodes"] += out.nodes
             if out.status == "proved":
-                return Result("EQUIVALENT", None, f"branch and bound, {out.nodes} nodes", stats)
+                return Result("EQUIVALENT", None, f"input branch and bound, {out.nodes} nodes", stats)
             if out.status == "refuted":
                 return Result(
                     "NOT_EQUIVALENT", out.point.reshape(p.shape), "branch and bound, replayed", stats
                 )
         stats["method"] = "LP branch and bound"
-    return _by_queries(p, lo, hi, crowns, bab_deadline, deadline, stats)
+        left = []
+        for i, query in enumerate(todo):
+            share = (bab_deadline - time.perf_counter()) / (len(todo) - i)
+            status, info = solver.lp(query, time.perf_counter() + max(share, 0.0))
+            if status == "refuted":
+                return Result("NOT_EQUIVALENT", info.reshape(p.shape), "LP branch and bound, replayed", stats)
+            if status == "open":
+                left.append(query)
+        todo = left
+        if not todo:
+            return Result("EQUIVALENT", None, "LP branch and bound on every disjunct of the violation", stats)
+        stats["method"] = "z3"
+    found, todo, reason = _z3_pass(solver, todo, deadline, np.inf)
+    if found is not None:
+        return found
+    if todo:
+        return Result("UNKNOWN", None, reason, stats)
+    return Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
+
+
+def _disjuncts(
+    p: _Problem, lo: np.ndarray, hi: np.ndarray, cf: B.Crown, cq: B.Crown, deadline: float, stats: dict
+) -> tuple[list[Query], QuerySolver]:
+    """The disjuncts of the violation left open by the bounds, and their solver."""
+    bounds = (cf.layer_bounds(), cq.layer_bounds())
+    n = p.cf.out_features
+    if not stats["use_bounds"]:  # plain encoding: only the input box bounds each layer
+        bounds = (_loose(bounds[0]), _loose(bounds[1]))
+        classes, fixed, todo = (list(range(n)), list(range(n))), (None, None), list(range(n))
+    elif p.relation == "top1":
+        classes = (winners(bounds[0][-1].lo, bounds[0][-1].hi), winners(bounds[1][-1].lo, bounds[1][-1].hi))
+        fixed, todo = (_fixed_class(cf), _fixed_class(cq)), []
+    else:
+        classes, fixed, todo = ([], []), (None, None), _open_outputs(p, cf, cq)
+    eps = Fraction(p.eps) if p.eps is not None else None
+    disjuncts = queries(p.relation, n, eps, p.norm, classes, fixed, todo)
+    return disjuncts, QuerySolver(p, lo, hi, bounds, disjuncts, stats, deadline)
+
+
+def _z3_pass(
+    solver: QuerySolver, todo: list[Query], deadline: float, cap: float
+) -> tuple[Result | None, list[Query], str]:
+    """z3 on each disjunct, sharing the time left (at most ``cap`` seconds each): a replayed
+    counterexample, or the disjuncts still open and why."""
+    left, reason = [], ""
+    for i, query in enumerate(todo):
+        budget = min(cap, (deadline - time.perf_counter()) / (len(todo) - i))
+        status, info = solver.z3(query, time.perf_counter() + max(budget, 0.0))
+        if status == "refuted":
+            stats = solver.stats
+            return (
+                Result("NOT_EQUIVALENT", info.reshape(solver.p.shape), f"z3 ({query.what}), replayed", stats),
+                [],
+                "",
+            )
+        if status == "unknown":
+            left.append(query)
+            reason = info
+    return None, left, reason
 
 
 def _loose(bounds: list) -> list:

@@ -21,13 +21,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from .milp import Lin, Model, certified_lower
+from .milp import Lin, Model, certified_lower, down
 
 
 @dataclass
@@ -64,7 +65,7 @@ class LPBranch:
         m = A_ub.shape[0]
         c = np.zeros(n)
         for v, w in objective.coefs.items():
-            c[v] += w
+            c[v] += float(w)
         self.const = objective.const
         penalty = 1e3 * (1.0 + np.abs(c).sum())  # elastic rows: a violation costs this much per unit
         self.A = sp.hstack([A_ub, -sp.identity(m, format="csr")]).tocsr()
@@ -81,7 +82,7 @@ class LPBranch:
 
     def _solve(self, lb: np.ndarray, ub: np.ndarray) -> tuple[float, np.ndarray | None]:
         if len(self.c) == 0:  # nothing varies: the objective is its constant
-            return self.const, lb
+            return down(self.const), lb
         lo = np.concatenate([lb, np.zeros(len(self.b))])
         hi = np.concatenate([ub, self.slack_ub])
         res = linprog(self.c, A_ub=self.A, b_ub=self.b, bounds=np.column_stack([lo, hi]), method="highs")
@@ -89,7 +90,7 @@ class LPBranch:
             return -np.inf, None
         y = np.maximum(res.ineqlin.marginals, -self.penalty)  # slack columns keep r >= 0
         bound = certified_lower(self.c, self.A, self.b, lo, hi, y)
-        return bound + self.const, res.x[: len(lb)]
+        return (down(Fraction(bound) + self.const) if np.isfinite(bound) else bound), res.x[: len(lb)]
 
     def _point(self, v: np.ndarray) -> np.ndarray:
         """The input coordinates of an LP point, input codes rounded to integers."""

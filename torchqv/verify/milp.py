@@ -20,6 +20,7 @@ one (weights enter as the doubles they are; the error term covers the rest).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -27,18 +28,19 @@ import numpy as np
 import scipy.sparse as sp
 
 from .bounds import LayerBounds
+from .encode import BuildTimeout
 from .network import Affine, Chain, Rounding, cone, constants
 
 U = 2.0**-53
 
 
-def _up(x: Fraction | float) -> float:
+def up(x: Fraction | float) -> float:
     """The smallest double >= x."""
     f = float(x)
     return f if Fraction(f) >= Fraction(x) else float(np.nextafter(f, np.inf))
 
 
-def _down(x: Fraction | float) -> float:
+def down(x: Fraction | float) -> float:
     """The largest double <= x."""
     f = float(x)
     return f if Fraction(f) <= Fraction(x) else float(np.nextafter(f, -np.inf))
@@ -50,18 +52,30 @@ class InexactModel(Exception):
 
 @dataclass
 class Lin:
-    """A linear expression ``sum coefs[v] * x_v + const``."""
+    """A linear expression ``sum coefs[v] * x_v + const`` with exact rational numbers (they become
+    doubles once, when the matrices are built: the certificate covers that rounding)."""
 
-    coefs: dict[int, float] = field(default_factory=dict)
-    const: float = 0.0
+    coefs: dict[int, Fraction] = field(default_factory=dict)
+    const: Fraction = Fraction(0)
 
-    def scaled(self, a: float) -> Lin:
+    def scaled(self, a: Fraction) -> Lin:
         return Lin({v: a * w for v, w in self.coefs.items()}, a * self.const)
 
-    def plus(self, other: Lin, a: float = 1.0) -> Lin:
+    @staticmethod
+    def combination(weights: list[Fraction], terms: list, const: Fraction = Fraction(0)) -> Lin:
+        """``sum_j weights[j] * terms[j] + const`` (terms that are ``None`` must have weight 0)."""
+        coefs: dict[int, Fraction] = {}
+        for w, term in zip(weights, terms, strict=True):
+            if w:
+                const += w * term.const
+                for v, c in term.coefs.items():
+                    coefs[v] = coefs.get(v, 0) + w * c
+        return Lin(coefs, const)
+
+    def plus(self, other: Lin, a: Fraction | int = 1) -> Lin:
         coefs = dict(self.coefs)
         for v, w in other.coefs.items():
-            coefs[v] = coefs.get(v, 0.0) + a * w
+            coefs[v] = coefs.get(v, 0) + a * w
         return Lin(coefs, self.const + a * other.const)
 
 
@@ -72,8 +86,9 @@ class Model:
     lb: list[float] = field(default_factory=list)
     ub: list[float] = field(default_factory=list)
     integer: list[bool] = field(default_factory=list)
-    rows: list[tuple[dict[int, float], float, float]] = field(default_factory=list)
+    rows: list[tuple[dict[int, Fraction], float, float]] = field(default_factory=list)
     binaries: list[int] = field(default_factory=list)  # the ReLU phase variables
+    deadline: float = math.inf  # building past it raises BuildTimeout
 
     def var(self, lb: float, ub: float, integer: bool = False) -> int:
         self.lb.append(lb)
@@ -81,11 +96,11 @@ class Model:
         self.integer.append(integer)
         return len(self.lb) - 1
 
-    def row(self, e: Lin, lo: float, hi: float) -> None:
+    def row(self, e: Lin, lo: Fraction | float, hi: Fraction | float) -> None:
         """``lo <= e <= hi`` (the constant moves to the bounds, rounded outwards)."""
         c = Fraction(e.const)
-        lo = _down(Fraction(lo) - c) if lo > -np.inf else -np.inf
-        hi = _up(Fraction(hi) - c) if hi < np.inf else np.inf
+        lo = down(Fraction(lo) - c) if lo > -np.inf else -np.inf
+        hi = up(Fraction(hi) - c) if hi < np.inf else np.inf
         self.rows.append((e.coefs, lo, hi))
 
     def matrices(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -93,7 +108,7 @@ class Model:
         for r, (coefs, _, _) in enumerate(self.rows):
             ri += [r] * len(coefs)
             ci += list(coefs)
-            data += list(coefs.values())
+            data += [float(c) for c in coefs.values()]
         A = sp.csr_matrix((data, (ri, ci)), shape=(len(self.rows), len(self.lb)))
         return A, np.array([r[1] for r in self.rows]), np.array([r[2] for r in self.rows])
 
@@ -104,18 +119,20 @@ class Model:
             return t
         if hi <= 0:
             return Lin()
-        y, d = self.var(0.0, _up(hi)), self.var(0.0, 1.0, integer=True)
+        y, d = self.var(0.0, up(hi)), self.var(0.0, 1.0, integer=True)
         self.binaries.append(d)
-        self.row(Lin({y: 1.0}).plus(t, -1.0), 0.0, np.inf)  # y >= t
-        self.row(Lin({y: 1.0, d: -lo}).plus(t, -1.0), -np.inf, -lo)  # y <= t - lo (1 - d)
-        self.row(Lin({y: 1.0, d: -hi}), -np.inf, 0.0)  # y <= hi d
-        return Lin({y: 1.0})
+        one, lo_, hi_ = Fraction(1), Fraction(lo), Fraction(hi)
+        self.row(Lin({y: one}).plus(t, -1), 0.0, np.inf)  # y >= t
+        self.row(Lin({y: one, d: -lo_}).plus(t, -1), -np.inf, -lo_)  # y <= t - lo (1 - d)
+        self.row(Lin({y: one, d: -hi_}), -np.inf, 0.0)  # y <= hi d
+        return Lin({y: one})
 
     def clamp(self, t: Lin, lo: float, hi: float, a: float, b: float) -> Lin:
         """``min(max(t, a), b)`` for ``lo <= t <= hi`` (a hardtanh, or saturation)."""
-        low = self.relu(t.plus(Lin(const=-a)), lo - a, hi - a)
-        high = self.relu(t.plus(Lin(const=-b)), lo - b, hi - b)
-        return Lin(const=a).plus(low).plus(high, -1.0)
+        a, b = Fraction(a), Fraction(b)
+        low = self.relu(t.plus(Lin(const=-a)), down(lo - a), up(hi - a))
+        high = self.relu(t.plus(Lin(const=-b)), down(lo - b), up(hi - b))
+        return Lin(const=a).plus(low).plus(high, -1)
 
     def rounding(self, r: Rounding, t: Lin, lo: float, hi: float) -> Lin:
         """``r.apply(t)`` for ``lo <= t <= hi``: saturation as a clamp, then an integer code."""
@@ -125,10 +142,10 @@ class Model:
             thr = (1 if r.fmt.rounding == "floor" else 0) * s
             d = self.var(0.0, 1.0, integer=True)
             self.binaries.append(d)
-            self.row(t.plus(Lin({d: -_up(hi - thr)})), -np.inf, thr)  # d = 0 -> t <= thr
-            self.row(t.plus(Lin({d: -_up(thr - Fraction(lo))})), lo, np.inf)  # d = 1 -> t >= thr
-            return Lin({d: float(2 * s)}, -float(s))
-        a, b = float(kmin * s), float(kmax * s)
+            self.row(t.plus(Lin({d: -(Fraction(hi) - thr)})), -np.inf, thr)  # d = 0 -> t <= thr
+            self.row(t.plus(Lin({d: -(thr - Fraction(lo))})), lo, np.inf)  # d = 1 -> t >= thr
+            return Lin({d: 2 * s}, -s)
+        a, b = kmin * s, kmax * s
         if lo < a or hi > b:  # saturation: round(clamp(t)) equals clamp(round(t)) on the grid
             t = self.clamp(t, lo, hi, a, b)
             lo, hi = max(lo, a), min(hi, b)
@@ -138,9 +155,8 @@ class Model:
         k_lo = max(kmin, math.floor(Fraction(lo) / s + e_lo))  # s k - z in [e_lo s, e_hi s]
         k_hi = min(kmax, math.ceil(Fraction(hi) / s + e_hi))
         k = self.var(float(k_lo), float(k_hi), integer=True)
-        sf = float(s)
-        self.row(t.plus(Lin({k: -sf})), _down(-e_hi * s), _up(-e_lo * s))  # z - s k
-        return Lin({k: sf})
+        self.row(t.plus(Lin({k: -s})), -e_hi * s, -e_lo * s)  # z - s k
+        return Lin({k: s})
 
     # ----------------------------------------------------------------- networks
     def network(
@@ -165,15 +181,12 @@ class Model:
             out: list = []
             for i in range(len(lb.lo)):
                 if const[li][i] is not None:
-                    out.append(Lin(const=float(const[li][i])))
+                    out.append(Lin(const=const[li][i]))
                 elif i not in need[li]:
                     out.append(None)
                 else:
                     if isinstance(layer, Affine):
-                        t = Lin(const=float(layer.b[i]))
-                        for j, w in enumerate(layer.Wf[i]):
-                            if w != 0:
-                                t = t.plus(v[j], w)
+                        t = Lin.combination(layer.W[i], v, layer.b[i])
                     else:
                         t = self.activation(layer.act, v[i], prev_lo[i], prev_hi[i])
                     if pre is not None:
@@ -183,6 +196,8 @@ class Model:
                     out.append(t)
             v = out
             prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
+            if time.perf_counter() > self.deadline:
+                raise BuildTimeout
         return v
 
     def activation(self, act, t: Lin, lo: float, hi: float) -> Lin:
@@ -192,7 +207,7 @@ class Model:
             return self.relu(t, lo, hi)
         if act.name == "leaky_relu":
             a = act.param("negative_slope")
-            return t.scaled(a).plus(self.relu(t, lo, hi), 1.0 - a)
+            return t.scaled(Fraction(a)).plus(self.relu(t, lo, hi), 1 - Fraction(a))
         if act.name == "hardtanh":
             return self.clamp(t, lo, hi, act.param("min_val"), act.param("max_val"))
         raise ValueError(f"no MILP encoding for {act.name}")
