@@ -145,10 +145,10 @@ class Encoder:
                     t = self.act(layer, v[i], prev_lo[i], prev_hi[i])
                 if layer.out is not None:
                     t = self.rounding(layer.out, t, lb.pre_lo[i], lb.pre_hi[i])
+                if time.perf_counter() > self.deadline:
+                    raise BuildTimeout
                 out.append(self._name(t))
             v = out
-            if time.perf_counter() > self.deadline:
-                raise BuildTimeout
             prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
         return v
 

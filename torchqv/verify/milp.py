@@ -167,10 +167,8 @@ class Model:
         in_lo: list[float],
         in_hi: list[float],
         outputs: list[int],
-        pre: dict | None = None,
     ) -> list[Lin | None]:
-        """The chain's requested outputs as expressions (cone of influence only); ``pre``
-        receives every encoded neuron's expression before its rounding, keyed ``(layer, i)``."""
+        """The chain's requested outputs as expressions (cone of influence only)."""
         if not chain.floats_exact:
             raise InexactModel("a weight, bias or step is not a double (e.g. step 1/3): no LP model")
         const = constants(chain, bounds, in_lo, in_hi)
@@ -189,15 +187,13 @@ class Model:
                         t = Lin.combination(layer.W[i], v, layer.b[i])
                     else:
                         t = self.activation(layer.act, v[i], prev_lo[i], prev_hi[i])
-                    if pre is not None:
-                        pre[li, i] = t
                     if layer.out is not None:
                         t = self.rounding(layer.out, t, lb.pre_lo[i], lb.pre_hi[i])
+                    if time.perf_counter() > self.deadline:
+                        raise BuildTimeout
                     out.append(t)
             v = out
             prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
-            if time.perf_counter() > self.deadline:
-                raise BuildTimeout
         return v
 
     def activation(self, act, t: Lin, lo: float, hi: float) -> Lin:
