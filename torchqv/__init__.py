@@ -13,10 +13,19 @@ from .observers import ObserverConfig
 from .quantize import QConfig, calibrate, enable_observers, freeze, quantize
 from .reference import reference_forward
 from .rounding import RoundingReport, round_weights
-from .verify import from_onnx, verify_equivalence
+from .verify import (
+    BitSearchConfig,
+    BitSearchResult,
+    from_onnx,
+    quantize_bits,
+    search_bits,
+    verify_equivalence,
+)
 
 __all__ = [
     "Binary",
+    "BitSearchConfig",
+    "BitSearchResult",
     "FakeQuantize",
     "FixedPoint",
     "ObserverConfig",
@@ -39,8 +48,10 @@ __all__ = [
     "from_onnx",
     "load_onnx",
     "quantize",
+    "quantize_bits",
     "reference_forward",
     "round_weights",
+    "search_bits",
     "verify_equivalence",
 ]
 __version__ = "0.1.0"

@@ -1,10 +1,22 @@
 """Equivalence verification of float and quantized networks (paper 003).
 
 ``from_onnx`` reads networks; ``network`` is the exact chain representation; ``bounds`` sound
-interval bounds; ``encode`` the z3 encodings; ``engine.verify_equivalence`` the sound engine.
+linear bounds; ``branch`` input-splitting branch and bound; ``encode`` the z3 encodings and the
+disjuncts of a violation; ``milp`` the MILP encoding with certified LP bounds and ``lp_branch``
+its branch and bound; ``queries`` decides disjuncts; ``engine.verify_equivalence`` the sound
+engine; ``ceg4n.search_bits`` the counterexample-guided bit-width search.
 """
 
+from .ceg4n import BitSearchConfig, BitSearchResult, quantize_bits, search_bits
 from .engine import Result, verify_equivalence
 from .onnx_import import from_onnx
 
-__all__ = ["Result", "from_onnx", "verify_equivalence"]
+__all__ = [
+    "BitSearchConfig",
+    "BitSearchResult",
+    "Result",
+    "from_onnx",
+    "quantize_bits",
+    "search_bits",
+    "verify_equivalence",
+]
