@@ -128,8 +128,8 @@ def main() -> None:
     print(f"| test accuracy | {out['float_test_acc']:.4f} | {out['qat_test_acc']:.4f} | - |")
     print(f"| test pass, 10000 images (s) | {out['float_test_s']:.2f} | {out['qat_test_s']:.2f} | - |")
     print(
-        f"QUBORounding: {out['qubo_s']:.2f} s wall, {out['qubo_cpu_s']:.2f} s CPU, test accuracy after rounding "
-        f"{out['qubo_test_acc']:.4f}"
+        f"QUBORounding: {out['qubo_s']:.2f} s wall, {out['qubo_cpu_s']:.2f} s CPU, "
+        f"test accuracy after rounding {out['qubo_test_acc']:.4f}"
     )
     print(report.table())
     print(
