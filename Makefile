@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m torchqv.demo
+	$(PY) recipes/run.py
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check torchqv tests benchmarks
-	$(PY) -m pytest -n 2 -q tests
+	$(VENV)/bin/ruff check torchqv tests benchmarks recipes
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_qat.py

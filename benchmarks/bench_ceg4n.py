@@ -26,11 +26,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from torchqv.data import train_test
+from torchqv.recipes.ceg4n import critical_points, train_full_batch
 from torchqv.verify.ceg4n import BitSearchConfig, search_bits
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -43,37 +43,6 @@ NETS = {  # thesis sec. 4.3.2: Iris, two hidden layers; Seeds, one hidden layer
     "seeds_10x1": ("seeds", [7, 10, 3]),
     "seeds_15x1": ("seeds", [7, 15, 3]),
 }
-
-
-def train(
-    widths: list[int], x: torch.Tensor, y: torch.Tensor, epochs: int = 2000, seed: int = 0
-) -> nn.Module:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(widths):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1])
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(epochs):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
-def critical_points(
-    f: nn.Module, x: torch.Tensor, y: torch.Tensor, how: str
-) -> tuple[torch.Tensor, list[int]]:
-    """One correctly classified test point per class."""
-    with torch.no_grad():
-        out = f(x)
-    top2 = out.topk(2, dim=1).values
-    margin = top2[:, 0] - top2[:, 1]
-    idx = []
-    for c in range(int(y.max()) + 1):
-        ok = ((y == c) & (out.argmax(1) == c)).nonzero()[:, 0]
-        idx.append(int(ok[margin[ok].argmax()] if how == "margin" else ok[0]))
-    return x[idx], idx
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -101,7 +70,7 @@ def main() -> None:
         data, widths = NETS[name]
         if name not in nets:
             xtr, xte, ytr, yte = train_test(data)
-            f = train(widths, xtr, ytr)
+            f = train_full_batch(widths, xtr, ytr)
             nets[name] = (f, xtr, xte, yte, *critical_points(f, xte, yte, args.points))
         f, xtr, xte, yte, points, idx = nets[name]
         cfg = BitSearchConfig(

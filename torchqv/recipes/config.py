@@ -1,0 +1,394 @@
+"""Structured configs of the Hydra recipes: plain dataclasses, registered in Hydra's ConfigStore.
+
+Each recipe's root schema (``run_schema``, ``ceg4n_schema``, ``degradation_schema``,
+``representability_schema``) is the first entry of its YAML file's defaults list (``conf/``), so
+every value Hydra composes is checked against these dataclasses: a key that is not a field (a
+typo in an override) is an error naming the key and the dataclass, and a value of the wrong type
+is an error naming the field.  ``OmegaConf.to_object`` then builds the dataclasses, whose
+``__post_init__`` checks the values (:func:`as_config`).
+
+Groups of ``run`` (and ``qubo_paper``): ``dataset``, ``model``, ``quant``, ``rounding``,
+``verify``, ``trainer``.  ``quant.bits`` and ``rounding.method`` take one value or a list: a single
+run loops over the list, a sweep (``-m quant.bits=1,2,4,8``) runs one value per job.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.tabular import TABULAR
+from ..data.torchvision_sets import VISION_SETS
+from ..formats import MAX_BITS
+from ..lightning.equivalence import FLOAT_ACTIVATIONS
+from ..observers import OBSERVERS
+from ..rounding.api import SOLVERS, TARGETS
+from ..theory.degradation import DegradationConfig
+from ..theory.degradation_mnist import MnistDegradationConfig
+from ..theory.universality import PAPER_ACTIVATIONS
+from ..verify.ceg4n import BitSearchConfig
+from ..verify.engine import NORMS, RELATIONS
+
+DATASETS = (*TABULAR, *sorted(VISION_SETS))
+MODELS = ("mlp", "cnn")
+MODES = ("ptq", "qat")
+METHODS = ("nearest", "qubo")
+
+
+def _choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(owner: str, **values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{owner}.{name} must be a positive number, got {value!r}")
+
+
+def as_list(value: Any, what: str) -> list:
+    """One value or a list of values (as ``quant.bits`` and ``rounding.method`` take them)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise ValueError(f"{what} must not be empty")
+    return items
+
+
+def _bits(value: Any, what: str, lo: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= MAX_BITS:
+        raise ValueError(f"{what} must be an int in [{lo}, {MAX_BITS}], got {value!r}")
+
+
+# ------------------------------------------------------------------------------ run groups
+@dataclass
+class DatasetConfig:
+    """``name``: an embedded tabular set (``digits``, ``iris``, ``seeds``: no download) or a
+    torchvision set (``mnist``, ``fashion_mnist``, ``emnist``, ``cifar10``) read from ``root``
+    (``None``: ``$TORCHQV_DATA``, else ``./data``; archives are unpacked into ``cache_dir``;
+    ``verify_md5``: check them against torchvision's checksums).
+    ``test_size``: the test fraction of a tabular set.  ``train_subset`` / ``test_subset``: keep
+    that many examples (``None``: all; the training split is in seeded random order)."""
+
+    name: str = "digits"
+    root: str | None = None
+    cache_dir: str | None = None
+    download: bool = False
+    verify_md5: bool = True
+    test_size: float = 0.25
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("dataset", "name", self.name, DATASETS)
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"dataset.test_size must be a fraction in (0, 1), got {self.test_size}")
+        _positive("dataset", train_subset=self.train_subset, test_subset=self.test_subset)
+
+
+@dataclass
+class ModelConfig:
+    """``mlp``: Linear layers of widths ``hidden`` (input flattened); ``cnn``: per entry of
+    ``channels`` a 3x3 convolution (padding 1), the activation and a 2x2 max pool, then one
+    Linear layer.  ``load``: no training; a ``.pt`` state dict of this architecture or an
+    ``.onnx`` network (read by ``tq.from_onnx``)."""
+
+    kind: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [64, 32])
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    activation: str = "relu"
+    load: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("model", "kind", self.kind, MODELS)
+        _choice("model", "activation", self.activation, tuple(FLOAT_ACTIVATIONS))
+        for name in ("hidden", "channels"):
+            if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in getattr(self, name)):
+                raise ValueError(f"model.{name} must be a list of positive ints, got {getattr(self, name)}")
+        if self.load is not None and not self.load.endswith((".pt", ".onnx")):
+            raise ValueError(f"model.load must name a .pt state dict or an .onnx file, got {self.load!r}")
+
+
+@dataclass
+class QuantConfig:
+    """``mode``: ``ptq`` (quantize the trained network and calibrate) or ``qat`` (then
+    ``qat_epochs`` of quantization-aware training with the ``QuantizationAwareTraining``
+    callback).  ``bits``: weight bits, an int or a list (1 = ``tq.Binary``).
+    ``activation_bits`` / ``input_bits``: an int, ``"same"`` (as the weights) or ``None``
+    (float activations: weight-only; float input); the input grid is unsigned (features lie in
+    [0, 1]).  ``weight_observer``: an observer, or ``"auto"``: MSE steps before nearest rounding
+    and min-max steps before QUBO rounding, whose wider grid it exploits (BENCHMARKS, QUBO
+    section); min-max with QAT.  ``calibration_samples``: training examples that set the steps."""
+
+    mode: str = "ptq"
+    bits: Any = field(default_factory=lambda: [8, 4, 2])
+    activation_bits: Any = "same"
+    input_bits: Any = "same"
+    per_channel: bool = True
+    weight_observer: str = "auto"
+    activation_observer: str = "mse"
+    power_of_two: bool = False
+    calibration_samples: int = 2048
+    qat_epochs: int = 2
+    qat_lr: float = 1e-4
+    freeze_observers_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("quant", "mode", self.mode, MODES)
+        self.bits = as_list(self.bits, "quant.bits")
+        for b in self.bits:
+            _bits(b, "quant.bits")
+        for name in ("activation_bits", "input_bits"):
+            value = getattr(self, name)
+            if value not in ("same", None):
+                _bits(value, f"quant.{name} (or 'same' or null)", 2 if name == "activation_bits" else 1)
+        if self.activation_bits == "same" and 1 in self.bits:
+            raise ValueError(
+                "quant.bits includes 1 (binary weights) but quant.activation_bits='same' would make "
+                "1-bit activations; set quant.activation_bits to an int >= 2 or null (float activations)"
+            )
+        _choice("quant", "weight_observer", self.weight_observer, ("auto", *OBSERVERS))
+        _choice("quant", "activation_observer", self.activation_observer, OBSERVERS)
+        _positive("quant", calibration_samples=self.calibration_samples, qat_lr=self.qat_lr)
+        if self.qat_epochs < 1:
+            raise ValueError(f"quant.qat_epochs must be >= 1, got {self.qat_epochs}")
+
+
+@dataclass
+class RoundingConfig:
+    """``method``: ``nearest``, ``qubo`` (paper 004) or a list of both; ``solver``, ``target``,
+    ``sweeps``, ``replicas``, ``seed``, ``bound`` (certified lower bound, slower) go to
+    ``tq.round_weights``; ``calibration_samples``: training examples of the layer objectives."""
+
+    method: Any = field(default_factory=lambda: ["nearest", "qubo"])
+    solver: str = "auto"
+    target: str = "float"
+    calibration_samples: int = 2048
+    sweeps: int = 50
+    replicas: int = 4
+    seed: int = 0
+    bound: bool = False
+
+    def __post_init__(self) -> None:
+        self.method = as_list(self.method, "rounding.method")
+        for m in self.method:
+            _choice("rounding", "method", m, METHODS)
+        _choice("rounding", "solver", self.solver, SOLVERS)
+        _choice("rounding", "target", self.target, TARGETS)
+        _positive("rounding", calibration_samples=self.calibration_samples, sweeps=self.sweeps)
+        _positive("rounding", replicas=self.replicas)
+
+
+@dataclass
+class VerifyConfig:
+    """``tq.verify_equivalence`` of the float network f and each rounded f' (dense networks) on
+    the L-infinity balls of radius ``delta`` (inside ``domain``) around the first ``points`` test
+    inputs as f' sees them (rounded to its input grid when it quantizes its input, so that every
+    ball holds grid points); ``timeout`` in seconds per ball.  Whether or not ``enabled``, the
+    exact simulation is checked against ``tq.reference_forward`` on the first ``reference_points``
+    test inputs (when activations and input are quantized: bit-exact only on grids)."""
+
+    enabled: bool = True
+    relation: str = "top1"
+    delta: float = 0.01
+    eps: float | None = None
+    norm: str = "inf"
+    points: int = 4
+    timeout: float = 10.0
+    domain: list[float] | None = field(default_factory=lambda: [0.0, 1.0])
+    reference_points: int = 32
+
+    def __post_init__(self) -> None:
+        _choice("verify", "relation", self.relation, RELATIONS)
+        _choice("verify", "norm", self.norm, NORMS)
+        _positive("verify", timeout=self.timeout, points=self.points, eps=self.eps)
+        if not (math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"verify.delta must be a finite number >= 0, got {self.delta}")
+        if self.relation == "eps" and self.eps is None:
+            raise ValueError("verify.relation='eps' needs verify.eps > 0")
+        if self.domain is not None and (len(self.domain) != 2 or not self.domain[0] < self.domain[1]):
+            raise ValueError(f"verify.domain must be [lo, hi] with lo < hi, or null; got {self.domain}")
+        if self.reference_points < 0:
+            raise ValueError(f"verify.reference_points must be >= 0, got {self.reference_points}")
+
+
+@dataclass
+class TrainerConfig:
+    """Float training (Adam, cross entropy) with a Lightning Trainer: ``epochs``, ``lr``,
+    ``lr_schedule`` (``constant`` or ``cosine`` annealing to 0 over the epochs), ``batch_size``
+    (``None``: the whole training set), ``accelerator`` (``cpu``), ``seed``;
+    ``threads``: torch's CPU threads (``None``: torch's default); ``progress``: progress bars."""
+
+    epochs: int = 60
+    lr: float = 3e-3
+    lr_schedule: str = "constant"
+    batch_size: int | None = 64
+    accelerator: str = "cpu"
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"trainer.epochs must be >= 0, got {self.epochs}")
+        _choice("trainer", "lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _positive("trainer", lr=self.lr, batch_size=self.batch_size, threads=self.threads)
+
+
+@dataclass
+class RunConfig:
+    """``recipes/run.py``: train (or load) a network, quantize it (PTQ or QAT) at each of
+    ``quant.bits``, round its weights with each of ``rounding.method``, check the simulation
+    against the integer reference, verify, report."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    rounding: RoundingConfig = field(default_factory=RoundingConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.kind == "cnn":
+            if self.dataset.name in TABULAR:
+                raise ValueError(f"model.kind='cnn' needs images; dataset {self.dataset.name!r} is tabular")
+            if self.verify.enabled:
+                raise ValueError(
+                    "the verifier supports chains of Linear and Conv2d layers without pooling, and this cnn "
+                    "max-pools; with model.kind='cnn' "
+                    "set verify=disabled (or verify.enabled=false)"
+                )
+
+
+# ------------------------------------------------------------------------- other recipes
+@dataclass
+class Ceg4nRecipeConfig:
+    """``recipes/ceg4n.py`` (paper 003, Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of
+    ``networks`` (names in :data:`torchqv.recipes.ceg4n.NETWORKS`) and each of ``deltas``, with
+    ``search`` (a :class:`~torchqv.verify.ceg4n.BitSearchConfig`; sweep ``search.mode`` for the
+    full fixed-point mode).  Networks of the embedded sets are trained full batch (``epochs``,
+    ``lr``, ``seed``); critical points: one correctly classified test point per class
+    (``points``: ``margin``, the largest logit margin, or ``first``).  ONNX networks are read from
+    ``<data_root>/onnx`` and their points taken from MNIST's test split under ``data_root``
+    (``None``: ``$TORCHQV_DATA``, else ``./data``); a missing file skips the network."""
+
+    networks: list[str] = field(
+        default_factory=lambda: [
+            "iris_4x2", "iris_10x2", "iris_15x2", "seeds_4x1", "seeds_6x1", "seeds_10x1", "seeds_15x1",
+            "mnist_256x2",
+        ]
+    )  # fmt: skip
+    deltas: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.05])
+    relation: str = "top1"
+    bits: list[int] = field(default_factory=lambda: [2, 32])
+    search: BitSearchConfig = field(default_factory=BitSearchConfig)
+    points: str = "margin"
+    epochs: int = 2000
+    lr: float = 0.01
+    seed: int = 0
+    data_root: str | None = None
+    cache_dir: str | None = None
+    calibration_samples: int = 1024
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from .ceg4n import NETWORKS
+
+        for name in self.networks:
+            _choice("ceg4n", "networks", name, tuple(NETWORKS))
+        _choice("ceg4n", "relation", self.relation, RELATIONS)
+        _choice("ceg4n", "points", self.points, ("margin", "first"))
+        if len(self.bits) != 2:
+            raise ValueError(f"ceg4n.bits must be a range [lo, hi], got {self.bits}")
+        if any(not (math.isfinite(d) and d >= 0) for d in self.deltas) or not self.deltas:
+            raise ValueError(f"ceg4n.deltas must be a non-empty list of numbers >= 0, got {self.deltas}")
+        _positive("ceg4n", lr=self.lr, calibration_samples=self.calibration_samples, threads=self.threads)
+
+
+@dataclass
+class DegradationRecipeConfig:
+    """``recipes/degradation.py`` (paper 000 sec. 4): ``experiment`` ``regression`` (sec. 4.1,
+    :func:`~torchqv.theory.degradation.run_regression`) or ``mnist`` (sec. 4.2,
+    :func:`~torchqv.theory.degradation_mnist.run_mnist`), configured by ``regression`` / ``mnist``."""
+
+    experiment: str = "regression"
+    regression: DegradationConfig = field(default_factory=DegradationConfig)
+    mnist: MnistDegradationConfig = field(default_factory=MnistDegradationConfig)
+
+    def __post_init__(self) -> None:
+        _choice("degradation", "experiment", self.experiment, ("regression", "mnist"))
+
+
+@dataclass
+class RepresentabilityRecipeConfig:
+    """``recipes/representability.py`` (paper 001 sec. 3): the verdict of every activation, ``p``
+    in ``ps`` and admissible ``s`` (:func:`~torchqv.theory.universality.representability_table`)."""
+
+    activations: list[str] = field(default_factory=lambda: list(PAPER_ACTIVATIONS))
+    ps: list[int] = field(default_factory=lambda: list(range(2, 9)))
+    exact: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.activations or not self.ps or any(p < 1 for p in self.ps):
+            raise ValueError(
+                f"representability needs activations and ps >= 1, got {self.activations}, {self.ps}"
+            )
+
+
+SCHEMAS: dict[str, type] = {
+    "run_schema": RunConfig,
+    "ceg4n_schema": Ceg4nRecipeConfig,
+    "degradation_schema": DegradationRecipeConfig,
+    "representability_schema": RepresentabilityRecipeConfig,
+}
+
+
+def register() -> ConfigStore:
+    """Store the root schemas in Hydra's ConfigStore (idempotent; done when this module loads)."""
+    cs = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        cs.store(name=name, node=schema)
+    return cs
+
+
+T = TypeVar("T")
+
+
+def _extra_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys that are not fields of the node's dataclass (Hydra's ``+key=value`` adds them anyway)."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return []
+    names = {f.name for f in fields(schema)}
+    out = []
+    for key in node:
+        child = node.get(key)
+        if key not in names:
+            out.append(f"{prefix}{key}")
+        elif isinstance(child, DictConfig):
+            out += _extra_keys(child, f"{prefix}{key}.")
+    return out
+
+
+def as_config(cfg: Any, schema: type[T]) -> T:
+    """The dataclass ``schema`` from a composed config (a DictConfig or a dict): keys and types
+    checked against the dataclasses, values by their ``__post_init__``."""
+    if isinstance(cfg, schema):
+        return cfg
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    node = OmegaConf.merge(OmegaConf.structured(schema), node)
+    extra = _extra_keys(node)
+    if extra:
+        raise ValueError(
+            f"unknown config key(s) {extra}: not fields of {schema.__name__} (a typo in an override?); "
+            "list the valid keys with: python recipes/<recipe>.py --cfg job"
+        )
+    return OmegaConf.to_object(node)  # type: ignore[return-value]
+
+
+register()

@@ -1,0 +1,159 @@
+"""Outputs of the recipes: ``results.json``, ``results.md`` and PNG plots in the run directory,
+and after a sweep the same files for all of its jobs together in the sweep directory.
+
+Every recipe's ``results.json`` holds ``recipe`` (its name), ``config`` and ``rows`` (flat dicts,
+one per measurement).  A recipe module gives its Markdown summary and its plots as a
+:class:`Report` of rows, so one code path writes a run's files and a sweep's combined files
+(:func:`aggregate`, run by the Hydra callback :class:`SweepReport` when a multirun ends; each
+combined row carries its job's overrides as ``job``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# recipe name -> the module whose REPORTS[name] summarizes and plots its rows
+RECIPE_MODULES = {
+    "run": "torchqv.recipes.run",
+    "ceg4n": "torchqv.recipes.ceg4n",
+    "degradation": "torchqv.recipes.theory",
+    "representability": "torchqv.recipes.theory",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """``markdown(rows)``: the Markdown summary; ``plot(rows, folder)``: writes PNGs, returns their names."""
+
+    markdown: Callable[[list[dict[str, Any]]], str]
+    plot: Callable[[list[dict[str, Any]], Path], list[str]]
+
+
+def report_for(recipe: str) -> Report:
+    if recipe not in RECIPE_MODULES:
+        raise ValueError(f"unknown recipe {recipe!r} in results.json; known: {sorted(RECIPE_MODULES)}")
+    return importlib.import_module(RECIPE_MODULES[recipe]).REPORTS[recipe]
+
+
+def write_outputs(
+    out_dir: str | Path, recipe: str, config: Any, rows: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and the recipe's plots into ``out_dir``; return the
+    results (``files`` lists what was written)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = report_for(recipe)
+    markdown = report.markdown(rows)
+    (out / "results.md").write_text(markdown + "\n")
+    plots = report.plot(rows, out)
+    results = {"recipe": recipe, "config": config, **extra, "rows": rows}
+    results["files"] = ["results.json", "results.md", *plots]
+    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    log.info("%s\nresults in %s", markdown, out.resolve())
+    return results
+
+
+def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
+    """Combine the ``results.json`` of every job folder of a sweep into the sweep folder's own
+    ``results.json``, ``results.md`` and plots."""
+    sweep = Path(sweep_dir)
+    found = [p.parent for p in sweep.glob("*/results.json")]
+    jobs = sorted(found, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    if not jobs:
+        raise FileNotFoundError(f"no job results (*/results.json) in the sweep folder {sweep}")
+    results = [json.loads((job / "results.json").read_text()) for job in jobs]
+    overrides = [_overrides(job) for job in jobs]
+    common = set.intersection(*(set(o) for o in overrides))  # shared by every job: not a label
+    rows, recipes, summary = [], {res["recipe"] for res in results}, []
+    for job, res, over in zip(jobs, results, overrides, strict=True):
+        summary.append({"folder": job.name, "overrides": over})
+        rows += [{**row, "job": [o for o in over if o not in common]} for row in res["rows"]]
+    if len(recipes) != 1:
+        raise ValueError(f"the jobs in {sweep} come from different recipes: {sorted(recipes)}")
+    return write_outputs(sweep, recipes.pop(), {"sweep": str(sweep)}, rows, jobs=summary)
+
+
+def _overrides(job: Path) -> list[str]:
+    path = job / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
+
+
+class SweepReport(Callback):
+    """Hydra callback (``hydra.callbacks``): when a multirun ends, :func:`aggregate` its sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        aggregate(config.hydra.sweep.dir)
+
+
+# ------------------------------------------------------------------------------ helpers
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return (
+            f"{value:.4g}"
+            if abs(value) < 1e-3 or abs(value) >= 1e5
+            else f"{value:.4f}".rstrip("0").rstrip(".")
+        )
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) if value else "-"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+Column = tuple[str, str | Callable[[dict[str, Any]], Any]]
+
+
+def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """A Markdown table of ``rows``, one column per ``(header, key or function of the row)``."""
+    get = [(lambda r, k=k: r[k]) if isinstance(k, str) else k for _, k in columns]
+    return markdown_table([h for h, _ in columns], [[g(r) for g in get] for r in rows])
+
+
+def job_label(row: dict[str, Any], skip: Sequence[str] = ()) -> str:
+    """The row's sweep overrides (``key=value``), leaving out the keys in ``skip``."""
+    return " ".join(o for o in row.get("job", []) if o.split("=", 1)[0].lstrip("+~") not in skip)
+
+
+def save_figure(fig: Figure, path: Path) -> str:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path.name
+
+
+def line_plot(
+    ax: Any, rows: Sequence[dict[str, Any]], x: str, y: str, series: Callable[[dict[str, Any]], str]
+) -> None:
+    """One line per series label: ``y`` against ``x`` (rows without a ``y`` value left out)."""
+    groups: dict[str, list[tuple[Any, Any]]] = {}
+    for r in rows:
+        if r.get(y) is not None:
+            groups.setdefault(series(r), []).append((r[x], r[y]))
+    for label, points in groups.items():
+        points.sort(key=lambda p: p[0])
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+    if groups:
+        ax.legend(fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)

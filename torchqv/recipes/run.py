@@ -1,0 +1,361 @@
+"""The ``run`` recipe (``recipes/run.py``, also ``qubo_paper``): train or load a network, quantize
+it, round its weights, check and verify the result, report.
+
+For every weight width ``b`` in ``quant.bits`` and rounding method in ``rounding.method``:
+
+1. **quantize**: post-training (``tq.quantize`` + ``tq.calibrate`` on the first
+   ``quant.calibration_samples`` training examples) or quantization-aware (one Lightning fit of
+   ``quant.qat_epochs`` with the ``QuantizationAwareTraining`` callback per width, shared by the
+   rounding methods); paper 001 Eq. 7 semantics, ``b = 1`` is ``tq.Binary``;
+2. **round** the weights (``tq.round_weights``): to nearest, or by the QUBO method of paper 004
+   (each layer's output error before the activation, per neuron);
+3. **measure** the test accuracy of the exact fixed-point simulation, and check it against the
+   integer reference (``tq.reference_forward``) bit for bit on the first test inputs;
+4. **verify** (``tq.verify_equivalence``, paper 003) the float network f against f' around the
+   first test inputs: proved, refuted (a replayed counterexample) or unknown.
+
+Outputs (:mod:`torchqv.recipes.report`): ``results.json`` (one row per width and method),
+``results.md`` (nearest vs QUBO accuracy, then the details), ``accuracy.png`` (accuracy against
+bits), ``rounding.png`` (output error of nearest vs QUBO rounding against bits) and
+``verification.png`` (verdicts), and ``float_model.pt`` (the trained float network).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
+from ..lightning.qat import QuantizationAwareTraining
+from ..modules import QuantModule
+from ..quantize import QConfig, calibrate, quantize
+from ..reference import reference_forward
+from ..rounding import round_weights
+from ..verify import verify_equivalence
+from .config import QuantConfig, RunConfig, as_config
+from .networks import Data, accuracy, build_model, fit, load_data, load_model, tensors
+from .report import (
+    Column,
+    Report,
+    job_label,
+    line_plot,
+    markdown_table,
+    rows_table,
+    save_figure,
+    write_outputs,
+)
+
+log = logging.getLogger(__name__)
+CHUNK = 512  # calibration batch size
+
+
+def width(value: Any, bits: int) -> int | None:
+    """``quant.activation_bits`` / ``input_bits`` for weight width ``bits``."""
+    return bits if value == "same" else value
+
+
+def weight_observer(q: QuantConfig, method: str | None) -> str:
+    if q.weight_observer != "auto":
+        return q.weight_observer
+    return "mse" if method == "nearest" and q.mode == "ptq" else "minmax"
+
+
+def qconfig(q: QuantConfig, bits: int, method: str | None) -> QConfig:
+    """The ``tq.QConfig`` for weight width ``bits`` before rounding with ``method`` (``None``: QAT)."""
+    weight = (
+        Binary(per_channel=q.per_channel, power_of_two=q.power_of_two)
+        if bits == 1
+        else FixedPoint(bits=bits, per_channel=q.per_channel, power_of_two=q.power_of_two)
+    )
+    a, i = width(q.activation_bits, bits), width(q.input_bits, bits)
+    return QConfig(
+        weight=weight,
+        activation=FixedPoint(bits=a, power_of_two=q.power_of_two) if a else None,
+        input=FixedPoint(bits=i, signed=False, power_of_two=q.power_of_two) if i else None,
+        weight_observer=weight_observer(q, method),
+        activation_observer=q.activation_observer,
+    )
+
+
+def region_centres(qm: torch.nn.Module, x: torch.Tensor, domain: Sequence[float] | None) -> torch.Tensor:
+    """The test inputs as f' sees them: rounded to its input grid (when it quantizes its input),
+    one step inward where rounding left ``domain``, so that every region holds a grid point (a ball
+    between grid points would be proved equivalent vacuously)."""
+    quant = next(
+        (m.in_quant for m in qm.modules() if isinstance(m, QuantModule) and m.in_quant is not None), None
+    )
+    if quant is None:
+        return x
+    codes = quant.exact_codes(x)
+    if domain is not None:
+        values = dequantize_f64(codes, quant.steps(), quant.axis)
+        codes = codes - (values > domain[1]).double() + (values < domain[0]).double()
+    values = dequantize_f64(codes, quant.steps(), quant.axis)
+    if not torch.equal(values.float().double(), values):
+        raise QuantizationError(
+            "input grid values are not float32 numbers (input bits > 16?): use fewer input bits"
+        )
+    return values.float()
+
+
+def describe(model: torch.nn.Module, cfg: RunConfig) -> str:
+    m = cfg.model
+    if m.load is not None and m.load.endswith(".onnx"):
+        return f"onnx {Path(m.load).stem}"
+    layers = [x for x in model.modules() if isinstance(x, (torch.nn.Linear, torch.nn.Conv2d))]
+    first = layers[0].in_features if isinstance(layers[0], torch.nn.Linear) else layers[0].in_channels
+    widths = [first] + [x.out_features if isinstance(x, torch.nn.Linear) else x.out_channels for x in layers]
+    return f"{m.kind} {'-'.join(map(str, widths))}"
+
+
+def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
+    """The whole job (see the module docstring); returns the results written to ``out_dir``."""
+    cfg = as_config(cfg, RunConfig)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
+    data = load_data(cfg.dataset, cfg.trainer.seed)
+    torch.manual_seed(cfg.trainer.seed)
+    if cfg.model.load is not None:
+        f = load_model(cfg.model, data.input_shape, data.num_classes)
+    else:
+        model = build_model(cfg.model, data.input_shape, data.num_classes)
+        f = fit(model, data.train, cfg.trainer, cfg.trainer.epochs, cfg.trainer.lr, root=out)
+        torch.save(f.state_dict(), out / "float_model.pt")
+    train_seconds = time.perf_counter() - start
+    float_acc = accuracy(f, data.test)
+    v, arch = cfg.verify, describe(f, cfg)
+    log.info("float network %s: test accuracy %.4f (%.1f s)", arch, float_acc, train_seconds)
+    inputs = {
+        "calibration": tensors(data.train, cfg.quant.calibration_samples)[0],
+        "rounding": tensors(data.train, cfg.rounding.calibration_samples)[0],
+        "reference": tensors(data.test, v.reference_points)[0] if v.reference_points else None,
+        "verify": tensors(data.test, v.points)[0] if v.enabled else None,
+    }
+    rows = []
+    jobs = len(cfg.quant.bits) * len(cfg.rounding.method)
+    bar = tqdm(total=jobs, desc="bits x rounding", disable=not cfg.trainer.progress)
+    for bits in cfg.quant.bits:
+        trained = _qat(f, cfg, bits, data, out) if cfg.quant.mode == "qat" else None
+        for method in cfg.rounding.method:
+            bar.set_postfix(bits=bits, method=method)
+            if trained is None:
+                qm = _ptq(f, cfg, bits, method, inputs["calibration"])
+            else:
+                qm = copy.deepcopy(trained)
+            measured = _measure(f, qm, cfg, bits, method, data, float_acc, inputs)
+            rows.append({"dataset": data.name, "model": arch, **measured})
+            bar.update()
+    bar.close()
+    return write_outputs(
+        out, "run", asdict(cfg), rows, float_accuracy=float_acc, train_seconds=train_seconds,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _ptq(f: torch.nn.Module, cfg: RunConfig, bits: int, method: str, x: torch.Tensor) -> torch.nn.Module:
+    qm = quantize(f, qconfig(cfg.quant, bits, method))
+    calibrate(qm, x.split(CHUNK), progress=False)
+    return qm
+
+
+def _qat(f: torch.nn.Module, cfg: RunConfig, bits: int, data: Data, out: Path) -> torch.nn.Module:
+    q = cfg.quant
+    batches = math.ceil(q.calibration_samples / (cfg.trainer.batch_size or len(data.train)))
+    callback = QuantizationAwareTraining(
+        qconfig(q, bits, None), calibration_batches=batches, freeze_observers_epoch=q.freeze_observers_epoch
+    )
+    return fit(copy.deepcopy(f), data.train, cfg.trainer, q.qat_epochs, q.qat_lr, [callback], root=out)
+
+
+def _measure(
+    f: torch.nn.Module,
+    qm: torch.nn.Module,
+    cfg: RunConfig,
+    bits: int,
+    method: str,
+    data: Data,
+    float_acc: float,
+    inputs: dict[str, torch.Tensor | None],
+) -> dict[str, Any]:
+    r, v, q = cfg.rounding, cfg.verify, cfg.quant
+    t0 = time.perf_counter()
+    report = round_weights(
+        qm, inputs["rounding"].split(CHUNK), method=method, solver=r.solver, target=r.target,
+        sweeps=r.sweeps, replicas=r.replicas, seed=r.seed, bound=r.bound, progress=False,
+    )  # fmt: skip
+    row: dict[str, Any] = {
+        "mode": q.mode,
+        "bits": bits,
+        "activation_bits": width(q.activation_bits, bits),
+        "input_bits": width(q.input_bits, bits),
+        "method": method,
+        "weight_observer": weight_observer(q, method),
+        "float_accuracy": float_acc,
+        "accuracy": accuracy(qm, data.test),
+        "output_error": sum(layer.objective for layer in report.layers),
+        "round_seconds": time.perf_counter() - t0,
+    }
+    x = inputs["reference"]
+    row["reference_match"] = None  # bit-exact only on grids: needs quantized activations and input
+    if x is not None and row["activation_bits"] and row["input_bits"]:
+        with torch.no_grad():
+            row["reference_match"] = bool(torch.equal(qm.eval()(x), reference_forward(qm, x)))
+        if not row["reference_match"]:
+            log.error("%d bits, %s: the simulation differs from the integer reference", bits, method)
+    row |= {"proved": None, "refuted": None, "unknown": None, "verdicts": None, "verify_seconds": None}
+    if v.enabled:
+        t0 = time.perf_counter()
+        centres = region_centres(qm, inputs["verify"], v.domain)
+        domain = tuple(v.domain) if v.domain is not None else None
+        results = verify_equivalence(
+            f, qm, centres, v.delta, v.relation, eps=v.eps, norm=v.norm, domain=domain, timeout=v.timeout,
+            seed=cfg.trainer.seed,
+        )  # fmt: skip
+        verdicts = [res.verdict for res in results]
+        row |= {
+            "proved": verdicts.count("EQUIVALENT"),
+            "refuted": verdicts.count("NOT_EQUIVALENT"),
+            "unknown": verdicts.count("UNKNOWN"),
+            "verdicts": [
+                {"verdict": res.verdict, "method": res.stats.get("method"), "reason": res.reason}
+                for res in results
+            ],
+            "verify_seconds": time.perf_counter() - t0,
+        }
+    row["layers"] = report.to_dict()["layers"]
+    return row
+
+
+# ------------------------------------------------------------------------------ report
+SWEPT = ("quant.bits", "rounding.method", "dataset")  # shown by the table's own columns
+
+
+def _bits_label(r: dict[str, Any]) -> str:
+    w = "1 (binary)" if r["bits"] == 1 else str(r["bits"])
+    return f"{w}/{r['activation_bits'] or 'float'}/{r['input_bits'] or 'float'}"
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return (r["dataset"], r["model"], r["mode"], job_label(r, SWEPT))
+
+
+DETAILS: list[Column] = [
+    ("dataset", "dataset"),
+    ("model", "model"),
+    ("mode", "mode"),
+    ("bits (w/a/in)", lambda r: _bits_label(r)),
+    ("rounding", "method"),
+    ("weight steps", "weight_observer"),
+    ("accuracy", "accuracy"),
+    ("output error", "output_error"),
+    ("sim == ref", "reference_match"),
+    ("verified", lambda r: "-" if r["proved"] is None else f"{r['proved']}/{r['refuted']}/{r['unknown']}"),
+    ("by", lambda r: _methods(r)),
+    ("round (s)", "round_seconds"),
+    ("verify (s)", "verify_seconds"),
+]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Nearest vs QUBO test accuracy per width, then one line per width and method."""
+    jobs = any(job_label(r, SWEPT) for r in rows)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        g = groups.setdefault((*_key(r), _bits_label(r), r["bits"]), {"float": r["float_accuracy"]})
+        g[r["method"]] = r["accuracy"]
+    head = ["dataset", "model", "mode", "bits (w/a/in)", "float", *methods]
+    both = {"nearest", "qubo"} <= set(methods)
+    summary = []
+    for (ds, model, mode, job, label, _), g in sorted(groups.items(), key=lambda kv: (kv[0][:4], -kv[0][5])):
+        line = [ds, model, mode, label, g["float"], *(g.get(m) for m in methods)]
+        if both and g.get("qubo") is not None and g.get("nearest") is not None:
+            line.append(g["qubo"] - g["nearest"])
+        summary.append([*line, job] if jobs else line)
+    head += ["qubo - nearest"] if both else []
+    details = rows_table(rows, DETAILS + ([("job", lambda r: job_label(r, SWEPT))] if jobs else []))
+    return "\n".join(
+        [
+            "### Test accuracy: nearest vs QUBO rounding",
+            "",
+            markdown_table(head + (["job"] if jobs else []), summary),
+            "",
+            "### Details",
+            "",
+            "output error: the layers' squared output errors before the activation, summed (the QUBO "
+            "objective); sim == ref: the exact simulation equals tq.reference_forward on the first test "
+            "inputs; verified: proved / refuted / unknown regions, decided by the methods listed "
+            "(vacuous: no input grid point in the region).",
+            "",
+            details,
+        ]
+    )
+
+
+def _methods(r: dict[str, Any]) -> str:
+    """How the regions were decided, e.g. ``bounds x3, z3``."""
+    counts: dict[str, int] = {}
+    for v in r["verdicts"] or []:
+        counts[str(v["method"])] = counts.get(str(v["method"]), 0) + 1
+    return ", ".join(k + (f" x{n}" if n > 1 else "") for k, n in counts.items()) or "-"
+
+
+def _series(r: dict[str, Any]) -> str:
+    extra = job_label(r, SWEPT)
+    return " ".join(str(p) for p in (r["dataset"], r["model"], r["mode"], r["method"], extra) if p)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    from matplotlib.figure import Figure
+
+    files = []
+    bits = sorted({r["bits"] for r in rows})
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    line_plot(ax, rows, "bits", "accuracy", _series)
+    for key in dict.fromkeys(_key(r) for r in rows):
+        acc = next(r["float_accuracy"] for r in rows if _key(r) == key)
+        ax.axhline(acc, ls="--", lw=0.8, color="gray")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bits, [str(b) for b in bits])
+    ax.set_title("test accuracy against weight bits (dashed: float)")
+    files.append(save_figure(fig, out / "accuracy.png"))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    line_plot(ax, [r for r in rows if r["output_error"] > 0], "bits", "output_error", _series)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(bits, [str(b) for b in bits])
+    ax.set_title("nearest vs QUBO: summed squared layer output error")
+    files.append(save_figure(fig, out / "rounding.png"))
+    checked = [r for r in rows if r["proved"] is not None]
+    if checked:
+        fig = Figure(figsize=(max(6, 0.6 * len(checked)), 4.5))
+        ax = fig.add_subplot()
+        labels = [f"{r['bits']}b {r['method']} {_key(r)[0]} {job_label(r, SWEPT)}".strip() for r in checked]
+        bottom = [0] * len(checked)
+        for verdict, color in (("proved", "#4caf50"), ("refuted", "#e53935"), ("unknown", "#ffc107")):
+            counts = [r[verdict] for r in checked]
+            ax.bar(range(len(checked)), counts, bottom=bottom, color=color, label=verdict)
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        ax.set_xticks(range(len(checked)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("regions")
+        ax.legend(fontsize=7)
+        ax.set_title("equivalence verification of f' against f")
+        files.append(save_figure(fig, out / "verification.png"))
+    return files
+
+
+REPORTS = {"run": Report(markdown, plot)}
