@@ -2,13 +2,27 @@
 
 ``universality.representability``: can sigma-quantized networks under Q_{p,s} represent every
 function (paper 001, sections 3.1-3.3)?  ``construction``: the indicator-function network that does.
-``degradation``: the expressive-degradation experiment (paper 000, section 4).  ``qnnt``: exact
-training of tiny quantized networks (paper 002's d-QNNT) and its hardness reductions.
+``degradation``: the expressive-degradation experiment (paper 000, section 4).  ``qnnt`` and
+``qnnt_z3``: exact training of quantized networks (paper 002's d-QNNT; z3 and brute force);
+``reductions``: its hardness reductions (Theorems 1, 3, 4).
 """
 
+from . import reductions
 from .construction import all_inputs, build_representing_network, lemma20_bound, parameter_count
 from .degradation import DegradationConfig, LineFit, fit_line, quantize_weights, run_regression
 from .degradation_mnist import MnistDegradationConfig, run_mnist
+from .qnnt import (
+    Architecture,
+    Network,
+    QNNTInstance,
+    Status,
+    TrainResult,
+    brute_force,
+    conflict_bound,
+    relu_d,
+    z_domain,
+)
+from .qnnt_z3 import train_exact
 from .universality import (
     NOT_UNIVERSAL,
     UNDETERMINED,
@@ -25,21 +39,32 @@ __all__ = [
     "NOT_UNIVERSAL",
     "UNDETERMINED",
     "UNIVERSAL",
+    "Architecture",
     "Condition1",
     "DegradationConfig",
     "LineFit",
     "MnistDegradationConfig",
+    "Network",
+    "QNNTInstance",
     "Representability",
     "RoundedLattice",
+    "Status",
+    "TrainResult",
     "all_inputs",
+    "brute_force",
     "build_representing_network",
+    "conflict_bound",
     "fit_line",
     "lemma20_bound",
     "parameter_count",
     "q_format",
     "quantize_weights",
+    "reductions",
+    "relu_d",
     "representability",
     "representability_table",
     "run_mnist",
     "run_regression",
+    "train_exact",
+    "z_domain",
 ]
