@@ -87,10 +87,8 @@ def acas(args: argparse.Namespace) -> list[dict]:
         calib = ACAS_LO + torch.rand(2048, 5, generator=gen) * (ACAS_HI - ACAS_LO)
         points = ACAS_LO + torch.rand(args.points, 5, generator=gen) * (ACAS_HI - ACAS_LO)
         for bits in args.bits:
-            cfg = tq.QConfig(
-                weight=tq.FixedPoint(bits=bits, per_channel=True), activation=tq.FixedPoint(bits=bits)
-            )
-            fq = tq.quantize(f, cfg)
+            act = tq.FixedPoint(bits=bits) if args.mode == "full" else None  # weights: the thesis' setting
+            fq = tq.quantize(f, tq.QConfig(weight=tq.FixedPoint(bits=bits, per_channel=True), activation=act))
             tq.calibrate(fq, [calib.reshape(-1, 1, 1, 5)], progress=False)
             for delta in args.deltas:
                 res = tq.verify_equivalence(

@@ -336,7 +336,8 @@ def _decide(
         if int((hi > lo).sum()) <= input_split and bab_deadline > time.perf_counter():
             stats["method"] = "branch and bound"
             bab = InputBranch(p.cf, p.cq_body, p.relation, p.eps, p.norm, p.cq.inp, p.falsify)
-            out = bab.run(lo, hi, (time.perf_counter() + bab_deadline) / 2)  # half; the LP search next
+            t = time.perf_counter()
+            out = bab.run(lo, hi, t + 0.75 * (bab_deadline - t))  # most of it; the LP search next
             stats["depth"] = out.depth
             stats["nodes"] += out.nodes
             if out.status == "proved":
