@@ -15,7 +15,7 @@ from torch import nn
 import torchqv as tq
 from torchqv.verify.bounds import Crown
 from torchqv.verify.milp import Lin, Model, certified_lower
-from torchqv.verify.network import Chain, quant_chain
+from torchqv.verify.network import Chain, Rounding, quant_chain
 
 
 @given(
@@ -107,3 +107,65 @@ def test_milp_outputs_contain_the_reference(seed, act, rounding):
             values.append(Fraction(sign * res.fun + out.const))
         low, high = min(values), max(values)
         assert low - Fraction(1, 10**9) <= ref[i] <= high + Fraction(1, 10**9)
+
+
+def _ambiguous(r: Rounding, z: Fraction) -> bool:
+    """Does ``z`` (saturated) lie in the closed cells of two codes (a relaxed tie)?"""
+    kmin, kmax = r.code_range
+    z = min(max(z, kmin * r.step), kmax * r.step)
+    e_lo, e_hi = r.error_bounds()
+    return -((-(z / r.step + e_lo)) // 1) < (z / r.step + e_hi) // 1
+
+
+@given(
+    rounding=st.sampled_from(["half_away", "half_even", "floor"]),
+    bits=st.integers(2, 5),
+    q=st.sampled_from([None, 1, 2, 3, 4, 5]),
+    ends=st.tuples(st.integers(-160, 160), st.integers(-160, 160)),
+)
+@settings(max_examples=120, deadline=None)
+def test_rounding_rows_admit_every_point_and_pin_the_ends(rounding, bits, q, ends):
+    """A rounding's MILP rows (band, saturation, the hull facets next to both ends) admit every
+    input of ``[lo, hi]`` (on the ``in_step`` grid when there is one) with its true rounded value,
+    and their LP relaxation gives exactly the rounded value at both ends when they are grid
+    points and not relaxed ties: the facets cut the band down to the staircase's convex hull."""
+    step = Fraction(q or 2, 8)
+    fmt = tq.FixedPoint(bits=bits, rounding=rounding, step=step)
+    r = Rounding(fmt, step, 0, None if q is None else step / q)
+    grid = r.in_step or Fraction(1, 32)
+    lo, hi = (Fraction(e, 64) for e in sorted(ends))  # on the grid or not
+    model = Model()
+    z = model.var(float(lo), float(hi))
+    out = model.rounding(r, Lin({z: Fraction(1)}), float(lo), float(hi))
+    A, row_lo, row_hi = model.matrices()
+    n = len(model.lb)
+
+    def pinned(value: Fraction, integral: bool) -> list:
+        """min and max of the output with z = value (MILP or LP)."""
+        lb, ub = list(model.lb), list(model.ub)
+        lb[z] = ub[z] = float(value)
+        found = []
+        for sign in (1.0, -1.0):
+            c = np.zeros(n)
+            for v, w in out.coefs.items():
+                c[v] = sign * float(w)
+            res = milp(
+                c,
+                integrality=np.array(model.integer, dtype=int) if integral else None,
+                bounds=Bounds(lb, ub),
+                constraints=LinearConstraint(A, row_lo, row_hi) if len(row_lo) else (),
+            )
+            assert res.status == 0, f"infeasible at z = {value}"
+            found.append(Fraction(sign * res.fun) + out.const)
+        return found
+
+    tol = Fraction(1, 10**9)
+    first, last = -((-lo) // grid), hi // grid  # the grid points in [lo, hi]
+    points = [grid * k for k in range(first, last + 1)]
+    for point in points[:: max(1, len(points) // 12)] + points[-1:]:
+        low, high = pinned(point, integral=True)
+        assert low - tol <= r.apply(point) <= high + tol
+    for end in (lo, hi):
+        if end in points[:1] + points[-1:] and not _ambiguous(r, end):
+            low, high = pinned(end, integral=False)
+            assert abs(low - r.apply(end)) <= tol and abs(high - r.apply(end)) <= tol

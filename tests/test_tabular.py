@@ -17,11 +17,14 @@ def test_seeds_file_is_the_uci_file() -> None:
     assert hashlib.md5(data).hexdigest() == "7ce8dcdd8a03cc8e461196b11fc0e746"
 
 
-@pytest.mark.parametrize(("name", "shape", "counts"), [
-    ("digits", (1797, 64), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]),
-    ("iris", (150, 4), [50, 50, 50]),
-    ("seeds", (210, 7), [70, 70, 70]),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "counts"),
+    [
+        ("digits", (1797, 64), [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]),
+        ("iris", (150, 4), [50, 50, 50]),
+        ("seeds", (210, 7), [70, 70, 70]),
+    ],
+)
 def test_shapes_labels_and_unit_box(name: str, shape: tuple, counts: list) -> None:
     x, y = load_tabular(name)
     assert tuple(x.shape) == shape and x.dtype == torch.float32 and y.dtype == torch.int64

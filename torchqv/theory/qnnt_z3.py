@@ -22,7 +22,6 @@ it is returned.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ from typing import Any
 import z3
 
 from ..formats import QuantizationError
+from ..z3_deadline import Z3Deadline
 from .qnnt import Architecture, Network, Status, TrainResult, check_problem, conflict_bound, z_domain
 
 ENCODINGS = ("pb", "bv", "int")
@@ -108,31 +108,6 @@ class _PseudoBoolean:
 
 class _BuildTimeout(Exception):
     """The deadline passed while the formula was being built."""
-
-
-class _Deadline:
-    """Interrupts z3 at the deadline and keeps interrupting until the check returns: z3's own
-    ``timeout`` is not always honoured (an interrupted MaxSAT relaxation step can run on for
-    minutes), so each call gets its own context and this watchdog thread."""
-
-    def __init__(self, ctx: z3.Context, deadline: float) -> None:
-        self.ctx, self.deadline, self.done = ctx, deadline, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        if self.done.wait(max(0.0, self.deadline - time.perf_counter())):
-            return
-        while not self.done.is_set():
-            self.ctx.interrupt()
-            self.done.wait(0.05)
-
-    def __enter__(self) -> _Deadline:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
 
 
 class _Encoding:
@@ -256,7 +231,7 @@ def train_exact(
     objective = [s.add_soft(z3.Not(m), c, id="error") for m, c in enc.misfits][-1:] if minimize else []
     if max_error is not None:
         s.add(enc.bound(cap))
-    with _Deadline(enc.ctx, t0 + timeout):
+    with Z3Deadline(enc.ctx, t0 + timeout):
         answer = s.check()
     stats["z3"] = {k: v for k, v in s.statistics()}  # Statistics is not a mapping
     if answer == z3.unsat:

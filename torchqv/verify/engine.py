@@ -8,7 +8,9 @@ grid points of that format inside it, for f and f' alike (paper 001's setting). 
    steps of sign-gradient search on a differentiable surrogate (f' in training mode, STE);
 2. interval bounds through both networks (``bounds.propagate``): some relations follow from them
    alone, and they fix stable activations and constant roundings;
-3. z3 on what is left, with a per-query timeout.
+3. the disjuncts of the violation left open: their root LP relaxations (certified, ``milp``), a
+   quick z3 try, branch and bound (``branch`` for few inputs, then ``lp_branch``), then z3 with
+   the time left; every z3 call has a hard deadline (``torchqv.z3_deadline``).
 
 A counterexample is reported only after it is replayed on the concrete float model (float64)
 and on the integer reference of f' (``torchqv.reference_forward``) and still violates the
@@ -308,8 +310,9 @@ def _decide(
     stats: dict,
     input_split: int,
 ) -> Result:
-    """One region: falsification, bounds, a quick z3 try of every disjunct, branch and bound
-    (input splitting for few inputs, then the LP search), z3 with the time left (in that order)."""
+    """One region: falsification, bounds, the root LP of every disjunct, a quick z3 try of each
+    (a quarter of the time at most), branch and bound (input splitting for few inputs, then the LP
+    search), z3 with the time left (in that order)."""
     box = _grid_box(box_lo, box_hi, p.cq.inp)
     if box is None:
         stats["method"] = "vacuous"
@@ -328,11 +331,18 @@ def _decide(
         if _prove_by_bounds(p, cf, cq):
             return Result("EQUIVALENT", None, "linear bounds", stats)
     todo, solver = _disjuncts(p, lo, hi, cf, cq, deadline, stats)
+    lp = use_bounds and p.relation != "strict"
+    if lp:  # the root LP of every disjunct: cheap, and it settles most of them
+        stats["method"] = "LP branch and bound"
+        found, todo = _lp_pass(p, solver, todo, bab_deadline, 1, stats)
+        if found is not None or not todo:
+            return found or Result("EQUIVALENT", None, "LP bounds on every disjunct of the violation", stats)
     stats["method"] = "z3"
-    found, todo, reason = _z3_pass(solver, todo, deadline, 0.02 * (deadline - time.perf_counter()))
+    quick = min(0.02, 0.25 / max(len(todo), 1)) * (deadline - time.perf_counter())  # a quarter at most
+    found, todo, reason = _z3_pass(solver, todo, deadline, quick)
     if found is not None or not todo:
         return found or Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
-    if use_bounds and p.relation != "strict":
+    if lp:
         if int((hi > lo).sum()) <= input_split and bab_deadline > time.perf_counter():
             stats["method"] = "branch and bound"
             bab = InputBranch(p.cf, p.cq_body, p.relation, p.eps, p.norm, p.cq.inp, p.falsify)
@@ -347,17 +357,11 @@ def _decide(
                     "NOT_EQUIVALENT", out.point.reshape(p.shape), "branch and bound, replayed", stats
                 )
         stats["method"] = "LP branch and bound"
-        left = []
-        for i, query in enumerate(todo):
-            share = (bab_deadline - time.perf_counter()) / (len(todo) - i)
-            status, info = solver.lp(query, time.perf_counter() + max(share, 0.0))
-            if status == "refuted":
-                return Result("NOT_EQUIVALENT", info.reshape(p.shape), "LP branch and bound, replayed", stats)
-            if status == "open":
-                left.append(query)
-        todo = left
-        if not todo:
-            return Result("EQUIVALENT", None, "LP branch and bound on every disjunct of the violation", stats)
+        found, todo = _lp_pass(p, solver, todo, bab_deadline, 20_000, stats)
+        if found is not None or not todo:
+            return found or Result(
+                "EQUIVALENT", None, "LP branch and bound on every disjunct of the violation", stats
+            )
         stats["method"] = "z3"
     found, todo, reason = _z3_pass(solver, todo, deadline, np.inf)
     if found is not None:
@@ -365,6 +369,22 @@ def _decide(
     if todo:
         return Result("UNKNOWN", None, reason, stats)
     return Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
+
+
+def _lp_pass(
+    p: _Problem, solver: QuerySolver, todo: list[Query], deadline: float, max_nodes: int, stats: dict
+) -> tuple[Result | None, list[Query]]:
+    """The LP search on each disjunct (at most ``max_nodes`` nodes, equal shares of the time
+    left): a replayed counterexample, or the disjuncts still open."""
+    left = []
+    for i, query in enumerate(todo):
+        share = (deadline - time.perf_counter()) / (len(todo) - i)
+        status, info = solver.lp(query, time.perf_counter() + max(share, 0.0), max_nodes)
+        if status == "refuted":
+            return Result("NOT_EQUIVALENT", info.reshape(p.shape), "LP branch and bound, replayed", stats), []
+        if status == "open":
+            left.append(query)
+    return None, left
 
 
 def _disjuncts(

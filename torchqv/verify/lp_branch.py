@@ -6,11 +6,12 @@ objective is a margin (``f'_c - f'_j``) or an eps slack (``eps - (f_i - f'_i)``)
 the search is the MILP (``milp.Model``) with tightened bounds on its integer variables: ReLU
 phases first, then rounding codes, then input codes.  Its LP relaxation is solved by HiGHS
 (scipy) in elastic form (every row may be violated at a cost, so the LP is always feasible and
-its dual always exists), and the dual becomes a rigorous lower bound (``milp.certified_lower``):
-HiGHS is trusted for nothing.  A node whose certified bound is positive is proved; the LP's
-optimal point, snapped to the input grid, is replayed on the concrete models as a counterexample
-candidate; otherwise the most fractional integer variable of the highest priority is split
-(``v <= floor(v*)`` and ``v >= ceil(v*)``, which cover every integer value).
+its dual always exists), and the dual's multipliers of the original rows become a rigorous lower
+bound of the original LP (``milp.certified_lower``): HiGHS is trusted for nothing.  A node whose
+certified bound is positive is proved; the LP's optimal point, snapped to the input grid, is
+replayed on the concrete models as a counterexample candidate; otherwise the most fractional
+integer variable of the highest priority is split (``v <= floor(v*)`` and ``v >= ceil(v*)``,
+which cover every integer value).  The root node is always solved, whatever the deadline.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class LPOutcome:
 class LPBranch:
     """Branch and bound for one objective over a built ``Model``.
 
+    ``rows``: the model's rows as ``Model.matrices`` gives them (built once, shared by queries);
     ``inputs[i]``: the variable of input coordinate ``i`` and its scale (value = scale * var), or
     ``None`` for a fixed coordinate (value ``fixed[i]``); ``falsify(points)`` replays candidates.
     """
@@ -49,6 +51,7 @@ class LPBranch:
     def __init__(
         self,
         model: Model,
+        rows: tuple[sp.csr_matrix, np.ndarray, np.ndarray],
         objective: Lin,
         strict: bool,
         inputs: list[tuple[int, float] | None],
@@ -58,7 +61,7 @@ class LPBranch:
         self.strict = strict
         self.inputs, self.fixed, self.falsify = inputs, fixed, falsify
         n = len(model.lb)
-        A, row_lo, row_hi = model.matrices()
+        A, row_lo, row_hi = rows
         up, lo = np.isfinite(row_hi), np.isfinite(row_lo)
         A_ub = sp.vstack([A[up], -A[lo]]).tocsr()  # rows A v <= b
         self.b = np.concatenate([row_hi[up], -row_lo[lo]])
@@ -68,10 +71,10 @@ class LPBranch:
             c[v] += float(w)
         self.const = objective.const
         penalty = 1e3 * (1.0 + np.abs(c).sum())  # elastic rows: a violation costs this much per unit
+        self.A_ub, self.c_v = A_ub, c  # the certificate is for these: without the elastic slacks
         self.A = sp.hstack([A_ub, -sp.identity(m, format="csr")]).tocsr()
         self.c = np.concatenate([c, np.full(m, penalty)])
         self.slack_ub = np.full(m, 1e6 * (1.0 + np.abs(self.b).max(initial=0.0)))
-        self.penalty = penalty
         self.lb0, self.ub0 = np.array(model.lb), np.array(model.ub)
         self.integer = np.array(model.integer, dtype=bool)
         priority = np.zeros(n)  # ReLU phases, then rounding codes, then inputs
@@ -88,8 +91,9 @@ class LPBranch:
         res = linprog(self.c, A_ub=self.A, b_ub=self.b, bounds=np.column_stack([lo, hi]), method="highs")
         if res.status != 0:
             return -np.inf, None
-        y = np.maximum(res.ineqlin.marginals, -self.penalty)  # slack columns keep r >= 0
-        bound = certified_lower(self.c, self.A, self.b, lo, hi, y)
+        # any multipliers y <= 0 of A_ub v <= b bound the unrelaxed LP; the slack columns are
+        # left out of the certificate, whose error term would otherwise scale with their bounds
+        bound = certified_lower(self.c_v, self.A_ub, self.b, lb, ub, res.ineqlin.marginals)
         return (down(Fraction(bound) + self.const) if np.isfinite(bound) else bound), res.x[: len(lb)]
 
     def _point(self, v: np.ndarray) -> np.ndarray:
@@ -109,7 +113,7 @@ class LPBranch:
         heap: list = [(-np.inf, next(order), self.lb0.copy(), self.ub0.copy())]
         nodes = 0
         while heap:
-            if time.perf_counter() > deadline or nodes >= max_nodes:
+            if nodes and (time.perf_counter() > deadline or nodes >= max_nodes):  # the root always
                 return LPOutcome("open", None, nodes, f"LP branch and bound stopped after {nodes} nodes")
             _, _, lb, ub = heapq.heappop(heap)
             nodes += 1

@@ -3,7 +3,10 @@
 The same networks the z3 encoding describes, as a MILP: every rounding is an integer code ``k``
 with ``e_lo * s <= z - s k <= e_hi * s`` (``Rounding.error_bounds``: ``|e| <= 1/2`` for nearest,
 ``[0, 1]`` for floor; a closed band, so a tie allows both neighbours: a relaxation, which is
-sound for proofs), and every piecewise-linear function is written with ReLUs
+sound for proofs) tightened by the two facets of the staircase's convex hull next to the ends
+of the input interval (``k <= k_lo + (z - lo) / d``, and its mirror image at ``hi``: without
+them the relaxation of a rounding whose input spans few cells is a loose band), and every
+piecewise-linear function is written with ReLUs
 (``clamp(t, a, b) = a + relu(t - a) - relu(t - b)``, ``leaky(t) = s t + (1 - s) relu(t)``); a
 ReLU whose input interval ``[l, u]`` straddles 0 gets a binary ``d`` with ``y >= t``,
 ``y <= t - l (1 - d)``, ``y <= u d``, ``y >= 0``.  Only the cone of influence of the queried
@@ -103,14 +106,16 @@ class Model:
         hi = up(Fraction(hi) - c) if hi < np.inf else np.inf
         self.rows.append((e.coefs, lo, hi))
 
-    def matrices(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    def matrices(self, start: int = 0) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """``(A, lo, hi)`` of the rows from ``start`` on (the Fractions become doubles here)."""
+        rows = self.rows[start:]
         data, ri, ci = [], [], []
-        for r, (coefs, _, _) in enumerate(self.rows):
+        for r, (coefs, _, _) in enumerate(rows):
             ri += [r] * len(coefs)
             ci += list(coefs)
             data += [float(c) for c in coefs.values()]
-        A = sp.csr_matrix((data, (ri, ci)), shape=(len(self.rows), len(self.lb)))
-        return A, np.array([r[1] for r in self.rows]), np.array([r[2] for r in self.rows])
+        A = sp.csr_matrix((data, (ri, ci)), shape=(len(rows), len(self.lb)))
+        return A, np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
 
     # ----------------------------------------------------------------- building blocks
     def relu(self, t: Lin, lo: float, hi: float) -> Lin:
@@ -148,14 +153,22 @@ class Model:
         a, b = kmin * s, kmax * s
         if lo < a or hi > b:  # saturation: round(clamp(t)) equals clamp(round(t)) on the grid
             t = self.clamp(t, lo, hi, a, b)
-            lo, hi = max(lo, a), min(hi, b)
+            lo, hi = min(max(lo, a), b), min(max(hi, a), b)
         if r.exact_on_input:
             return t
-        e_lo, e_hi = r.error_bounds()
-        k_lo = max(kmin, math.floor(Fraction(lo) / s + e_lo))  # s k - z in [e_lo s, e_hi s]
-        k_hi = min(kmax, math.ceil(Fraction(hi) / s + e_hi))
+        e_lo, e_hi = r.error_bounds()  # code k covers z in [s (k - e_hi), s (k - e_lo)]
+        lo_, hi_ = Fraction(lo), Fraction(hi)
+        k_lo = max(kmin, math.ceil(lo_ / s + e_lo))  # the smallest code of some z >= lo
+        k_hi = min(kmax, math.floor(hi_ / s + e_hi))  # the largest code of some z <= hi
         k = self.var(float(k_lo), float(k_hi), integer=True)
         self.row(t.plus(Lin({k: -s})), -e_hi * s, -e_lo * s)  # z - s k
+        if k_hi > k_lo:  # the two facets of the staircase's convex hull next to its ends
+            first = min(s * (k_lo + 1 - e_hi) - lo_, s)  # k <= k_lo + (z - lo) / first
+            if first > 0:
+                self.row(Lin({k: first}).plus(t, -1), -np.inf, k_lo * first - lo_)
+            last = min(hi_ - s * (k_hi - 1 - e_lo), s)  # k >= k_hi - (hi - z) / last
+            if last > 0:
+                self.row(Lin({k: last}).plus(t, -1), k_hi * last - hi_, np.inf)
         return Lin({k: s})
 
     # ----------------------------------------------------------------- networks

@@ -1,6 +1,7 @@
 """Deciding a region one disjunct of the violation at a time (``encode.queries``).
 
-All disjuncts of a region share one z3 encoding (each is checked between ``push`` and ``pop``)
+All disjuncts of a region share one z3 encoding (each is asserted behind a literal of its own and
+checked under that assumption)
 and one MILP model (each adds its own objective and rows); both are built lazily for the union
 of the outputs the disjuncts read, with the bounds fixing what they decide.  ``QuerySolver``
 runs z3 with a per-query time cap and the LP search (``lp_branch``) with a shared deadline; the
@@ -16,9 +17,11 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import z3
 
+from ..z3_deadline import Z3Deadline
 from .encode import BuildTimeout, Encoder, Query, rv
 from .lp_branch import LPBranch
 from .milp import Lin, Model
@@ -44,6 +47,7 @@ class QuerySolver:
         self.f_out = sorted({i for q in todo for i in q.f_out})
         self.q_out = sorted({i for q in todo for i in q.q_out})
         self._z3: tuple | None = None
+        self._guards: dict[str, z3.BoolRef] = {}
         self._lp: tuple | None = None
 
     # ------------------------------------------------------------------ the shared encodings
@@ -85,7 +89,7 @@ class QuerySolver:
             model = Model(deadline=self.deadline)
             xs, inputs, fixed = self._lp_inputs(model)
             y, yq = self._networks(model, xs)
-            self._lp = (model, y, yq, inputs, fixed)
+            self._lp = (model, y, yq, inputs, fixed, model.matrices())
         return self._lp
 
     def _lp_inputs(self, model: Model) -> tuple[list[Lin], list, np.ndarray]:
@@ -118,13 +122,15 @@ class QuerySolver:
         left = deadline - time.perf_counter()
         if left <= 0:
             return "unknown", f"no decision within the timeout (z3 on {query.what})"
-        s.push()
-        s.add(query.violated(y, yq))
+        guard = self._guards.get(query.what)
+        if guard is None:  # each disjunct behind its own literal: no push/pop, which can take
+            guard = self._guards[query.what] = z3.Bool(f"disjunct{len(self._guards)}")  # minutes
+            s.add(z3.Implies(guard, query.violated(y, yq)))
         s.set("timeout", max(1, int(left * 1000)))
         self.stats["solver_calls"] += 1
-        answer = s.check()
+        with Z3Deadline(s.ctx, deadline):  # z3's own timeout can be overrun by minutes
+            answer = s.check(guard)
         model = s.model() if answer == z3.sat else None
-        s.pop()
         if answer == z3.unsat:
             return "unsat", None
         if answer == z3.unknown:
@@ -154,13 +160,13 @@ class QuerySolver:
         ]
         return self.p.falsify(near.double(), self.stats) if len(near) else None
 
-    def lp(self, query: Query, deadline: float) -> tuple[str, Any]:
+    def lp(self, query: Query, deadline: float, max_nodes: int = 20_000) -> tuple[str, Any]:
         """``("proved", None)``, ``("refuted", x)``, ``("open", reason)`` from the LP search."""
         p = self.p
         if query.objective is None or not (p.cf.floats_exact and p.cq_body.floats_exact):
             return "open", "no LP form"
         try:
-            model, y, yq, inputs, fixed = self._lp_model()
+            model, y, yq, inputs, fixed, base = self._lp_model()
         except BuildTimeout:
             return "open", "building the MILP took the whole time share"
 
@@ -175,8 +181,14 @@ class QuerySolver:
         rows = len(model.rows)
         for form, _ in query.given:  # the part of the region the query is about (closed: a relaxation)
             model.row(linear(form), 0.0, np.inf)
-        search = LPBranch(model, linear(query.objective), query.strict, inputs, fixed, p.falsify)
+        A, lo, hi = model.matrices(start=rows)  # the query's own rows, below the shared ones
         del model.rows[rows:]
-        out = search.run(deadline)
+        matrices = (
+            sp.vstack([base[0], A]).tocsr(),
+            np.concatenate([base[1], lo]),
+            np.concatenate([base[2], hi]),
+        )
+        search = LPBranch(model, matrices, linear(query.objective), query.strict, inputs, fixed, p.falsify)
+        out = search.run(deadline, max_nodes)
         self.stats["nodes"] += out.nodes
         return out.status, (out.point if out.status == "refuted" else out.reason)
