@@ -29,7 +29,7 @@ from torchqv.data import load_mnist
 
 ROOT = Path(os.environ.get("TORCHQV_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OUT = Path(__file__).resolve().parent / "results"
-ACAS = os.environ.get("ACAS_NETS", "1_1 1_2 2_1 3_3 5_9").split()
+ACAS = ["1_1", "1_2", "2_1", "3_3", "5_9"]
 ACAS_LO = torch.tensor([-0.3284, -0.5, -0.5, -0.5, -0.5])
 ACAS_HI = torch.tensor([0.6799, 0.5, 0.5, 0.5, 0.5])
 
@@ -83,9 +83,11 @@ def acas(args: argparse.Namespace) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     rows = []
     for name in ACAS:
-        f = tq.from_onnx(ROOT / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
         calib = ACAS_LO + torch.rand(2048, 5, generator=gen) * (ACAS_HI - ACAS_LO)
         points = ACAS_LO + torch.rand(args.points, 5, generator=gen) * (ACAS_HI - ACAS_LO)
+        if name not in args.networks:  # drawn all the same: a subset sees the same points
+            continue
+        f = tq.from_onnx(ROOT / "onnx" / f"ACASXU_run2a_{name}_batch_2000.onnx")
         for bits in args.bits:
             act = tq.FixedPoint(bits=bits) if args.mode == "full" else None  # weights: the thesis' setting
             fq = tq.quantize(f, tq.QConfig(weight=tq.FixedPoint(bits=bits, per_channel=True), activation=act))
@@ -105,11 +107,17 @@ def acas(args: argparse.Namespace) -> list[dict]:
                     row = {"network": name, "bits": bits, "delta": delta, "point": i, **_row(r)}
                     rows.append(row)
                     print(row, flush=True)
+    acas_table(rows, args.networks, args.bits, args.deltas)
+    return rows
+
+
+def acas_table(rows: list[dict], networks: list[str], bits_list: list[int], deltas: list[float]) -> None:
+    """The Markdown table of ACAS Xu verdicts (also for rows merged from several runs)."""
     print("\n| network | bits | delta | verdicts (EQ / NEQ / UNK) | decided by | max time (s) |")
     print("|---|---|---|---|---|---|")
-    for name in ACAS:
-        for bits in args.bits:
-            for delta in args.deltas:
+    for name in networks:
+        for bits in bits_list:
+            for delta in deltas:
                 sel = [r for r in rows if (r["network"], r["bits"], r["delta"]) == (name, bits, delta)]
                 counts = [
                     sum(r["verdict"] == v for r in sel) for v in ("EQUIVALENT", "NOT_EQUIVALENT", "UNKNOWN")
@@ -119,7 +127,6 @@ def acas(args: argparse.Namespace) -> list[dict]:
                     f"| {name} | {bits} | {delta} | {counts[0]} / {counts[1]} / {counts[2]} | {methods} | "
                     f"{max(r['seconds'] for r in sel):.1f} |"
                 )
-    return rows
 
 
 def main() -> None:
@@ -138,12 +145,15 @@ def main() -> None:
     a.add_argument("--bits", type=int, nargs="+", default=[8, 6])
     a.add_argument("--timeout", type=float, default=60.0)
     a.add_argument("--mode", choices=["weights", "full"], default="weights")
+    a.add_argument("--networks", nargs="+", choices=ACAS, default=list(ACAS))
     args = parser.parse_args()
     t0 = time.perf_counter()
     rows = mnist(args) if args.bench == "mnist" else acas(args)
     print(f"total {time.perf_counter() - t0:.0f} s")
     OUT.mkdir(exist_ok=True)
     name = args.bench if args.bench == "mnist" else f"acas_{args.mode}"
+    if args.bench == "acas" and args.networks != list(ACAS):
+        name += "_" + "_".join(args.networks)
     (OUT / f"verify_{name}.json").write_text(json.dumps(rows, indent=2))
 
 
