@@ -47,7 +47,7 @@ class QuerySolver:
         self.f_out = sorted({i for q in todo for i in q.f_out})
         self.q_out = sorted({i for q in todo for i in q.q_out})
         self._z3: tuple | None = None
-        self._guards: dict[str, z3.BoolRef] = {}
+        self._guards: dict[int, tuple[Query, z3.BoolRef]] = {}
         self._lp: tuple | None = None
 
     # ------------------------------------------------------------------ the shared encodings
@@ -122,10 +122,11 @@ class QuerySolver:
         left = deadline - time.perf_counter()
         if left <= 0:
             return "unknown", f"no decision within the timeout (z3 on {query.what})"
-        guard = self._guards.get(query.what)
-        if guard is None:  # each disjunct behind its own literal: no push/pop, which can take
-            guard = self._guards[query.what] = z3.Bool(f"disjunct{len(self._guards)}")  # minutes
+        if id(query) not in self._guards:  # each disjunct behind its own literal: no push/pop,
+            guard = z3.Bool(f"disjunct{len(self._guards)}")  # which can take minutes
             s.add(z3.Implies(guard, query.violated(y, yq)))
+            self._guards[id(query)] = (query, guard)  # the query kept alive: its id stays its own
+        guard = self._guards[id(query)][1]
         s.set("timeout", max(1, int(left * 1000)))
         self.stats["solver_calls"] += 1
         with Z3Deadline(s.ctx, deadline):  # z3's own timeout can be overrun by minutes
