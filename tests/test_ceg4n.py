@@ -111,7 +111,7 @@ def test_weights_mode_grids_and_independent_proof(iris):
     assert all_equivalent(f, r.fq, points, 0.05, seed=7)
     for name, b in zip(r.layers, r.bits, strict=True):
         q, lin = r.fq.get_submodule(name), f.get_submodule(name)
-        assert q.weight_quant.fmt.bits == b and q.out_quant is None and q.in_quant is None
+        assert q.weight_quant.fmt.bits == b and q.out_quant is None and r.fq.input_quant is None
         assert float(q.weight_codes().abs().max()) <= 2 ** (b - 1) - 1
         # the bias: b-bit codes times a power-of-two step, nearest to the float bias
         step = pow2_at_least(Fraction(float(lin.bias.detach().abs().max())) / (2 ** (b - 1) - 1))
@@ -131,10 +131,11 @@ def test_full_mode_formats_and_independent_proof(iris):
     assert r.status == "SQ"
     assert all_equivalent(f, r.fq, points, 0.02, seed=3)
     lin0, act, lin2 = r.fq[0], r.fq[1], r.fq[2]
-    assert lin0.in_quant.fmt.bits == 8 and lin0.in_quant.fmt.affine
+    assert r.fq.input_quant.fmt.bits == 8 and r.fq.input_quant.fmt.affine
     assert (lin0.weight_quant.fmt.bits, lin0.out_quant.fmt.bits, act.out_quant.fmt.bits) == (r.bits[0],) * 3
     assert (lin2.weight_quant.fmt.bits, lin2.out_quant.fmt.bits) == (r.bits[1],) * 2
-    assert lin2.input_source == "1"  # the accumulator grid of layer 2 follows the ReLU's format
+    # the accumulator grid of layer 2 follows the ReLU's format
+    assert r.fq.io(r.fq.node("2")).in_quants[0] is act.out_quant
 
 
 @pytest.mark.parametrize("mode", ["weights", "full"])
@@ -284,6 +285,6 @@ def test_bad_inputs(iris):
             return self.b(F.relu(self.a(x)))
 
     g = Functional()
-    with pytest.raises(QuantizationError, match="functional ones"):
-        quantize_bits(g, (4, 4), BitSearchConfig(mode="full"), xtr)
-    assert quantize_bits(g, (4, 4))(points).shape == (3, 3)  # weights mode: fine
+    full = quantize_bits(g, (4, 5), BitSearchConfig(mode="full"), xtr)  # F.relu is a node of the graph
+    assert (full.relu.out_quant.fmt.bits, full.b.out_quant.fmt.bits) == (4, 5)
+    assert quantize_bits(g, (4, 4))(points).shape == (3, 3)

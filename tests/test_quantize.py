@@ -51,13 +51,22 @@ def calibrated(model, cfg=CFG, shape=(3, 4), **kw):
     return qm
 
 
-def test_quantize_swaps_and_links_modules():
+def input_quant(qm, name):
+    """The quantizer that defines the grid of node ``name``'s (first) input (``None``: real)."""
+    return qm.io(qm.node(name)).in_quants[0]
+
+
+def test_quantize_builds_the_graph_and_keeps_module_names():
     model = mlp()
     qm = calibrated(model)
+    assert isinstance(qm, tq.QuantizedModel)
     assert isinstance(qm[1], tq.QuantLinear) and isinstance(qm[2], tq.QuantAct)
     assert isinstance(model[1], nn.Linear)  # the original is untouched
-    assert qm[1].input_source == "input" and qm[1].in_quant is not None
-    assert qm[2].input_source == "1" and qm[3].input_source == "2"
+    assert [n.name for n in qm.nodes] == ["input", "0", "1", "2", "3"]
+    # every edge knows its grid: Flatten keeps the input's, the others are their producers'
+    assert input_quant(qm, "1") is qm.input_quant is not None
+    assert input_quant(qm, "2") is qm[1].out_quant and input_quant(qm, "3") is qm[2].out_quant
+    assert "| 0 | Flatten | input |" in tq.summary(qm)
     x = torch.randn(5, 3, 4)
     y = qm.eval()(x)
     assert torch.equal(y, tq.reference_forward(qm, x))
@@ -72,19 +81,38 @@ def test_overrides_by_pattern():
     assert qm[1].weight_quant.fmt.bits == 4 and qm[3].weight_quant.fmt.bits == 8
     assert qm[3].weight_quant.step_num.numel() == 3  # per channel
     assert qm[2].out_quant is None  # kept in float
-    assert qm[3].input_source == ""  # its input (the float ReLU) is real-valued
+    assert input_quant(qm, "3") is None  # its input (the float ReLU) is real-valued
+    assert "real-valued (unrounded, as configured): 2" in repr(qm)
     x = torch.randn(4, 3, 4)
     assert torch.equal(qm.eval()(x), tq.reference_forward(qm, x))
 
 
 def test_override_for_missing_module_is_an_error():
-    with pytest.raises(tq.QuantizationError, match=r"match no module.*'1'"):
+    with pytest.raises(tq.QuantizationError, match=r"match no node.*'1'"):
         tq.quantize(mlp(), CFG, overrides={"fc9": None})
 
 
-def test_unsupported_layers_are_listed():
+class Unsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)).flatten(1)
+        return torch.softmax(y[:, :4], 1) + y[:, :4] @ self.w + torch.sort(y, 1).values[:, :4]
+
+
+def test_unsupported_calls_are_all_listed_up_front():
+    with pytest.raises(tq.UnsupportedModelError) as err:
+        tq.quantize(Unsupported(), CFG)
+    text = str(err.value)
+    assert "3 unsupported call(s)" in text  # matmul, softmax and sort; the folded BN is fine
+    assert "matmul (call_function matmul)" in text and "hold the weights in nn.Linear" in text
+    assert "softmax (call_function softmax)" in text and "outside the model" in text
+    assert "sort (call_function sort)" in text
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.LSTM(3, 3))
-    with pytest.raises(tq.QuantizationError, match=r"1 \(BatchNorm2d: fold.*2 \(LSTM"):
+    with pytest.raises(tq.UnsupportedModelError, match=r"(?s)1 unsupported call.*2 \(call_module LSTM\)"):
         tq.quantize(model, CFG)
 
 
@@ -123,13 +151,12 @@ def test_bad_config_types():
         tq.QConfig(weight=W4, weight_observer="median")
 
 
-def test_functional_activations_are_rewritten_with_fx():
+def test_functional_activations_are_operations_of_the_graph():
     model = FunctionalNet()
     qm = calibrated(model, shape=(6,))
-    assert isinstance(qm, torch.fx.GraphModule)
-    acts = [m for m in qm.modules() if isinstance(m, tq.QuantAct)]
-    assert sorted(a.act.name for a in acts) == ["relu", "sigmoid"]
-    assert qm.fc2.input_source.startswith("act_")
+    assert isinstance(qm.relu, tq.QuantAct) and isinstance(qm.sigmoid, tq.QuantAct)
+    assert (qm.relu.act.name, qm.sigmoid.act.name) == ("relu", "sigmoid")
+    assert input_quant(qm, "fc2") is qm.sigmoid.out_quant
     x = torch.randn(7, 6)
     assert torch.equal(qm.eval()(x), tq.reference_forward(qm, x))
 
@@ -143,21 +170,18 @@ def test_functional_layers_are_an_error():
         def forward(self, x):
             return F.linear(x, self.w)
 
-    with pytest.raises(tq.QuantizationError, match="functionally"):
+    with pytest.raises(tq.UnsupportedModelError, match=r"linear \(call_function linear\).*nn\.Linear"):
         tq.quantize(Bad(), CFG)
 
 
-def test_untraceable_model_warns_and_input_quantization_needs_fx():
-    with pytest.warns(UserWarning, match="could not trace"):
-        qm = tq.quantize(BranchyNet(), tq.QConfig(weight=W4, activation=A8))
-    assert isinstance(qm.fc, tq.QuantLinear)
-    with pytest.raises(tq.QuantizationError, match="traceable"):
-        tq.quantize(BranchyNet(), CFG)
+def test_untraceable_model_is_a_clear_error():
+    with pytest.raises(tq.QuantizationError, match=r"tracing BranchyNet failed.*traceable"):
+        tq.quantize(BranchyNet(), tq.QConfig(weight=W4, activation=A8))
 
 
 def test_single_module_model():
     qm = tq.quantize(nn.Linear(3, 2), CFG)
-    assert isinstance(qm, tq.QuantLinear)
+    assert isinstance(qm[0], tq.QuantLinear)
     tq.calibrate(qm, [torch.randn(8, 3)], progress=False)
     x = torch.randn(4, 3)
     assert torch.equal(qm.eval()(x), tq.reference_forward(qm, x))
@@ -178,7 +202,7 @@ def test_cnn_with_pooling():
         tq.QConfig(weight=tq.FixedPoint(bits=4, per_channel=True), activation=A8, input=A8),
         shape=(1, 6, 6),
     )
-    assert qm[3].input_source == "1"  # through the max pool
+    assert input_quant(qm, "3") is qm[1].out_quant  # through the max pool
     x = torch.randn(3, 1, 6, 6)
     assert torch.equal(qm.eval()(x), tq.reference_forward(qm, x))
 

@@ -195,7 +195,7 @@ def test_region_centres_are_input_grid_points_inside_the_domain() -> None:
     qm = tq.quantize(f, tq.QConfig(weight=fmt, activation=fmt, input=tq.FixedPoint(bits=2, signed=False)))
     x = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.99, 0.7]])
     tq.calibrate(qm, [x], progress=False)
-    (step,) = qm[0].in_quant.steps()
+    (step,) = qm.input_quant.steps()
     assert 3 * step > 1  # min-max step of [0, 1] rounded up: the top code lies outside the domain
     centres = region_centres(qm, x, (0.0, 1.0))
     codes = [Fraction(v) / step for v in centres.flatten().tolist()]

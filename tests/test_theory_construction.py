@@ -102,7 +102,7 @@ def test_network_semantics_are_the_papers():
             assert m.weight_quant.fmt == fmt and float(m.weight_codes().abs().max()) <= 2**p - 1
             codes = m.bias_codes([Fraction(1, s * s)] * m.out_features)  # accumulator grid 1/s^2
             assert all(c % s == 0 for c in codes.tolist())  # b in (1/s) Z
-    assert qm[0].in_quant.fmt == fmt
+    assert qm.input_quant.fmt == fmt
 
 
 def test_constant_function_is_one_affine_map():

@@ -1,18 +1,23 @@
 """torchqv: verified low-bit quantization for PyTorch.
 
-``quantize(model, QConfig(...))`` swaps in exact fixed-point modules, ``calibrate`` chooses the
-steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward`` the integer
-reference (paper 001 Eq. 7 semantics: one rounding after every affine map and activation).
+``quantize(model, QConfig(...))`` traces the model into a quantized graph, ``calibrate`` chooses
+the steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward`` the integer
+reference (paper 001 Eq. 7 semantics: one rounding after every operation that leaves the grid).
 """
 
+from .batchnorm import fold_batchnorm
 from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
 from .fake_quant import FakeQuantize, fake_quantize
 from .formats import Binary, FixedPoint, OverflowToGridError, QuantizationError, Ternary
-from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule
+from .graph import QuantizedModel, float_twin
 from .observers import ObserverConfig
-from .quantize import QConfig, calibrate, enable_observers, freeze, quantize
+from .ops.activation import QuantAct
+from .ops.affine import QuantAffine, QuantBatchNorm, QuantConv, QuantLinear
+from .qconfig import QConfig
+from .quantize import calibrate, enable_observers, freeze, quantize, summary
 from .reference import reference_forward
 from .rounding import RoundingReport, round_weights
+from .tracing import UnsupportedModelError
 from .verify import (
     BitSearchConfig,
     BitSearchResult,
@@ -33,17 +38,22 @@ __all__ = [
     "ParityReport",
     "QConfig",
     "QuantAct",
-    "QuantConv2d",
+    "QuantAffine",
+    "QuantBatchNorm",
+    "QuantConv",
     "QuantLinear",
-    "QuantModule",
     "QuantizationError",
+    "QuantizedModel",
     "RoundingReport",
     "Ternary",
+    "UnsupportedModelError",
     "calibrate",
     "check_onnx_parity",
     "enable_observers",
     "export_onnx",
     "fake_quantize",
+    "float_twin",
+    "fold_batchnorm",
     "freeze",
     "from_onnx",
     "load_onnx",
@@ -52,6 +62,7 @@ __all__ = [
     "reference_forward",
     "round_weights",
     "search_bits",
+    "summary",
     "verify_equivalence",
 ]
 __version__ = "0.1.0"

@@ -63,6 +63,11 @@ class Activation:
     mp: Callable[[mpmath.mpf], mpmath.mpf] | None = field(compare=False, default=None)
     lipschitz: float = 1.0
     piecewise_linear: bool = False
+    rational_everywhere: bool = False  # ``rational`` never returns None (piecewise rational)
+
+    def __reduce__(self) -> tuple:
+        """Pickle by name and parameters (the functions are rebuilt by the factory)."""
+        return (build, (self.name, self.params))
 
     def param(self, key: str) -> float:
         return dict(self.params)[key]
@@ -91,7 +96,16 @@ def round_activation(act: Activation, fmt: FixedPoint, x: Fraction, step: Fracti
 def _pwl(
     name: str, exact: Callable[[Fraction], Fraction], f: Callable, lip: float = 1.0, params: tuple = ()
 ) -> Activation:
-    return Activation(name, params, train_fn=f, f64=f, rational=exact, lipschitz=lip, piecewise_linear=True)
+    return Activation(
+        name,
+        params,
+        train_fn=f,
+        f64=f,
+        rational=exact,
+        lipschitz=lip,
+        piecewise_linear=True,
+        rational_everywhere=True,
+    )
 
 
 def _zero_at_zero(x: Fraction) -> Fraction | None:
@@ -127,6 +141,25 @@ def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
         lambda x: F.hardtanh(x, min_val, max_val),
         1.0,
         (("min_val", min_val), ("max_val", max_val)),
+    )
+
+
+def hardsigmoid() -> Activation:
+    """``relu6(x + 3) / 6`` (MobileNetV3)."""
+    return _pwl("hardsigmoid", lambda x: min(max(x + 3, Fraction(0)), Fraction(6)) / 6, F.hardsigmoid, 1 / 6)
+
+
+def hardswish() -> Activation:
+    """``x * relu6(x + 3) / 6`` (MobileNetV3): piecewise quadratic, rational everywhere."""
+    return Activation(
+        "hardswish",
+        (),
+        F.hardswish,
+        lambda x: x * torch.clamp(x + 3, 0, 6) / 6,
+        lambda x: x * min(max(x + 3, Fraction(0)), Fraction(6)) / 6,
+        None,
+        1.5,
+        rational_everywhere=True,
     )
 
 
@@ -239,9 +272,22 @@ def from_module(module: nn.Module) -> Activation | None:
         return mish()
     if isinstance(module, nn.Softplus):
         return softplus(module.beta)
-    if isinstance(module, nn.Identity):
+    if isinstance(module, nn.Identity):  # (a quantized graph treats nn.Identity as a no-op)
         return identity()
+    if isinstance(module, nn.Hardsigmoid):
+        return hardsigmoid()
+    if isinstance(module, nn.Hardswish):
+        return hardswish()
     return None
+
+
+def build(name: str, params: tuple[tuple[str, float], ...] = ()) -> Activation:
+    """The activation called ``name`` with these parameters (the inverse of pickling)."""
+    every = (relu, identity, leaky_relu, hardtanh, hardsigmoid, hardswish, sigmoid, tanh, elu, silu, gelu)
+    factories: dict[str, Callable[..., Activation]] = {f.__name__: f for f in (*every, mish, softplus)}
+    if name not in factories:
+        raise QuantizationError(f"unknown activation {name!r}")
+    return factories[name](**dict(params))
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, key: str, default: Any) -> Any:
@@ -266,9 +312,12 @@ FUNCTIONAL: dict[Any, Callable[[tuple, dict], Activation]] = {
     F.mish: lambda a, k: mish(),
     F.softplus: lambda a, k: softplus(_arg(a, k, 1, "beta", 1.0)),
     F.gelu: lambda a, k: gelu() if _arg(a, k, 1, "approximate", "none") == "none" else None,
+    F.hardsigmoid: lambda a, k: hardsigmoid(),
+    F.hardswish: lambda a, k: hardswish(),
 }
 METHODS: dict[str, Callable[[tuple, dict], Activation]] = {
     "relu": lambda a, k: relu(),
     "sigmoid": lambda a, k: sigmoid(),
     "tanh": lambda a, k: tanh(),
+    "relu_": lambda a, k: relu(),
 }

@@ -1,33 +1,35 @@
 """ONNX export of quantized models, and the parity check against onnxruntime.
 
-Two forms of the same network (paper 001 Eq. 7 semantics):
+The export interprets the quantized graph like every other executor: each operation emits its
+own nodes (``onnx_integer`` / ``onnx_qdq`` methods of :mod:`torchqv.ops`), helped by the
+:class:`Emitter` below.  Two forms of the same network (paper 001 Eq. 7 semantics):
 
-``form="integer"`` (default): the integer form.  Every tensor between layers holds integer codes
-(in float64, exact below 2^53).  Linear maps are double ``MatMul`` on codes, convolutions are
-``ConvInteger`` (int32 accumulators) or float32 ``Conv`` when the accumulator provably stays below
-2^24; biases are integer codes on the accumulator grid; requantization ``round(T * P / Q)`` is
-exact rational rounding built from ``Mod`` (``fmod`` is exact), so ties follow the format's rule;
-activations are lookup tables (``Gather``) of the exactly rounded activation over every input
-code, which makes sigmoid, GELU and the rest exact too.  Outputs are the float64 grid values,
-equal to the eval-mode simulation bit for bit.  Requirements, checked at export: every affine
-map's input is on a grid (quantize the network input), ``|T| * P < 2^53`` for the rational
-multipliers ``s_w s_x / s_out = P / Q`` (true for the observers' 8-significant-bit steps and for
-paper 001's ``1/s``), saturating formats, activation inputs of at most 16 bits.
+``form="integer"`` (default): every tensor between operations holds integer codes (in float64,
+exact below 2^53).  Linear maps are double ``MatMul`` on codes, convolutions ``ConvInteger`` (int32
+accumulators) or float32 ``Conv`` when the accumulator provably stays below 2^24; biases are
+integer codes on the accumulator grid; requantization ``round(N / D)`` is exact rational rounding
+built from ``Mod`` (``fmod`` is exact), so ties follow the format's rule; activations are lookup
+tables (``Gather``) of the exactly rounded activation over every input code; sums for averages
+are exact (a 0/1 pooling matrix or ``ReduceSum`` in float64); data movement is a ``Gather`` of
+its index map.  Outputs are the float64 grid values, equal to the eval-mode simulation bit for
+bit.  Requirements, checked at export: every operation's input is on a grid (quantize the
+network input), the integer combinations stay below 2^53, saturating formats, activation inputs
+of at most 16 bits.
 
 ``form="qdq"``: the interoperable QDQ form: ``QuantizeLinear``/``DequantizeLinear`` pairs (int8 or
-uint8 storage, per-channel weights on axis 0) around float32 ``MatMul``/``Conv``/activation ops.
-ONNX's QuantizeLinear rounds ties to even, so other rounding rules are emitted explicitly
-before it, and narrow or sub-8-bit ranges are kept by a ``Clip``.  It computes in float32 like
-any QDQ consumer, so it equals the simulation exactly when every step is a power of two, the
-activations are piecewise linear and the float32 accumulators stay below 2^24; otherwise
-``check_onnx_parity`` reports how many output steps apart they are.
+uint8 storage, per-channel weights on axis 0) around float32 operations.  ONNX's QuantizeLinear
+rounds ties to even, so other rounding rules are emitted explicitly before it, and narrow or
+sub-8-bit ranges are kept by a ``Clip``.  It computes in float32 like any QDQ consumer, so it is
+exact only in special cases (power-of-two steps, piecewise-linear activations, float32
+accumulators below 2^24); ``check_onnx_parity`` reports how many output steps apart it is.
 """
 
 from __future__ import annotations
 
 import math
-import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,12 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from torch import fx, nn
+from torch import nn
 
-from .activations import round_activation
-from .fake_quant import FakeQuantize
 from .formats import FixedPoint, QuantizationError, fraction_to_float, is_dyadic
-from .modules import QuantAct, QuantConv2d, QuantLinear, QuantModule, _QuantAffine
-from .quantize import _producer, trace
+from .graph import QNode, QuantizedModel
+from .grid import Grid, QTensor
+from .ops.base import NodeIO, Unsupported
 
 OPSET = 17
 EXACT_F64 = 2**53
@@ -49,20 +50,39 @@ EXACT_F32 = 2**24
 FORMS = ("integer", "qdq")
 
 
-def _int_dtype(codes: np.ndarray) -> Any:
+class ExportError(QuantizationError):
+    """The model cannot be written in the requested ONNX form (the message says why and what to do)."""
+
+
+def int_dtype(codes: np.ndarray) -> Any:
     big = float(np.abs(codes).max()) if codes.size else 0.0
     return np.int8 if big <= 127 else np.int16 if big <= 32767 else np.int32
 
 
 @dataclass
-class _Val:
-    """An ONNX value: integer codes on ``grid`` (float64 tensor) or real numbers."""
+class OVal:
+    """An ONNX value: its name, the grid of its codes (integer form) or values (QDQ form), and
+    its shape on the example input (batch first), for shape arithmetic and index maps."""
 
     name: str
-    grid: FakeQuantize | None = None
+    grid: Grid | None
+    example_shape: tuple[int, ...]
+    constant: torch.Tensor | None = None  # the exact values of a constant tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.example_shape)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.example_shape)
 
 
-class _Graph:
+class OnnxGraph:
+    """Nodes and initializers under construction (identical constants are shared)."""
+
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -74,7 +94,6 @@ class _Graph:
         return f"{hint}_{self._n}"
 
     def const(self, value: Any, hint: str = "c", dtype: Any = np.float64) -> str:
-        """An initializer (identical constants are shared)."""
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._consts:
@@ -88,334 +107,231 @@ class _Graph:
         return out
 
 
-# --------------------------------------------------------------------- rounding
-def _round_ratio(g: _Graph, n: str, den: str, fmt: FixedPoint) -> str:
-    """Exact ``round(n / den)`` with the format's rule (``den > 0`` per element; float64 ops).
+class Emitter:
+    """What operations use to emit themselves: the graph, the form, example shapes and the
+    exact rounding/requantization building blocks."""
 
-    ``fmod`` is exact, so ``q0 = (n - r) / den`` with the floor remainder ``r`` is exact, and the
-    rounding decision compares ``2 r`` with ``den`` exactly.
-    """
-    zero = g.const(0.0)
-    if fmt.binary:
-        thr = den if fmt.rounding == "floor" else zero
-        return g.op("Where", [g.op("GreaterOrEqual", [n, thr]), g.const(1.0), g.const(-1.0)], "bin")
-    r = g.op("Mod", [n, den], fmod=1)
-    r = g.op("Add", [r, g.op("Mul", [den, g.op("Cast", [g.op("Less", [r, zero])], to=TensorProto.DOUBLE)])])
-    q0 = g.op("Div", [g.op("Sub", [n, r]), den], "q0")
-    if fmt.rounding == "floor":
-        return q0
-    two = g.const(2.0)
-    twice = g.op("Mul", [r, two])
-    above = g.op("Greater", [twice, den])
-    tie = g.op("Equal", [twice, den])
-    if fmt.rounding == "half_away":
-        tie_up = g.op("GreaterOrEqual", [n, zero])
-    else:  # half_even: up when q0 is odd
-        tie_up = g.op("Not", [g.op("Equal", [g.op("Mod", [q0, two], fmod=1), zero])])
-    up = g.op("Or", [above, g.op("And", [tie, tie_up])])
-    return g.op("Add", [q0, g.op("Cast", [up], to=TensorProto.DOUBLE)], "k")
+    def __init__(self, form: str, shapes: dict[str, Any]):
+        self.form = form
+        self.g = OnnxGraph()
+        self.shapes = shapes
 
+    # ------------------------------------------------------------ values
+    def value(self, io: NodeIO, name: str, grid: Grid | None, constant: torch.Tensor | None = None) -> OVal:
+        return OVal(name, grid, tuple(self.shapes[io.name]), constant)
 
-def _round_float(g: _Graph, t: str, fmt: FixedPoint) -> str:
-    """``FixedPoint.round_tensor`` with ONNX ops on an already computed ratio (QDQ form)."""
-    if fmt.binary:
-        thr = g.const(1.0 if fmt.rounding == "floor" else 0.0, dtype=np.float32)
-        return g.op(
-            "Where",
-            [
-                g.op("GreaterOrEqual", [t, thr]),
-                g.const(1.0, dtype=np.float32),
-                g.const(-1.0, dtype=np.float32),
-            ],
+    @staticmethod
+    def check_format(grid: Grid, where: str) -> None:
+        if grid.fmt.overflow == "raise":
+            raise ExportError(f"{where}: overflow='raise' has no ONNX equivalent; export needs 'saturate'")
+
+    @staticmethod
+    def need_grid(v: Any, where: str) -> OVal:
+        if not isinstance(v, OVal) or v.grid is None:
+            raise ExportError(
+                f"{where}: the integer form needs this operation's input on a grid; quantize the network "
+                "input (QConfig.input) and give every operation an output format, or export form='qdq'"
+            )
+        return v
+
+    # ------------------------------------------------------------ integer form: exact rounding
+    def round_ratio(self, n: str, den: str, fmt: FixedPoint) -> str:
+        """Exact ``round(n / den)`` with the format's rule (``den > 0`` per element; float64
+        ops): ``fmod`` is exact, so ``q0 = (n - r) / den`` with the floor remainder ``r`` is
+        exact, and the rounding decision compares ``2 r`` with ``den`` exactly."""
+        g = self.g
+        zero = g.const(0.0)
+        if fmt.binary:
+            thr = den if fmt.rounding == "floor" else zero
+            return g.op("Where", [g.op("GreaterOrEqual", [n, thr]), g.const(1.0), g.const(-1.0)], "bin")
+        r = g.op("Mod", [n, den], fmod=1)
+        r = g.op(
+            "Add", [r, g.op("Mul", [den, g.op("Cast", [g.op("Less", [r, zero])], to=TensorProto.DOUBLE)])]
         )
-    if fmt.rounding == "half_even":
-        return g.op("Round", [t])
-    if fmt.rounding == "floor":
-        return g.op("Floor", [t])
-    mag = g.op("Abs", [t])
-    whole = g.op("Floor", [mag])
-    half = g.op("GreaterOrEqual", [g.op("Sub", [mag, whole]), g.const(0.5, dtype=np.float32)])
-    whole = g.op("Add", [whole, g.op("Cast", [half], to=TensorProto.FLOAT)])
-    return g.op("Mul", [whole, g.op("Sign", [t])])
+        q0 = g.op("Div", [g.op("Sub", [n, r]), den], "q0")
+        if fmt.rounding == "floor":
+            return q0
+        two = g.const(2.0)
+        twice = g.op("Mul", [r, two])
+        above = g.op("Greater", [twice, den])
+        tie = g.op("Equal", [twice, den])
+        if fmt.rounding == "half_away":
+            tie_up = g.op("GreaterOrEqual", [n, zero])
+        else:  # half_even: up when q0 is odd
+            tie_up = g.op("Not", [g.op("Equal", [g.op("Mod", [q0, two], fmod=1), zero])])
+        up = g.op("Or", [above, g.op("And", [tie, tie_up])])
+        return g.op("Add", [q0, g.op("Cast", [up], to=TensorProto.DOUBLE)], "k")
 
-
-def _clip(g: _Graph, x: str, q: FakeQuantize, dtype: Any = np.float64) -> str:
-    kmin, kmax = q.code_range()
-    return g.op("Clip", [x, g.const(float(kmin), dtype=dtype), g.const(float(kmax), dtype=dtype)])
-
-
-def _check_format(q: FakeQuantize) -> None:
-    if q.fmt.overflow == "raise":
-        raise QuantizationError(
-            f"{q.qname}: overflow='raise' has no ONNX equivalent; export needs 'saturate'"
-        )
-
-
-# ------------------------------------------------------------------ integer form
-class _IntegerForm:
-    """Emits the integer form (see module docstring)."""
-
-    def __init__(self, g: _Graph):
-        self.g = g
-
-    def quantize_real(self, x: _Val, q: FakeQuantize) -> _Val:
-        """Codes of real values: ``round(x / (P/Q)) = round(x Q / P)``, exact."""
-        _check_format(q)
-        step = q.steps()[0]
-        if step.denominator >= 2**29 or step.numerator >= EXACT_F64:
-            raise QuantizationError(f"{q.qname}: step {step} is too fine for exact float64 quantization")
-        n = self.g.op("Mul", [x.name, self.g.const(float(step.denominator))])
-        k = _round_ratio(self.g, n, self.g.const(float(step.numerator)), q.fmt)
-        return _Val(_clip(self.g, k, q), q)
-
-    def affine(self, m: _QuantAffine, x: _Val) -> _Val:
-        g = self.g
-        if x.grid is None:
-            raise QuantizationError(
-                f"{m.qname}: the integer form needs this layer's input on a grid; quantize the "
-                "network input (QConfig.input) or use form='qdq'"
-            )
-        if m.weight_quant is None and not m.frozen:
-            raise QuantizationError(f"{m.qname}: the integer form needs quantized weights (QConfig.weight)")
-        sx = x.grid.steps()[0]
-        kw = m.weight_codes().numpy()
-        scale = [s * sx for s in m.weight_steps()]
-        bias = m.bias_codes(scale)
-        conv = isinstance(m, QuantConv2d)
-        ch = [1, -1, 1, 1] if conv else [-1]
-        kx_max = max(abs(v) for v in x.grid.code_range())
-        bmax = float(bias.abs().max()) if bias is not None else 0.0
-        t_max = kw[0].size * float(np.abs(kw).max()) * kx_max + bmax
-        if conv:
-            acc = self._conv(m, x, kw, t_max)
-        else:  # integer initializer (small file), cast to float64 (exact) for MatMul
-            wt = g.op("Cast", [g.const(kw.T, dtype=_int_dtype(kw))], to=TensorProto.DOUBLE)
-            acc = g.op("MatMul", [x.name, wt])
-        if bias is not None:
-            acc = g.op("Add", [acc, g.const(bias.numpy().reshape(ch))])
-        if m.out_quant is None:
-            raise QuantizationError(
-                f"{m.qname}: the integer form needs an output format (QConfig.activation)"
-            )
-        _check_format(m.out_quant)
-        so = m.out_quant.steps()[0]
-        mult = [s / so for s in scale]
-        p_max = max(f.numerator for f in mult)
-        if t_max * p_max >= EXACT_F64 or max(f.denominator for f in mult) >= EXACT_F64:
-            raise QuantizationError(
-                f"{m.qname}: requantization multipliers s_w*s_x/s_out need |T|*P < 2^53 for exact "
-                f"integer arithmetic (here |T| <= {t_max:.3g}, P <= {p_max}); use steps with few "
-                "significant bits (the observers' default) or power-of-two steps"
-            )
-        num = g.const(np.array([float(f.numerator) for f in mult]).reshape(ch))
-        den = g.const(np.array([float(f.denominator) for f in mult]).reshape(ch))
-        k = _round_ratio(g, g.op("Mul", [acc, num]), den, m.out_quant.fmt)
-        return _Val(_clip(g, k, m.out_quant), m.out_quant)
-
-    def _conv(self, m: QuantConv2d, x: _Val, kw: np.ndarray, t_max: float) -> str:
-        g = self.g
-        attrs = {
-            "strides": list(m.stride),
-            "pads": [m.padding[0], m.padding[1], m.padding[0], m.padding[1]],
-            "dilations": list(m.dilation),
-            "group": m.groups,
-        }
-        kmin_x, kmax_x = x.grid.code_range()
-        if kmax_x - kmin_x <= 255 and float(np.abs(kw).max()) <= 127:
-            # ConvInteger: uint8 codes shifted by -kmin, int8 weights, exact int32 accumulators
-            # every grid holds 0, so kmin <= 0 and the shifted zero point -kmin is in [0, 255]
-            xu = g.op("Cast", [g.op("Sub", [x.name, g.const(float(kmin_x))])], to=TensorProto.UINT8)
-            zp = g.const(-kmin_x, dtype=np.uint8)
-            out = g.op(
-                "ConvInteger",
-                [xu, g.const(kw, dtype=np.int8), zp, g.const(np.int8(0), dtype=np.int8)],
-                **attrs,
-            )
-            return g.op("Cast", [out], to=TensorProto.DOUBLE)
-        if t_max >= EXACT_F32:
-            raise QuantizationError(
-                f"{m.qname}: codes wider than 8 bits with accumulators up to {t_max:.3g} >= 2^24 have "
-                "no exact ONNX convolution (ConvInteger is 8-bit, Conv float32)"
-            )
-        xf = g.op("Cast", [x.name], to=TensorProto.FLOAT)
-        out = g.op("Conv", [xf, g.const(kw, dtype=np.float32)], **attrs)
-        return g.op("Cast", [out], to=TensorProto.DOUBLE)
-
-    def act(self, m: QuantAct, x: _Val) -> _Val:
-        g = self.g
-        if m.out_quant is None or x.grid is None:
-            raise QuantizationError(
-                f"{m.qname}: the integer form needs the activation's input and output on grids"
-            )
-        _check_format(m.out_quant)
-        kmin, kmax = x.grid.code_range()
-        if kmax - kmin >= 2**16:
-            raise QuantizationError(f"{m.qname}: activation lookup tables are limited to 16-bit inputs")
-        s_in, s_out, out = x.grid.steps()[0], m.out_quant.steps()[0], m.out_quant
-        table = [
-            out.fmt.saturate_exact(round_activation(m.act, out.fmt, k * s_in, s_out), out.zp)
-            for k in range(kmin, kmax + 1)
-        ]
-        idx = g.op("Cast", [g.op("Sub", [x.name, g.const(float(kmin))])], to=TensorProto.INT64)
-        return _Val(g.op("Gather", [g.const(np.array(table, dtype=np.float64)), idx], "act"), out)
-
-    def output(self, v: _Val) -> str:
-        if v.grid is None:
-            return v.name
-        step = v.grid.steps()[0]
-        if is_dyadic(step):
-            return self.g.op("Mul", [v.name, self.g.const(fraction_to_float(step))], "y")
+    def clip(self, x: str, grid: Grid, dtype: Any = np.float64) -> str:
+        kmin, kmax = grid.code_range
         return self.g.op(
-            "Div",
-            [
-                self.g.op("Mul", [v.name, self.g.const(float(step.numerator))]),
-                self.g.const(float(step.denominator)),
-            ],
-            "y",
+            "Clip", [x, self.g.const(float(kmin), dtype=dtype), self.g.const(float(kmax), dtype=dtype)]
         )
 
-    def input(self, name: str) -> _Val:
-        return _Val(self.g.op("Cast", [name], to=TensorProto.DOUBLE, hint="x64"))
-
-    def maxpool(self, v: _Val, **attrs: Any) -> _Val:
-        return _Val(self.g.op("MaxPool", [v.name], **attrs), v.grid)
-
-    def avgpool(self, v: _Val, op: str, **attrs: Any) -> _Val:
-        raise QuantizationError(
-            "average pooling leaves the grid, so the next layer's input has no integer codes; "
-            "export with form='qdq' (or use max pooling)"
-        )
-
-
-# --------------------------------------------------------------------- QDQ form
-class _QDQForm:
-    """Emits the QDQ form (see module docstring): float32 values between Q/DQ pairs."""
-
-    def __init__(self, g: _Graph):
-        self.g = g
-
-    def _storage(self, q: FakeQuantize) -> tuple[Any, int]:
-        kmin, kmax = q.code_range()
-        zp = q.zp
-        lo, hi = kmin + zp, kmax + zp
-        if -128 <= lo and hi <= 127:
-            return np.int8, zp
-        if 0 <= lo and hi <= 255:
-            return np.uint8, zp
-        raise QuantizationError(f"{q.qname}: the QDQ form stores 8-bit codes; {q.fmt.describe()} is wider")
-
-    def fake_quant(self, x: str, q: FakeQuantize) -> str:
-        """QuantizeLinear/DequantizeLinear with the format's rounding and range."""
-        _check_format(q)
+    def requantize(
+        self,
+        terms: Sequence[tuple[str, Sequence[Fraction], int]],
+        out: Grid,
+        where: str,
+        channel_shape: list[int] | None = None,
+        const: Sequence[Fraction] | np.ndarray | None = None,
+    ) -> str:
+        """Saturated codes of ``t = sum_i k_i r_i + c`` (the integer form of
+        :func:`torchqv.grid.requantize`): ``N = sum_i k_i (r_i L) + c L`` over the common
+        denominator ``L`` (per channel along ``channel_shape``), exact in float64 while
+        ``sum_i max|k_i| |r_i L| + |c L| < 2^53`` (``terms`` carry that bound of ``|k_i|``)."""
+        self.check_format(out, where)
         g = self.g
-        dtype, zp = self._storage(q)
-        s = g.const(np.float32(fraction_to_float(q.steps()[0])), dtype=np.float32)
-        if q.fmt.rounding != "half_even" or q.fmt.binary:  # round explicitly, then Q is exact
-            k = _clip(g, _round_float(g, g.op("Div", [x, s]), q.fmt), q, np.float32)
+        rows = [list(r) for _, r, _ in terms]
+        consts = None if const is None else np.asarray(const, dtype=object)
+        channels = max(len(r) for r in rows)
+        extra = math.lcm(*(v.denominator for v in consts.flat)) if consts is not None and consts.size else 1
+        common = [
+            math.lcm(extra, *(r[ch if len(r) > 1 else 0].denominator for r in rows)) for ch in range(channels)
+        ]
+        shape = channel_shape if channels > 1 else [1]
+        bound = 0
+        num = None
+        for (name, _, kmax), r in zip(terms, rows, strict=True):
+            ints = [int(r[ch if len(r) > 1 else 0] * common[ch]) for ch in range(channels)]
+            bound += kmax * max(abs(v) for v in ints)
+            part = g.op("Mul", [name, g.const(np.array(ints, dtype=np.float64).reshape(shape))])
+            num = part if num is None else g.op("Add", [num, part])
+        if consts is not None:
+            c_ints = np.vectorize(lambda v: int(v * common[0]), otypes=[object])(consts)
+            bound += max((abs(int(v)) for v in c_ints.flat), default=0)
+            num = g.op("Add", [num, g.const(c_ints.astype(np.float64))])
+        if bound >= EXACT_F64 or max(common) >= EXACT_F64:
+            raise ExportError(
+                f"{where}: requantization needs integers up to {bound:.3g} >= 2^53, beyond exact float64 "
+                "arithmetic; use steps with few significant bits (the observers' default) or power-of-two "
+                "steps"
+            )
+        den = g.const(np.array(common, dtype=np.float64).reshape(shape))
+        return self.clip(self.round_ratio(num, den, out.fmt), out)  # type: ignore[arg-type]
+
+    def quantize_real(self, x: str, grid: Grid, where: str) -> str:
+        """Codes of real values: ``round(x / (P/Q)) = round(x Q / P)``, exact for float32 ``x``."""
+        self.check_format(grid, where)
+        step = grid.step
+        if step.denominator >= 2**29 or step.numerator >= EXACT_F64:
+            raise ExportError(f"{where}: step {step} is too fine for exact float64 quantization")
+        n = self.g.op("Mul", [x, self.g.const(float(step.denominator))])
+        k = self.round_ratio(n, self.g.const(float(step.numerator)), grid.fmt)
+        return self.clip(k, grid)
+
+    def values(self, codes: str, grid: Grid) -> str:
+        """The float64 values of codes (the double nearest to ``k * step``)."""
+        step = grid.step
+        if is_dyadic(step):
+            return self.g.op("Mul", [codes, self.g.const(fraction_to_float(step))], "y")
+        num = self.g.op("Mul", [codes, self.g.const(float(step.numerator))])
+        return self.g.op("Div", [num, self.g.const(float(step.denominator))], "y")
+
+    # ------------------------------------------------------------ QDQ form
+    @staticmethod
+    def storage(grid: Grid, where: str) -> Any:
+        kmin, kmax = grid.code_range
+        lo, hi = kmin + grid.zp, kmax + grid.zp
+        if -128 <= lo and hi <= 127:
+            return np.int8
+        if 0 <= lo and hi <= 255:
+            return np.uint8
+        raise ExportError(f"{where}: the QDQ form stores 8-bit codes; {grid.fmt.describe()} is wider")
+
+    def round_float(self, t: str, fmt: FixedPoint) -> str:
+        """``FixedPoint.round_tensor`` with ONNX ops on a float32 ratio (QDQ form)."""
+        g = self.g
+        f32 = np.float32
+        if fmt.binary:
+            thr = g.const(1.0 if fmt.rounding == "floor" else 0.0, dtype=f32)
+            return g.op(
+                "Where", [g.op("GreaterOrEqual", [t, thr]), g.const(1.0, dtype=f32), g.const(-1.0, dtype=f32)]
+            )
+        if fmt.rounding == "half_even":
+            return g.op("Round", [t])
+        if fmt.rounding == "floor":
+            return g.op("Floor", [t])
+        mag = g.op("Abs", [t])
+        whole = g.op("Floor", [mag])
+        half = g.op("GreaterOrEqual", [g.op("Sub", [mag, whole]), g.const(0.5, dtype=f32)])
+        whole = g.op("Add", [whole, g.op("Cast", [half], to=TensorProto.FLOAT)])
+        return g.op("Mul", [whole, g.op("Sign", [t])])
+
+    def fake_quant(self, x: str, grid: Grid, where: str) -> str:
+        """QuantizeLinear/DequantizeLinear with the format's rounding and range."""
+        self.check_format(grid, where)
+        g = self.g
+        dtype = self.storage(grid, where)
+        s = g.const(np.float32(fraction_to_float(grid.step)), dtype=np.float32)
+        kmin, kmax = grid.code_range
+        if grid.fmt.rounding != "half_even" or grid.fmt.binary:  # round explicitly, then Q is exact
+            k = self.clip(self.round_float(g.op("Div", [x, s]), grid.fmt), grid, np.float32)
             x = g.op("Mul", [k, s])
         else:
-            kmin, kmax = q.code_range()
-            x = g.op(
-                "Clip",
-                [
-                    x,
-                    g.op("Mul", [g.const(float(kmin), dtype=np.float32), s]),
-                    g.op("Mul", [g.const(float(kmax), dtype=np.float32), s]),
-                ],
-            )
-        zpc = g.const(np.array(zp, dtype=dtype), dtype=dtype)
+            lo = g.op("Mul", [g.const(float(kmin), dtype=np.float32), s])
+            x = g.op("Clip", [x, lo, g.op("Mul", [g.const(float(kmax), dtype=np.float32), s])])
+        zpc = g.const(np.array(grid.zp, dtype=dtype), dtype=dtype)
         return g.op("DequantizeLinear", [g.op("QuantizeLinear", [x, s, zpc], "q"), s, zpc], "dq")
 
-    def quantize_real(self, x: _Val, q: FakeQuantize) -> _Val:
-        return _Val(self.fake_quant(x.name, q), q)
-
-    def affine(self, m: _QuantAffine, x: _Val) -> _Val:
+    # ------------------------------------------------------------ data movement
+    def gather(self, x: OVal, index: torch.Tensor, io: NodeIO) -> OVal:
+        """``x`` moved by a per-sample index map (computed on the example batch)."""
+        per_in = int(np.prod(x.example_shape[1:]))
+        batch = x.example_shape[0]
+        out_shape = tuple(index.shape)
+        flat = index.reshape(out_shape[0] if index.dim() else 1, -1) if index.dim() else index.reshape(1, 1)
+        if (
+            index.dim() == 0
+            or out_shape[0] != batch
+            or not bool((flat - flat[:1] == (torch.arange(batch) * per_in).unsqueeze(1)).all())
+        ):
+            raise ExportError(
+                f"{io.name}: this reshape or indexing mixes samples of the batch; ONNX export "
+                "keeps the batch dimension dynamic"
+            )
         g = self.g
-        if m.weight_quant is not None or m.frozen:
-            kw = m.weight_codes().numpy()
-            if np.abs(kw).max() > 127:
-                raise QuantizationError(f"{m.qname}: the QDQ form stores 8-bit weights")
-            steps = np.array([fraction_to_float(f) for f in m.weight_steps()], dtype=np.float32)
-            w = g.op(
-                "DequantizeLinear",
-                [
-                    g.const(kw, dtype=np.int8),
-                    g.const(steps, dtype=np.float32),
-                    g.const(np.zeros(len(steps)), dtype=np.int8),
-                ],
-                "w",
-                axis=0,
-            )
-        else:
-            w = g.const(m.weight.detach().numpy(), dtype=np.float32)
-        conv = isinstance(m, QuantConv2d)
-        ch = [1, -1, 1, 1] if conv else [-1]
-        if x.grid is not None and (m.weight_quant is not None or m.frozen):
-            scale = [s * x.grid.steps()[0] for s in m.weight_steps()]
-            codes = m.bias_codes(scale)
-            bias = (
-                None
-                if codes is None
-                else (codes * torch.tensor([float(f) for f in scale], dtype=torch.float64)).numpy()
-            )
-        else:
-            bias = None if m.bias is None else m.bias.detach().double().numpy()
-        if conv:
-            attrs = {
-                "strides": list(m.stride),
-                "dilations": list(m.dilation),
-                "group": m.groups,
-                "pads": [m.padding[0], m.padding[1], m.padding[0], m.padding[1]],
-            }
-            y = g.op("Conv", [x.name, w], **attrs)
-        else:
-            y = g.op("Gemm", [x.name, w], transB=1)
-        if bias is not None:
-            y = g.op("Add", [y, g.const(bias.reshape(ch), dtype=np.float32)])
-        if m.out_quant is None:
-            return _Val(y)
-        return _Val(self.fake_quant(y, m.out_quant), m.out_quant)
-
-    def act(self, m: QuantAct, x: _Val) -> _Val:
-        g, a = self.g, m.act
-        ops = {
-            "relu": lambda v: g.op("Relu", [v]),
-            "identity": lambda v: v,
-            "sigmoid": lambda v: g.op("Sigmoid", [v]),
-            "tanh": lambda v: g.op("Tanh", [v]),
-            "leaky_relu": lambda v: g.op("LeakyRelu", [v], alpha=a.param("negative_slope")),
-            "elu": lambda v: g.op("Elu", [v], alpha=a.param("alpha")),
-            "hardtanh": lambda v: g.op(
-                "Clip",
-                [
-                    v,
-                    g.const(np.float32(a.param("min_val")), dtype=np.float32),
-                    g.const(np.float32(a.param("max_val")), dtype=np.float32),
-                ],
-            ),
-        }
-        if a.name not in ops:
-            raise QuantizationError(f"{m.qname}: {a.name} has no QDQ export; use form='integer'")
-        y = ops[a.name](x.name)
-        return _Val(self.fake_quant(y, m.out_quant), m.out_quant) if m.out_quant is not None else _Val(y)
-
-    def output(self, v: _Val) -> str:
-        return self.g.op("Cast", [v.name], to=TensorProto.DOUBLE, hint="y")
-
-    def input(self, name: str) -> _Val:
-        return _Val(name)
-
-    def maxpool(self, v: _Val, **attrs: Any) -> _Val:
-        return _Val(self.g.op("MaxPool", [v.name], **attrs), v.grid)
-
-    def avgpool(self, v: _Val, op: str, **attrs: Any) -> _Val:
-        """Average pooling in float32 (its output is a real number, as in the simulation)."""
-        return _Val(self.g.op(op, [v.name], **attrs))
+        rows = g.op("Reshape", [x.name, g.const(np.array([0, -1], dtype=np.int64), dtype=np.int64)])
+        first = flat[0]
+        if first.numel() != per_in or not bool((first == torch.arange(per_in)).all()):
+            rows = g.op("Gather", [rows, g.const(first.numpy().astype(np.int64), dtype=np.int64)], axis=1)
+        target = np.array([-1, *out_shape[1:]], dtype=np.int64)
+        return OVal(g.op("Reshape", [rows, g.const(target, dtype=np.int64)]), x.grid, out_shape)
 
 
 # ------------------------------------------------------------------------ export
-def _pair(v: Any) -> list[int]:
-    return list(v) if isinstance(v, tuple) else [v, v]
+def _graph_of(model: nn.Module) -> QuantizedModel:
+    if isinstance(model, QuantizedModel):
+        return model
+    raise ExportError(f"export expects a model returned by torchqv.quantize, got {type(model).__name__}")
+
+
+def _example_shapes(qm: QuantizedModel, x: torch.Tensor) -> dict[str, Any]:
+    """Every node's value shape on the example input (batch of at least two, so that index maps
+    show how samples move)."""
+    shapes: dict[str, Any] = {}
+
+    def shape_of(v: Any) -> Any:
+        if isinstance(v, QTensor):
+            return tuple(v.codes.shape)
+        if isinstance(v, torch.Tensor):
+            return tuple(v.shape)
+        if isinstance(v, (tuple, list)):
+            return tuple(shape_of(i) for i in v)
+        return None
+
+    def keep(node: QNode, value: Any) -> None:
+        shapes[node.name] = shape_of(value)
+
+    batch = x if x.shape[0] >= 2 else torch.cat([x, x])
+    was = qm.training
+    qm.eval()
+    try:
+        with torch.no_grad():
+            qm.run((batch.float(),), lambda op, a, k, io: op.exact(a, k, io), keep=keep)
+    finally:
+        qm.train(was)
+    return shapes
 
 
 def export_onnx(
@@ -431,84 +347,32 @@ def export_onnx(
     output ``y`` is float64.  See the module docstring for the two forms.
     """
     if form not in FORMS:
-        raise QuantizationError(f"form must be one of {FORMS}, got {form!r}")
-    g = _Graph()
-    emit = _IntegerForm(g) if form == "integer" else _QDQForm(g)
-    gm = trace(qmodel) if not isinstance(qmodel, QuantModule) else None
-    env: dict[str, Any] = {}
-    out_val: _Val | None = None
+        raise ExportError(f"form must be one of {FORMS}, got {form!r}")
+    qm = _graph_of(qmodel)
+    em = Emitter(form, _example_shapes(qm, example_input))
+    method = f"onnx_{form}"
+    x_in = OVal("x", None, tuple(em.shapes[next(n.name for n in qm.nodes if n.is_input)]))
 
-    def run_module(mod: nn.Module, v: _Val) -> _Val:
-        if isinstance(mod, QuantModule) and mod.in_quant is not None:
-            v = emit.quantize_real(v, mod.in_quant)
-        if isinstance(mod, (QuantLinear, QuantConv2d)):
-            return emit.affine(mod, v)
-        if isinstance(mod, QuantAct):
-            return emit.act(mod, v)
-        if isinstance(mod, nn.Flatten):
-            return _flatten(v, mod.start_dim, mod.end_dim)
-        if isinstance(mod, (nn.Dropout, nn.Identity)):
-            return v
-        if isinstance(mod, nn.MaxPool2d):
-            if mod.ceil_mode or mod.return_indices:
-                raise QuantizationError("MaxPool2d(ceil_mode/return_indices) is not exported")
-            k, s, p, d = (
-                _pair(mod.kernel_size),
-                _pair(mod.stride or mod.kernel_size),
-                _pair(mod.padding),
-                _pair(mod.dilation),
-            )
-            return emit.maxpool(v, kernel_shape=k, strides=s, pads=p + p, dilations=d)
-        if isinstance(mod, nn.AvgPool2d) and not mod.ceil_mode and mod.count_include_pad:
-            k, s, p = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding)
-            return emit.avgpool(v, "AveragePool", kernel_shape=k, strides=s, pads=p + p)
-        if isinstance(mod, nn.AdaptiveAvgPool2d) and _pair(mod.output_size) == [1, 1]:
-            return emit.avgpool(v, "GlobalAveragePool")
-        raise QuantizationError(f"export_onnx: unsupported module {type(mod).__name__}")
+    def emit(op: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        try:
+            return getattr(op, method)(em, args, kwargs, io)
+        except Unsupported as exc:
+            raise ExportError(str(exc)) from None
 
-    def _flatten(v: _Val, start: int, end: int) -> _Val:
-        if end != -1:
-            raise QuantizationError("export_onnx: flatten with end_dim != -1 is not supported")
-        return _Val(g.op("Flatten", [v.name], axis=start), v.grid)
-
-    x_in = emit.input("x")
-    if gm is None:
-        out_val = run_module(qmodel, x_in)
+    out = qm.run((x_in,), emit)
+    if not isinstance(out, OVal):
+        raise ExportError("export_onnx supports models with a single tensor output")
+    if form == "integer":
+        y = em.values(out.name, out.grid) if out.grid is not None else out.name
     else:
-        for node in gm.graph.nodes:
-            args = fx.node.map_arg(node.args, lambda n: env[n.name])
-            if node.op == "placeholder":
-                env[node.name] = x_in
-            elif node.op == "call_module":
-                env[node.name] = run_module(qmodel.get_submodule(node.target), args[0])
-            elif node.op == "call_function" and node.target is torch.flatten:
-                env[node.name] = _flatten(args[0], *(list(args[1:]) + [1, -1][len(args) - 1 :]))
-            elif node.op == "call_method" and node.target == "flatten":
-                env[node.name] = _flatten(args[0], *(list(args[1:]) + [0, -1][len(args) - 1 :]))
-            elif node.op == "call_method" and node.target in ("view", "reshape"):
-                dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
-                shape = [0 if isinstance(d, tuple) else int(d) for d in dims]
-                env[node.name] = _Val(
-                    g.op("Reshape", [args[0].name, g.const(shape, dtype=np.int64)]), args[0].grid
-                )
-            elif node.op == "call_method" and node.target == "size":
-                env[node.name] = (0,)  # a batch-size placeholder: Reshape's 0 copies the dimension
-            elif (
-                node.op == "call_function" and node.target is operator.getitem and isinstance(args[0], tuple)
-            ):
-                env[node.name] = args[0]
-            elif node.op == "output":
-                out_val = args[0]
-            else:
-                raise QuantizationError(f"export_onnx: unsupported operation {node.op} {node.target}")
-    y = emit.output(out_val)
+        y = em.g.op("Cast", [out.name], to=TensorProto.DOUBLE, hint="y")
     shape = ["batch", *example_input.shape[1:]]
     graph = helper.make_graph(
-        g.nodes,
+        em.g.nodes,
         "torchqv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info(y, TensorProto.DOUBLE, None)],
-        g.inits,
+        em.g.inits,
     )
     model = helper.make_model(
         graph,
@@ -553,37 +417,40 @@ class ParityReport:
 
 
 def check_onnx_parity(
-    qmodel: nn.Module, path: str | Path, inputs: torch.Tensor, optimize: bool = True
+    qmodel: nn.Module, path: str | Path, inputs: torch.Tensor | Sequence[torch.Tensor], optimize: bool = True
 ) -> ParityReport:
-    """Run the exported file in onnxruntime (CPU) and the simulation on ``inputs``; report the
-    maximum difference in output steps (of the model's output format; absolute if it has none)."""
+    """Run the exported file in onnxruntime (CPU) and the simulation on ``inputs`` (a batch, or a
+    list of batches); report the maximum difference in output steps (of the model's output
+    format; absolute if it has none)."""
     import onnxruntime as ort
 
+    if isinstance(inputs, (list, tuple)):
+        inputs = torch.cat([torch.as_tensor(t) for t in inputs])
+    if not isinstance(inputs, torch.Tensor):
+        raise QuantizationError(f"inputs must be a tensor or a list of tensors, got {type(inputs).__name__}")
+    qm = _graph_of(qmodel)
     model = load_onnx(path)
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: inputs.float().numpy()})[0])
-    was = qmodel.training
+    was = qm.training
     with torch.no_grad():
-        want = qmodel.eval()(inputs.float())
-    qmodel.train(was)
+        want = qm.eval()(inputs.float())
+    qm.train(was)
     diff = (got.double() - want.double()).abs()
-    step = _output_step(qmodel)
+    step = _output_step(qm)
     return ParityReport(
         float(diff.max()), float(diff.max() / step) if step else math.nan, int((diff > 0).sum()), diff.numel()
     )
 
 
-def _output_step(qmodel: nn.Module) -> float | None:
+def _output_step(qm: QuantizedModel) -> float | None:
     """The step of the model's output grid (``None`` if the output is real-valued)."""
-    if isinstance(qmodel, QuantModule):
-        out = qmodel.out_quant
-    else:
-        gm = trace(qmodel)
-        result = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-        src = _producer(result, gm) if isinstance(result, fx.Node) else None
-        mod = qmodel.get_submodule(src.target) if src is not None and src.op == "call_module" else None
-        out = mod.out_quant if isinstance(mod, QuantModule) else None
-    return fraction_to_float(out.steps()[0]) if out is not None else None
+    out = qm.output_template
+    q = qm.quantizer_of(qm.node(out.node).kind) if hasattr(out, "node") else None
+    return fraction_to_float(q.steps()[0]) if q is not None else None
+
+
+__all__ = ["Emitter", "ExportError", "OVal", "ParityReport", "check_onnx_parity", "export_onnx", "load_onnx"]

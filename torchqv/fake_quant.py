@@ -30,6 +30,7 @@ from .formats import (
     fraction_to_float,
     round_certified,
 )
+from .grid import Grid
 from .observers import Observer, ObserverConfig
 
 # Relative error of one float64 division x / step (plus margin).
@@ -206,6 +207,13 @@ class FakeQuantize(nn.Module):
         if self.learn_step:
             tensors.append(self.step_param)
         return tuple((t._version, t.data_ptr()) for t in tensors)
+
+    def grid(self) -> Grid:
+        """The per-tensor grid (format, exact step, zero point) this quantizer rounds to."""
+        steps = self.steps()
+        if len(steps) != 1:
+            raise QuantizationError(f"{self.qname}: a per-channel quantizer has no single grid")
+        return Grid(self.fmt, steps[0], self.zp)
 
     @property
     def zp(self) -> int:

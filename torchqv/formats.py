@@ -266,6 +266,25 @@ class FixedPoint:
         whole = whole + ((mag - whole) >= 0.5)  # mag - whole is exact: no off-by-one below 1/2
         return whole.copysign(t)
 
+    def round_ratio(self, num: torch.Tensor, den: torch.Tensor | int) -> torch.Tensor:
+        """``round_exact(num / den)`` for integer tensors (int64, ``den > 0``), in integer arithmetic.
+
+        ``half_away``: ``sign(n) * floor((2|n| + d) / 2d)``; ``half_even``: ``q = floor(n / d)`` plus
+        one when ``2r > d`` or ``2r == d`` and ``q`` is odd (``r = n - q d``); ``floor``:
+        ``floor(n / d)``.  The caller keeps ``2|num| + den < 2^63`` (:func:`fits_int64`).
+        """
+        if self.binary:
+            thr = den if self.rounding == "floor" else 0
+            return torch.where(num >= thr, 1, -1).to(torch.int64)
+        if self.rounding == "floor":
+            return torch.div(num, den, rounding_mode="floor")
+        if self.rounding == "half_away":
+            mag = torch.div(2 * num.abs() + den, 2 * den, rounding_mode="floor")
+            return torch.where(num < 0, -mag, mag)
+        q = torch.div(num, den, rounding_mode="floor")
+        twice = 2 * (num - q * den)
+        return q + ((twice > den) | ((twice == den) & (q % 2 == 1))).to(torch.int64)
+
     def boundary_gap_tensor(self, t: torch.Tensor) -> torch.Tensor:
         """``boundary_gap`` applied elementwise (computed exactly from the float value)."""
         if self.binary:
@@ -400,3 +419,40 @@ def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0
     if len(steps) > 1:
         num, den = num.view(shape), den.view(shape)
     return (codes * num) / den
+
+
+INT64_LIMIT = 2**62  # headroom below 2^63 for the doubled numerators of ``round_ratio``
+
+
+def fits_int64(*bounds: int) -> bool:
+    """Do the products of these non-negative integer bounds stay below ``2^62``?"""
+    total = 1
+    for b in bounds:
+        total *= int(b)
+    return total < INT64_LIMIT
+
+
+def round_by_comparison(fmt: FixedPoint, t_hat: float, compare: Callable[[Fraction], int]) -> int:
+    """``round_exact(t)`` for a value ``t`` known through an approximation ``t_hat`` and an exact
+    comparison oracle ``compare(r) = sign(t - r)`` for rationals ``r``.
+
+    For values that are not rational but can be compared exactly with rationals (e.g. the
+    ``a / sqrt(R) + b`` of a layer norm, by squaring).  ``floor(t)`` is found by comparing with
+    integers near ``t_hat``, then the tie rule by comparing with ``floor(t) + 1/2``.
+    """
+    if fmt.binary:
+        thr = 1 if fmt.rounding == "floor" else 0
+        return 1 if compare(Fraction(thr)) >= 0 else -1
+    lo = math.floor(t_hat)
+    while compare(Fraction(lo)) < 0:
+        lo -= 1
+    while compare(Fraction(lo + 1)) >= 0:
+        lo += 1
+    if fmt.rounding == "floor":
+        return lo
+    side = compare(Fraction(2 * lo + 1, 2))
+    if side != 0:
+        return lo + (side > 0)
+    if fmt.rounding == "half_even":
+        return lo + (lo % 2)
+    return lo + 1 if lo >= 0 else lo  # ties away from zero: lo + 1/2 > 0 iff lo >= 0

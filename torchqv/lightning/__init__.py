@@ -1,7 +1,6 @@
 """Lightning callbacks: quantization-aware training, QUBO rounding and equivalence checks."""
 
-from .batchnorm import fold_batchnorm
-from .equivalence import EquivalenceCheck, EquivalenceReport, Region, float_twin
+from .equivalence import EquivalenceCheck, EquivalenceReport, Region
 from .qat import QATRecord, QATReport, QuantizationAwareTraining, restore_quantized
 from .qubo import QUBORounding
 
@@ -13,7 +12,5 @@ __all__ = [
     "QUBORounding",
     "QuantizationAwareTraining",
     "Region",
-    "float_twin",
-    "fold_batchnorm",
     "restore_quantized",
 ]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..fake_quant import FakeQuantize
 from ..formats import QuantizationError
-from ..modules import QuantModule
+from ..graph import QuantizedModel
 from ..quantize import quantizers
 
 
@@ -39,7 +39,7 @@ def set_network(pl_module: pl.LightningModule, attr: str, net: nn.Module) -> Non
 
 
 def is_quantized(net: nn.Module) -> bool:
-    return any(isinstance(m, QuantModule) for m in net.modules())
+    return any(isinstance(m, QuantizedModel) for m in net.modules())
 
 
 def uncalibrated(net: nn.Module) -> list[str]:

@@ -3,7 +3,6 @@ validation points (paper 003's local equivalence, by ``tq.verify_equivalence``).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,66 +16,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ..formats import QuantizationError
-from ..modules import QuantAct, QuantConv2d, QuantLinear
+from ..graph import float_twin
 from ..verify.engine import NORMS, RELATIONS, verify_equivalence
 from . import _trainer as T
 
-FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "identity": nn.Identity,
-    "leaky_relu": nn.LeakyReLU,
-    "hardtanh": nn.Hardtanh,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "mish": nn.Mish,
-    "softplus": nn.Softplus,
-}
 FAILURE_MODES = ("warn", "raise")
-
-
-def _float_module(m: nn.Module) -> nn.Module | None:
-    if isinstance(m, (QuantLinear, QuantConv2d)):
-        if m.frozen:
-            raise QuantizationError(f"{m.qname} is frozen (integer weights only): its float twin is lost")
-        if isinstance(m, QuantLinear):
-            new: nn.Module = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        else:
-            new = nn.Conv2d(
-                m.in_channels,
-                m.out_channels,
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                m.dilation,
-                m.groups,
-                bias=m.bias is not None,
-            )
-        with torch.no_grad():
-            new.weight.copy_(m.weight)
-            if m.bias is not None:
-                new.bias.copy_(m.bias)
-        return new
-    if isinstance(m, QuantAct):
-        return FLOAT_ACTIVATIONS[m.act.name](**dict(m.act.params))
-    return None
-
-
-def float_twin(qnet: nn.Module) -> nn.Module:
-    """The float network f behind a quantized f': the same (unrounded) weights, exact activations
-    and no quantizer, as ordinary torch modules (eval mode)."""
-    twin = copy.deepcopy(qnet)
-    root = _float_module(twin)
-    if root is not None:
-        return root.eval()
-    for name, m in list(twin.named_modules()):
-        new = _float_module(m)
-        if new is not None:
-            parent, _, attr = name.rpartition(".")
-            setattr(twin.get_submodule(parent) if parent else twin, attr, new)
-    return twin.eval()
 
 
 @dataclass

@@ -8,7 +8,7 @@ converted afterwards.  The settings of the swap travel in the checkpoint as the 
 small record module (``pl_module.torchqv_qat_<attr>``), so loading a checkpoint made with other
 settings fails loudly instead of misreading the steps.
 
-Timeline of a fit: ``setup`` folds batch norm (:mod:`torchqv.lightning.batchnorm`) and quantizes;
+Timeline of a fit: ``setup`` quantizes (folding batch norm, :mod:`torchqv.batchnorm`);
 ``on_fit_start`` calibrates on the first training batches unless every step is already known
 (restored from a checkpoint); during training batches the observers keep updating the steps
 until ``freeze_observers_epoch``; the forward pass fake-quantizes (straight-through estimator,
@@ -31,7 +31,6 @@ from torch import nn
 from ..formats import QuantizationError
 from ..quantize import QConfig, calibrate, quantize, quantizers
 from . import _trainer as T
-from .batchnorm import fold_batchnorm
 
 RECORD_PREFIX = "torchqv_qat_"
 
@@ -89,9 +88,9 @@ class QuantizationAwareTraining(Callback):
     ``calibration_batches``: how many training batches calibrate the observers (or give
     ``calibration_data``, an iterable of batches).  ``freeze_observers_epoch``: from this epoch on
     the steps stay fixed (``None``: observers update during every training batch; ``0``: only
-    calibration sets them).  ``fold_batchnorm``: fold BatchNorm into the preceding layer at the
-    swap (its statistics are then frozen for the whole of QAT; see
-    :mod:`torchqv.lightning.batchnorm`).  Attach the same callback to the Trainer that tests,
+    calibration sets them).  BatchNorm that follows a Conv/Linear is folded into it at the swap
+    (``tq.quantize`` does it; its statistics are then frozen for the whole of QAT; see
+    :mod:`torchqv.batchnorm`).  Attach the same callback to the Trainer that tests,
     validates, predicts or resumes from a checkpoint: the float network is swapped before the
     checkpoint is loaded.  ``callback.report`` records what was done.
     """
@@ -104,7 +103,6 @@ class QuantizationAwareTraining(Callback):
         calibration_batches: int = 8,
         calibration_data: Iterable[Any] | None = None,
         freeze_observers_epoch: int | None = None,
-        fold_batchnorm: bool = True,
     ):
         config = _as_config(config)
         if not isinstance(config, QConfig):
@@ -121,7 +119,6 @@ class QuantizationAwareTraining(Callback):
         self.calibration_batches = calibration_batches
         self.calibration_data = calibration_data
         self.freeze_observers_epoch = freeze_observers_epoch
-        self.fold_batchnorm = fold_batchnorm
         self.report = QATReport()
 
     # ------------------------------------------------------------------ settings
@@ -135,14 +132,13 @@ class QuantizationAwareTraining(Callback):
             "attr": self.attr,
             "config": self.config.to_dict(),
             "overrides": {k: (v.to_dict() if v is not None else None) for k, v in self.overrides.items()},
-            "fold_batchnorm": self.fold_batchnorm,
         }
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> QuantizationAwareTraining:
         """The callback that made a checkpoint, from its stored :meth:`settings`."""
         config, overrides, attr = settings["config"], settings["overrides"], settings["attr"]
-        return cls(config, overrides, attr, fold_batchnorm=settings["fold_batchnorm"])
+        return cls(config, overrides, attr)
 
     # ------------------------------------------------------------------ swap
     def quantize_module(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -150,13 +146,10 @@ class QuantizationAwareTraining(Callback):
         net = T.get_network(pl_module, self.attr, type(self).__name__)
         if T.is_quantized(net):
             return net
-        folded: list[str] = []
-        if self.fold_batchnorm:
-            net, folded = fold_batchnorm(net)
         qnet = quantize(net, self.config, self.overrides)
         T.set_network(pl_module, self.attr, qnet)
         pl_module.add_module(self.record_name, QATRecord(self.settings()))
-        self.report.swapped, self.report.folded_batchnorm = True, folded
+        self.report.swapped, self.report.folded_batchnorm = True, list(qnet.folded_batchnorm)
         return qnet
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

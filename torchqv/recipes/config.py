@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from ..data.tabular import TABULAR
 from ..data.torchvision_sets import VISION_SETS
 from ..formats import MAX_BITS
-from ..lightning.equivalence import FLOAT_ACTIVATIONS
 from ..observers import OBSERVERS
 from ..rounding.api import SOLVERS, TARGETS
 from ..theory.degradation import DegradationConfig
@@ -32,6 +32,23 @@ from ..theory.degradation_mnist import MnistDegradationConfig
 from ..theory.universality import PAPER_ACTIVATIONS
 from ..verify.ceg4n import BitSearchConfig
 from ..verify.engine import NORMS, RELATIONS
+
+# The activations a recipe's model can use, by name (also what ``model.activation`` accepts).
+FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "identity": nn.Identity,
+    "leaky_relu": nn.LeakyReLU,
+    "hardtanh": nn.Hardtanh,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "mish": nn.Mish,
+    "softplus": nn.Softplus,
+    "hardswish": nn.Hardswish,
+    "hardsigmoid": nn.Hardsigmoid,
+}
 
 DATASETS = (*TABULAR, *sorted(VISION_SETS))
 MODELS = ("mlp", "cnn")

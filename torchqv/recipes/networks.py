@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datamodules import TabularDataModule, VisionDataModule
 from ..data.tabular import TABULAR
-from ..lightning.equivalence import FLOAT_ACTIVATIONS
 from ..verify import from_onnx
-from .config import DatasetConfig, ModelConfig, TrainerConfig
+from .config import FLOAT_ACTIVATIONS, DatasetConfig, ModelConfig, TrainerConfig
 
 
 @dataclass

@@ -35,8 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
+from ..graph import QuantizedModel
 from ..lightning.qat import QuantizationAwareTraining
-from ..modules import QuantModule
 from ..quantize import QConfig, calibrate, quantize
 from ..reference import reference_forward
 from ..rounding import round_weights
@@ -90,9 +90,7 @@ def region_centres(qm: torch.nn.Module, x: torch.Tensor, domain: Sequence[float]
     """The test inputs as f' sees them: rounded to its input grid (when it quantizes its input),
     one step inward where rounding left ``domain``, so that every region holds a grid point (a ball
     between grid points would be proved equivalent vacuously)."""
-    quant = next(
-        (m.in_quant for m in qm.modules() if isinstance(m, QuantModule) and m.in_quant is not None), None
-    )
+    quant = qm.input_quant if isinstance(qm, QuantizedModel) else None
     if quant is None:
         return x
     codes = quant.exact_codes(x)

@@ -6,7 +6,7 @@ collects the calibration data and rounds a model layer by layer.
 
 from . import solvers
 from .api import LayerReport, RoundingReport, round_weights
-from .qubo import GramStats, LayerQUBO, build_layer_qubo, patches
+from .qubo import GramStats, LayerQUBO, build_layer_qubo
 
 __all__ = [
     "GramStats",
@@ -14,7 +14,6 @@ __all__ = [
     "LayerReport",
     "RoundingReport",
     "build_layer_qubo",
-    "patches",
     "round_weights",
     "solvers",
 ]

@@ -20,10 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..formats import QuantizationError, fraction_to_float
-from ..modules import _QuantAffine
-from ..quantize import batch_inputs, float_mode, trace
+from ..graph import QNode, QuantizedModel, float_mode
+from ..grid import QTensor
+from ..ops.affine import QuantAffine
+from ..quantize import batch_inputs
 from . import solvers
-from .qubo import GramStats, LayerQUBO, build_layer_qubo, patches
+from .qubo import GramStats, LayerQUBO, build_layer_qubo, group_stats
 
 SOLVERS = ("auto", "neal", "exact", "nearest")
 TARGETS = ("float", "quantized")
@@ -71,72 +73,65 @@ class _Stop(Exception):
     pass
 
 
-def _layers(model: nn.Module) -> list[tuple[str, _QuantAffine]]:
-    """Quantized affine layers with trainable weights, in execution order."""
-    names = {id(m): n for n, m in model.named_modules()}
+def _layers(qm: QuantizedModel) -> list[tuple[QNode, QuantAffine]]:
+    """Quantized affine operations with trainable weights, in execution order."""
+    return [
+        (node, op)
+        for node, op in qm.operations()
+        if isinstance(op, QuantAffine) and op.weight_quant is not None and not op.frozen
+    ]
+
+
+def _inputs(qm: QuantizedModel, node: QNode, x: torch.Tensor) -> torch.Tensor:
+    """The input ``node`` receives when ``qm`` runs on ``x`` in its current mode (the exact
+    simulation in eval mode, the float network inside ``float_mode``), as float64 values."""
+    got: list[Any] = []
+    forward = "qat" if qm._float or qm.training else "exact"
+
+    def executor(op: Any, args: tuple, kwargs: dict, io: Any) -> Any:
+        if io.name == node.name:
+            got.append(args[0])
+            raise _Stop
+        return getattr(op, forward)(args, kwargs, io)
+
     try:
-        order = [model.get_submodule(n.target) for n in trace(model).graph.nodes if n.op == "call_module"]
-    except Exception:
-        order = list(model.modules())
-    seen, out = set(), []
-    for m in order:
-        if isinstance(m, _QuantAffine) and m.weight_quant is not None and not m.frozen and id(m) not in seen:
-            seen.add(id(m))
-            out.append((names.get(id(m), m.qname), m))
-    return out
-
-
-def _inputs(model: nn.Module, layer: _QuantAffine, x: torch.Tensor) -> torch.Tensor:
-    """The input ``layer`` receives when ``model`` runs on ``x`` (after its own input quantizer)."""
-    got: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, args: tuple) -> None:
-        got.append(args[0])
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(x)
+        qm.run((x,), executor)
     except _Stop:
         pass
-    finally:
-        handle.remove()
     if not got:
-        raise QuantizationError(f"{layer.qname}: the calibration batches did not reach this layer")
+        raise QuantizationError(f"{node.name}: the calibration batches did not reach this layer")
     xin = got[0]
-    if layer.in_quant is not None and not layer._calibrating:
-        xin = layer.in_quant(xin)
+    xin = xin.values() if isinstance(xin, QTensor) else xin
     return xin.detach().to(torch.float64)
 
 
-def _nearest(problem: LayerQUBO, m: _QuantAffine, bias_step: list[Fraction] | None) -> torch.Tensor:
-    """The 0/1 matrix of the format's own rounding (the module's current codes)."""
-    codes = m.weight_codes().reshape(m.weight.shape[0], -1)
+def _nearest(problem: LayerQUBO, codes: torch.Tensor, bias: torch.Tensor | None, where: str) -> torch.Tensor:
+    """The 0/1 matrix of the format's own rounding (the current codes of these rows)."""
     if problem.has_bias_var:
-        codes = torch.cat([codes, m.bias_codes(bias_step).unsqueeze(1)], 1)
+        codes = torch.cat([codes, bias.unsqueeze(1)], 1)  # type: ignore[union-attr]
     else:
         codes = torch.cat([codes, problem.lower[-1].unsqueeze(1)], 1)
     codes = codes.T
     delta = problem.delta
     z = torch.where(delta != 0, (codes - problem.lower) / torch.where(delta != 0, delta, 1), 0)
     if not bool(((z == 0) | (z == 1)).all()):
-        raise QuantizationError(f"{m.qname}: nearest rounding is not one of the two QUBO levels")
+        raise QuantizationError(f"{where}: nearest rounding is not one of the two QUBO levels")
     return z
 
 
-def _apply(problem: LayerQUBO, m: _QuantAffine, z: torch.Tensor, bias_step: list[Fraction] | None) -> None:
-    """Write the rounded parameters back as exact grid values and check the codes."""
-    codes = problem.codes(z)
+def _apply(
+    m: QuantAffine, kw: torch.Tensor, kb: torch.Tensor | None, bias_step: list[Fraction] | None
+) -> None:
+    """Write the chosen codes back as exact grid values and check that they re-quantize to them."""
     steps = torch.tensor([fraction_to_float(f) for f in m.weight_steps()], dtype=torch.float64)
-    kw = codes[:-1].T
     with torch.no_grad():
         m.weight.copy_((kw * steps.unsqueeze(1)).reshape(m.weight.shape).to(m.weight.dtype))
-        if problem.has_bias_var:
-            sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)
-            m.bias.copy_((codes[-1] * sb).to(m.bias.dtype))
+        if kb is not None:
+            sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)  # type: ignore[union-attr]
+            m.bias.copy_((kb * sb).to(m.bias.dtype))
     if not torch.equal(m.weight_codes().reshape(kw.shape), kw):
         raise QuantizationError(f"{m.qname}: rounded weights do not re-quantize to the chosen codes")
-    if problem.has_bias_var and not torch.equal(m.bias_codes(bias_step), codes[-1]):
+    if kb is not None and not torch.equal(m.bias_codes(bias_step), kb):  # type: ignore[arg-type]
         raise QuantizationError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
 
 
@@ -154,7 +149,8 @@ def round_weights(
     bound: bool = True,
     progress: bool = True,
 ) -> RoundingReport:
-    """Choose the rounding of every weight and bias of a calibrated quantized model, in place.
+    """Choose the rounding of every weight and bias of a calibrated quantized model, in place
+    (grouped and depthwise convolutions: one problem per group).
 
     ``method="qubo"`` minimises each layer's output error (before the activation) over the
     round-down/round-up choices with ``solver``: ``"auto"`` (our annealer over all neurons,
@@ -176,62 +172,96 @@ def round_weights(
     batches = [x for x in batch_inputs(calibration_data)]
     if not batches:
         raise QuantizationError("round_weights needs calibration data")
+    if not isinstance(qmodel, QuantizedModel):
+        raise QuantizationError(
+            f"round_weights expects a model returned by torchqv.quantize, got {type(qmodel).__name__}"
+        )
     layers = _layers(qmodel)
     if not layers:
         raise QuantizationError("round_weights found no quantized layer (QConfig.weight) to round")
     was_training = qmodel.training
-    float_inputs: dict[int, list[torch.Tensor]] = {}
+    float_inputs: dict[str, list[torch.Tensor]] = {}
     with float_mode(qmodel), torch.no_grad():
-        for _, m in layers:
-            float_inputs[id(m)] = [_inputs(qmodel, m, x) for x in batches]
+        for node, _ in layers:
+            float_inputs[node.name] = [_inputs(qmodel, node, x) for x in batches]
     report = RoundingReport()
     qmodel.eval()
+    settings = _Solve(solver, num_sweeps, num_reads, sweeps, replicas, seed, bound and solver != "nearest")
     try:
-        for name, m in tqdm(layers, desc="round weights", disable=not progress):
+        for node, m in tqdm(layers, desc="round weights", disable=not progress):
             t0 = time.perf_counter()
-            d = m.weight[0].numel()
-            stats = GramStats.empty(d)
             with torch.no_grad():
-                for x, xf in zip(batches, float_inputs[id(m)], strict=True):
-                    xq = _inputs(qmodel, m, x)
-                    stats.add(patches(m, xq), patches(m, xq if target == "quantized" else xf))
-            inq = m.input_quantizer
+                xq = [_inputs(qmodel, node, x) for x in batches]
+            xt = xq if target == "quantized" else float_inputs[node.name]
+            inq = qmodel.io(node).in_quants[0]
             bias_step = [s * inq.steps()[0] for s in m.weight_steps()] if m.bias is not None and inq else None
-            problem = build_layer_qubo(m, stats, bias_step)
-            z_near = _nearest(problem, m, bias_step)
-            e_near = problem.energy(z_near)
-            if solver == "nearest":
-                z = z_near
-            elif solver == "exact":
-                z = solvers.exact(problem)
-            elif solver == "neal":
-                z = solvers.neal(problem, num_sweeps, num_reads, seed)
-            else:
-                z = solvers.solve_auto(problem, sweeps, replicas, seed)
-            z = torch.where(problem.active(), z, z_near)  # inactive variables: no effect, stay nearest
-            e = problem.energy(z)
-            better = e < e_near
-            z = torch.where(better.unsqueeze(0), z, z_near)
-            e = torch.where(better, e, e_near)
-            _apply(problem, m, z, bias_step)
-            lb = (
-                float(solvers.lower_bound(problem).clamp_min(0).sum())
-                if bound and solver != "nearest"
-                else None
-            )
+            kw = m.weight_codes().reshape(m.weight.shape[0], -1)
+            kb = m.bias_codes(bias_step) if bias_step is not None else None
+            stats = group_stats([m.patches(x) for x in xq], [m.patches(x) for x in xt], m.groups_)
+            totals = [_round_group(m, g, st, bias_step, kw, kb, settings) for g, st in enumerate(stats)]
+            _apply(m, kw, kb, bias_step)
             report.layers.append(
                 LayerReport(
-                    name,
-                    problem.neurons,
-                    int((problem.sigma != 0).sum()),
-                    float(e_near.sum()),
-                    float(e.sum()),
-                    lb,
+                    node.name,
+                    m.out_channels_,
+                    sum(t[0] for t in totals),
+                    sum(t[1] for t in totals),
+                    sum(t[2] for t in totals),
+                    sum(t[3] for t in totals) if settings.bound else None,  # type: ignore[misc]
                     solver,
                     time.perf_counter() - t0,
-                    int(better.sum()),
+                    sum(t[4] for t in totals),
                 )
             )
     finally:
         qmodel.train(was_training)
     return report
+
+
+@dataclass
+class _Solve:
+    solver: str
+    num_sweeps: int
+    num_reads: int
+    sweeps: int
+    replicas: int
+    seed: int
+    bound: bool
+
+
+def _round_group(
+    m: QuantAffine,
+    group: int,
+    stats: GramStats,
+    bias_step: list[Fraction] | None,
+    kw: torch.Tensor,
+    kb: torch.Tensor | None,
+    cfg: _Solve,
+) -> tuple[int, float, float, float | None, int]:
+    """Round the output channels of one group: their rows of the codes ``kw`` (and ``kb``) are
+    overwritten with the choice; returns (variables, nearest energy, energy, lower bound,
+    improved neurons)."""
+    per = m.out_channels_ // m.groups_
+    rows = slice(group * per, (group + 1) * per)
+    problem = build_layer_qubo(m, stats, bias_step, rows)
+    z_near = _nearest(problem, kw[rows], kb[rows] if kb is not None else None, m.qname)
+    e_near = problem.energy(z_near)
+    if cfg.solver == "nearest":
+        z = z_near
+    elif cfg.solver == "exact":
+        z = solvers.exact(problem)
+    elif cfg.solver == "neal":
+        z = solvers.neal(problem, cfg.num_sweeps, cfg.num_reads, cfg.seed)
+    else:
+        z = solvers.solve_auto(problem, cfg.sweeps, cfg.replicas, cfg.seed)
+    z = torch.where(problem.active(), z, z_near)  # inactive variables: no effect, stay nearest
+    e = problem.energy(z)
+    better = e < e_near
+    z = torch.where(better.unsqueeze(0), z, z_near)
+    e = torch.where(better, e, e_near)
+    codes = problem.codes(z)
+    kw[rows] = codes[:-1].T
+    if kb is not None and problem.has_bias_var:
+        kb[rows] = codes[-1]
+    lb = float(solvers.lower_bound(problem).clamp_min(0).sum()) if cfg.bound else None
+    return int((problem.sigma != 0).sum()), float(e_near.sum()), float(e.sum()), lb, int(better.sum())

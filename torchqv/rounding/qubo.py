@@ -16,8 +16,9 @@ with the Gram matrices ``G = Xh' Xh``, ``C = Xh' Xh_f``, ``G_f = Xh_f' Xh_f``, s
 neuron of the layer (only ``sigma``, ``theta_low`` and ``theta_f`` differ).  No Taylor expansion
 is involved (unlike AdaRound), and the layer's squared Frobenius error is the sum of the
 per-neuron energies: the problem decomposes exactly.  Convolutions use unfolded patches (one
-subproblem per output channel); a weight whose float value lies beyond the grid has a single
-admissible level (``sigma_j = 0``).
+subproblem per output channel; grouped and depthwise convolutions are one problem per group, whose
+neurons see that group's input channels only); a weight whose float value lies beyond the grid has
+a single admissible level (``sigma_j = 0``).
 """
 
 from __future__ import annotations
@@ -28,21 +29,9 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..formats import QuantizationError, fraction_to_float
-from ..modules import QuantConv2d, _QuantAffine
-
-
-def patches(m: _QuantAffine, x: torch.Tensor) -> torch.Tensor:
-    """Rows of the layer's input: ``x`` for Linear, unfolded patches for Conv2d (float64)."""
-    x = x.to(torch.float64)
-    if isinstance(m, QuantConv2d):
-        if m.groups != 1:
-            raise QuantizationError(f"{m.qname}: QUBO rounding supports groups=1 convolutions")
-        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # N, C*k*k, L
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
+from ..ops.affine import QuantAffine
 
 
 @dataclass
@@ -67,6 +56,23 @@ class GramStats:
         self.C += xq.T @ xf
         self.Gf += xf.T @ xf
         self.rows += xq.shape[0]
+
+
+def group_stats(xq: list[torch.Tensor], xt: list[torch.Tensor], groups: int) -> list[GramStats]:
+    """The Gram statistics of every group at once: ``xq``/``xt`` are batches of patch rows over
+    all groups (columns grouped by group, as the weights are); group ``g`` sees its columns only."""
+    d = xq[0].shape[1] // groups
+    z = torch.zeros(groups, d + 1, d + 1, dtype=torch.float64)
+    G, C, Gf, rows = z.clone(), z.clone(), z.clone(), 0
+    for a, b in zip(xq, xt, strict=True):
+        one = torch.ones(a.shape[0], groups, 1, dtype=torch.float64)
+        a = torch.cat([a.reshape(a.shape[0], groups, d), one], 2)
+        b = torch.cat([b.reshape(b.shape[0], groups, d), one], 2)
+        G += torch.einsum("rgi,rgj->gij", a, a)
+        C += torch.einsum("rgi,rgj->gij", a, b)
+        Gf += torch.einsum("rgi,rgj->gij", b, b)
+        rows += a.shape[0]
+    return [GramStats(G[g], C[g], Gf[g], rows) for g in range(groups)]
 
 
 @dataclass
@@ -140,8 +146,11 @@ class LayerQUBO:
         return self.active()[:, c].nonzero().flatten().tolist()
 
 
-def build_layer_qubo(m: _QuantAffine, stats: GramStats, bias_step: list[Fraction] | None) -> LayerQUBO:
-    """Per-neuron QUBOs of ``m`` for its current float parameters and steps.
+def build_layer_qubo(
+    m: QuantAffine, stats: GramStats, bias_step: list[Fraction] | None, rows: slice | None = None
+) -> LayerQUBO:
+    """Per-neuron QUBOs of ``m`` (of its output channels ``rows``: one group of a grouped
+    convolution) for its current float parameters and steps.
 
     ``bias_step``: the accumulator-grid step per channel when the bias is quantized (``None``: the
     bias stays a real number and is not a variable).
@@ -149,9 +158,12 @@ def build_layer_qubo(m: _QuantAffine, stats: GramStats, bias_step: list[Fraction
     wq = m.weight_quant
     if wq is None or m.frozen:
         raise QuantizationError(f"{m.qname}: QUBO rounding needs quantized, unfrozen weights")
+    rows = rows if rows is not None else slice(0, m.weight.shape[0])
     fmt = wq.fmt
-    w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)  # C x d
-    steps = m.weight_steps()
+    w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)[rows]  # C x d
+    steps = m.weight_steps()[rows]
+    bias = m.bias.detach()[rows] if m.bias is not None else None
+    bias_step = bias_step[rows] if bias_step is not None else None
     s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).unsqueeze(1)
     kmin, kmax = wq.code_range()
     t = w / s
@@ -167,8 +179,8 @@ def build_layer_qubo(m: _QuantAffine, stats: GramStats, bias_step: list[Fraction
     sigma_w = s * delta
     theta_low_w = s * lower
     n_out = w.shape[0]
-    if m.bias is not None:
-        b = m.bias.detach().to(torch.float64)
+    if bias is not None:
+        b = bias.to(torch.float64)
         if bias_step is not None:
             sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)
             lb = torch.floor(b / sb)
@@ -186,14 +198,12 @@ def build_layer_qubo(m: _QuantAffine, stats: GramStats, bias_step: list[Fraction
     theta_f = torch.cat(
         [
             w,
-            (
-                m.bias.detach().double() if m.bias is not None else torch.zeros(n_out, dtype=torch.float64)
-            ).unsqueeze(1),
+            (bias.double() if bias is not None else torch.zeros(n_out, dtype=torch.float64)).unsqueeze(1),
         ],
         1,
     ).T.contiguous()
     if not math.isfinite(float(stats.G.abs().max())):
         raise QuantizationError(f"{m.qname}: calibration inputs contain NaN or inf")
     return LayerQUBO(
-        stats, theta_low, sigma, theta_f, lower_c, delta_c, m.bias is not None and bias_step is not None
+        stats, theta_low, sigma, theta_f, lower_c, delta_c, bias is not None and bias_step is not None
     )

@@ -194,8 +194,17 @@ def anneal(
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
-def solve_auto(problem: LayerQUBO, sweeps: int = 50, replicas: int = 4, seed: int = 0) -> torch.Tensor:
-    """The default solver: nearest-plane warm start, descent, annealing, descent."""
+AUTO_EXACT_MAX = 12
+
+
+def solve_auto(
+    problem: LayerQUBO, sweeps: int = 50, replicas: int = 4, seed: int = 0, exact_max: int = AUTO_EXACT_MAX
+) -> torch.Tensor:
+    """The default solver: exhaustive search when every neuron has at most ``exact_max`` free
+    variables (depthwise convolutions, small layers), else nearest-plane warm start, descent,
+    annealing, descent."""
+    if problem.neurons == 0 or int(problem.active().sum(0).max()) <= exact_max:
+        return exact(problem)
     start = descent(problem, nearest_plane(problem))
     if sweeps > 0:
         start = descent(problem, anneal(problem, start, sweeps, replicas, seed=seed))

@@ -50,7 +50,7 @@ from torch import nn
 
 from .. import activations as A
 from ..formats import QuantizationError, fraction_to_float
-from ..modules import QuantLinear
+from ..ops.affine import QuantLinear
 from ..quantize import QConfig, quantize
 from .universality import UNIVERSAL, q_format, representability, rounded_codes
 

@@ -55,8 +55,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..formats import Binary, FixedPoint
-from ..modules import QuantConv2d, QuantLinear
 from ..observers import OBSERVERS
+from ..ops.affine import QuantConv, QuantLinear
 from ..quantize import QConfig, calibrate, quantize
 
 PAPER_BITS = (1, 2, 4, 8, 16, 32)
@@ -135,8 +135,8 @@ def quantize_weights(
     return qmodel.eval()
 
 
-def affine_layers(qmodel: nn.Module) -> list[tuple[str, QuantLinear | QuantConv2d]]:
-    return [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+def affine_layers(qmodel: nn.Module) -> list[tuple[str, QuantLinear | QuantConv]]:
+    return [(n, m) for n, m in qmodel.named_modules() if isinstance(m, (QuantLinear, QuantConv))]
 
 
 def weight_gaps(model: nn.Module, qmodel: nn.Module) -> OrderedDict[str, dict[str, float]]:

@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 from .. import activations as A
 from ..fake_quant import DIV_ERR
 from ..formats import FixedPoint, QuantizationError, is_dyadic, round_certified
-from ..modules import U64
+from ..ops.activation import U64
 
 UNIVERSAL, NOT_UNIVERSAL, UNDETERMINED = "UNIVERSAL", "NOT_UNIVERSAL", "UNDETERMINED"
 MAX_P = 20  # 2^(p+1) evaluations of sigma per (p, s)

@@ -51,15 +51,19 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from .. import activations as A
 from ..formats import MAX_BITS, FixedPoint, QuantizationError
+from ..graph import QuantizedModel
+from ..grid import QTensor
 from ..observers import OBSERVERS, step_for_range
-from ..quantize import QConfig, calibrate, quantize, trace
+from ..ops.activation import QuantAct
+from ..ops.affine import QuantLinear
+from ..qconfig import QConfig
+from ..quantize import calibrate, quantize
 from .engine import NORMS, RELATIONS, holds, verify_equivalence
-from .network import Affine, float_chain
+from .network import float_chain
 
 MODES = ("weights", "full")
 COSTS = ("weight_bits", "sum_bits")
@@ -160,32 +164,21 @@ class BitSearchResult:
 # ------------------------------------------------------------------------ the layers of f
 @dataclass
 class _Layers:
-    """The Linear layers of a chain in execution order, and the activation modules after each."""
+    """The Linear layers of f in execution order (node names), and the activations after each."""
 
     names: list[str]
     weights: list[int]  # number of weights per layer
-    acts: dict[str, int] = field(default_factory=dict)  # activation module -> layer index
-    functional: list[str] = field(default_factory=list)  # functional activations (fx node names)
+    acts: dict[str, int] = field(default_factory=dict)  # activation node -> layer index
 
 
 def _layers(f: nn.Module) -> _Layers:
     out = _Layers([], [])
-    for node in trace(f).graph.nodes:
-        if node.op == "call_module":
-            m = f.get_submodule(node.target)
-            if isinstance(m, nn.Linear):
-                out.names.append(node.target)
-                out.weights.append(m.weight.numel())
-            elif A.from_module(m) is not None and out.names:
-                prev = out.acts.setdefault(node.target, len(out.names) - 1)
-                if prev != len(out.names) - 1:
-                    raise QuantizationError(
-                        f"activation module {node.target!r} follows two Linear layers; use one per layer"
-                    )
-        elif (node.op == "call_function" and node.target in A.FUNCTIONAL) or (
-            node.op == "call_method" and node.target in A.METHODS
-        ):
-            out.functional.append(node.name)
+    for node, op in quantize(f, QConfig()).operations():
+        if isinstance(op, QuantLinear):
+            out.names.append(node.name)
+            out.weights.append(op.weight.numel())
+        elif isinstance(op, QuantAct) and out.names:
+            out.acts[node.name] = len(out.names) - 1
     if not out.names:
         raise QuantizationError("search_bits needs a network with at least one nn.Linear layer")
     return out
@@ -238,11 +231,6 @@ def _check_mode(cfg: BitSearchConfig, layers: _Layers, calibration: Any) -> None
         raise QuantizationError(
             "mode='full' needs calibration data (typical inputs) for the activation steps"
         )
-    if cfg.mode == "full" and layers.functional:
-        raise QuantizationError(
-            f"mode='full' gives each activation its layer's width, so activations must be modules "
-            f"(nn.ReLU, ...); found functional ones: {layers.functional}"
-        )
 
 
 def _quantize(
@@ -277,37 +265,33 @@ def _quantize(
     return fq.eval()
 
 
-class _Evaluator(fx.Interpreter):
+class _Evaluator:
     """``Q(f, b)`` on the counterexamples for many ``b``, without quantizing ``f`` for each.
 
-    The graph of a quantized ``f`` runs node by node.  A module of layer ``l`` depends only on
-    ``b_l`` (calibration steps come from the float network), except through its input link: in
-    full mode the accumulator grid of Linear ``l`` is its weight step times the step of its input,
-    the output format of layer ``l - 1``.  So each module comes from any quantized model with layer
-    ``l`` at ``b_l``; a Linear layer of the full mode is linked, for the call, to the output
-    quantizer of a model with layer ``l - 1`` at ``b_{l-1}``.  Node values are memoized by the
-    bits of the layers up to the node.  The result equals ``Q(f, b).eval()`` on the same points
-    (checked bit for bit for every candidate that goes to the verifier)."""
+    The quantized graph runs node by node in the exact simulation.  A node of layer ``l`` depends
+    only on ``b_l`` (calibration steps come from the float network) and on its inputs, whose
+    values carry their grids (in full mode the accumulator grid of Linear ``l`` is its weight step
+    times the step of its input, the output format of layer ``l - 1``).  So each node's operation
+    comes from any quantized model with layer ``l`` at ``b_l``, and node values are memoized by
+    the bits of the layers up to the node.  The result equals ``Q(f, b).eval()`` on the same
+    points (checked bit for bit for every candidate that goes to the verifier)."""
 
     def __init__(self, f: nn.Module, layers: _Layers, cfg: BitSearchConfig, calibration: Any, lo: int):
         self.f, self.layers, self.cfg, self.calibration = f, layers, cfg, calibration
         first = _quantize(f, layers, (lo,) * len(layers.names), cfg, calibration)
-        super().__init__(trace(first))
-        self.layer_of: dict[str, int] = {}  # node or module name -> its layer (-1: before the first)
+        self.graph = first
+        self.layer_of: dict[str, int] = {}  # node name -> its layer (-1: before the first)
         layer = -1
-        for node in self.graph.nodes:
-            if node.op == "call_module" and node.target in layers.names:
-                layer = layers.names.index(node.target)
+        for node in first.nodes:
+            if node.name in layers.names:
+                layer = layers.names.index(node.name)
             self.layer_of[node.name] = layer
-            if node.op == "call_module":
-                self.layer_of[node.target] = layer
-        self.models: dict[tuple[int, int], nn.Module] = {}  # (layer, bits) -> a quantized model
-        self.memo: dict[tuple, torch.Tensor] = {}
+        self.models: dict[tuple[int, int], QuantizedModel] = {}  # (layer, bits) -> a quantized model
+        self.memo: dict[tuple, Any] = {}
         self.built = 0
-        self.bits: tuple[int, ...] = ()
         self._register((lo,) * len(layers.names), first)
 
-    def _register(self, bits: tuple[int, ...], model: nn.Module) -> None:
+    def _register(self, bits: tuple[int, ...], model: QuantizedModel) -> None:
         for layer, b in enumerate(bits):
             self.models.setdefault((layer, b), model)
 
@@ -315,36 +299,22 @@ class _Evaluator(fx.Interpreter):
         if any((layer, b) not in self.models for layer, b in enumerate(bits)):
             self._register(bits, _quantize(self.f, self.layers, bits, self.cfg, self.calibration))
             self.built += 1
-        self.bits = bits
+
+        def run(op: Any, args: tuple, kwargs: dict, io: Any) -> Any:
+            layer = self.layer_of[io.name]
+            key = (io.name, bits[: layer + 1])
+            if key not in self.memo:
+                model = self.graph if layer < 0 else self.models[(layer, bits[layer])]
+                self.memo[key] = model.op(model.node(io.name)).exact(args, kwargs, io)
+            return self.memo[key]
+
         with torch.no_grad():
-            return self.run(x)
+            out = self.graph.run((x,), run)
+        return out.values() if isinstance(out, QTensor) else out
 
     def forget(self) -> None:
         """The points changed: drop the memoized values."""
         self.memo.clear()
-
-    def run_node(self, n: fx.Node) -> Any:
-        if n.op in ("placeholder", "output"):
-            return super().run_node(n)
-        key = (n.name, self.bits[: self.layer_of[n.name] + 1])
-        if key not in self.memo:
-            self.memo[key] = super().run_node(n)
-        return self.memo[key]
-
-    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
-        layer, b = self.layer_of[target], self.bits
-        if layer < 0:
-            return self.module.get_submodule(target)(*args, **kwargs)
-        model = self.models[(layer, b[layer])]
-        m = model.get_submodule(target)
-        if self.cfg.mode != "full" or layer == 0 or target != self.layers.names[layer]:
-            return m(*args, **kwargs)
-        src = m.input_source  # link to the grid of layer l - 1 at b_{l-1} for this call
-        m.link_input(self.models[(layer - 1, b[layer - 1])].get_submodule(src).out_quant, src)
-        try:
-            return m(*args, **kwargs)
-        finally:
-            m.link_input(model.get_submodule(src).out_quant, src)
 
 
 # ------------------------------------------------------------------------------- the search
@@ -408,13 +378,13 @@ def _check_inputs(
             "(2 is the narrowest signed grid with a non-zero level, thesis sec. 4.4.4)"
         )
     d = math.prod(points.shape[1:])
-    chain = float_chain(f, d)  # raises for what the verifier does not support
-    first = next(layer for layer in chain.layers if isinstance(layer, Affine))
-    if len(first.W[0]) != d:
+    first = next((op for _, op in quantize(f, QConfig()).operations() if isinstance(op, QuantLinear)), None)
+    if first is not None and first.in_features != d:
         raise QuantizationError(
             f"points have {d} features per point (shape {tuple(points.shape)}) but f's first layer "
-            f"takes {len(first.W[0])}; pass points shaped (n, {len(first.W[0])})"
+            f"takes {first.in_features}; pass points shaped (n, {first.in_features})"
         )
+    float_chain(f, d)  # raises for what the verifier does not support
 
 
 def search_bits(

@@ -1,28 +1,24 @@
 """The network representation the verifier works on: a chain of exact layers.
 
-``float_chain(f)`` reads a float model (``nn.Sequential`` or any fx-traceable chain of Linear,
-piecewise-linear activations, Flatten, Dropout and Identity); ``quant_chain(fq)`` reads a torchqv
-quantized model, with every node's output format.  Weights are kept as exact rationals (the
-float values' binary expansions), so the z3 encoding, the bounds and the exact replay all mean
-the same network.  Rounding steps use the format's own rule (``FixedPoint.round_exact``).
+``float_chain(f)`` reads a float model and ``quant_chain(fq)`` a torchqv quantized model, with
+every node's output format, both through the quantized graph (:mod:`torchqv.verify.builder`).
+Weights are kept as exact rationals (the float values' binary expansions), so the z3 encoding,
+the bounds and the exact replay all mean the same network.  Rounding steps use the format's own
+rule (``FixedPoint.round_exact``).
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from .. import activations as A
-from ..formats import FixedPoint, QuantizationError, dequantize_f64, round_certified
-from ..modules import QuantAct, QuantConv2d, QuantLinear, QuantModule
-from ..quantize import trace
+from ..formats import FixedPoint, dequantize_f64, round_certified
 
 
 @dataclass
@@ -145,189 +141,23 @@ class Chain:
         return v
 
 
-def _fractions(t: torch.Tensor) -> list:
-    return (
-        [[Fraction(v) for v in row] for row in t.detach().double().tolist()]
-        if t.dim() == 2
-        else [Fraction(v) for v in t.detach().double().tolist()]
-    )
-
-
-class Shift(nn.Module):
-    """``x + offset`` (a constant Add or Sub in an imported graph, e.g. input normalisation)."""
-
-    def __init__(self, offset: torch.Tensor):
-        super().__init__()
-        self.offset = offset.detach().reshape(-1).clone()
-
-
-def _modules_in_order(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, (nn.Linear, nn.Conv2d, QuantModule)):
-        return [model]
-    gm = trace(model)
-    mods, prev = [], None
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
-            prev = node if node.op == "placeholder" else prev
-            continue
-        if node.op == "output":
-            break
-        src = node.args[0] if node.args else None
-        if src is not prev:
-            raise QuantizationError("the verifier handles chains of layers (each layer feeds the next)")
-        if node.op == "call_module":
-            mods.append(model.get_submodule(node.target))
-        elif node.op == "call_function" and node.target is torch.flatten:
-            mods.append(nn.Flatten())
-        elif node.op == "call_method" and node.target in ("flatten", "view", "reshape"):
-            mods.append(nn.Flatten())
-        elif (
-            node.op == "call_function"
-            and node.target in (operator.add, operator.sub)
-            and isinstance(node.args[1], fx.Node)
-            and node.args[1].op == "get_attr"
-        ):
-            const = gm.get_buffer(node.args[1].target)
-            sign = 1.0 if node.target is operator.add else -1.0
-            mods.append(Shift(sign * const.double()))
-        else:
-            raise QuantizationError(f"the verifier does not support the operation {node.op} {node.target}")
-        prev = node
-    return mods
-
-
-def _shift(m: Shift) -> Affine:
-    n = m.offset.numel()
-    eye = [[Fraction(int(i == j)) for j in range(n)] for i in range(n)]
-    return Affine(eye, _fractions(m.offset))
-
-
-def _unsupported(m: nn.Module) -> QuantizationError:
-    return QuantizationError(
-        f"the verifier does not support {type(m).__name__}: chains of Linear, Conv2d, piecewise-linear "
-        "activations, Flatten, Dropout and constant Add/Sub are supported"
-    )
-
-
-MAX_DENSE = 4_000_000  # entries of a convolution expanded into a dense matrix
-
-
-def _dense(m: nn.Module, weight: torch.Tensor, shape: tuple[int, ...]) -> tuple[np.ndarray, list[int], tuple]:
-    """The layer as a dense matrix over flat vectors (rows: outputs), each row's output channel,
-    and the output shape.  A convolution is expanded by applying it to the unit vectors: every
-    entry is one weight (or 0), so the expansion is exact for exact float64 weights."""
-    if isinstance(m, (nn.Linear, QuantLinear)):
-        W = weight.detach().double().reshape(weight.shape[0], -1)
-        return W.numpy(), list(range(W.shape[0])), (W.shape[0],)
-    n = int(np.prod(shape))
-    if len(shape) != 3:
-        raise QuantizationError(f"{type(m).__name__}: expected a (C, H, W) input, the chain gives {shape}")
-    out_shape = F.conv2d(
-        torch.zeros(1, *shape, dtype=torch.float64),
-        weight.detach().double(),
-        None,
-        m.stride,
-        m.padding,
-        m.dilation,
-        m.groups,
-    ).shape[1:]
-    if n * int(np.prod(out_shape)) > MAX_DENSE:
-        raise QuantizationError(
-            f"{type(m).__name__}: its dense expansion has {n} x {int(np.prod(out_shape))} entries, more "
-            f"than the verifier's limit {MAX_DENSE}; verify a network with smaller inputs or fewer channels"
-        )
-    eye = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
-    out = F.conv2d(eye, weight.detach().double(), None, m.stride, m.padding, m.dilation, m.groups)
-    channels = [c for c in range(out_shape[0]) for _ in range(out_shape[1] * out_shape[2])]
-    return out.reshape(n, -1).T.numpy(), channels, tuple(out_shape)
-
-
-def _affine_layer(
-    m: nn.Module, values: torch.Tensor, row_scale: list[Fraction], bias: list[Fraction], shape: tuple
-) -> tuple[Affine, tuple]:
-    """``Affine`` with weights ``values * row_scale[channel]`` (exact) and per-channel bias."""
-    D, channels, out_shape = _dense(m, values, shape)
-    W = [
-        [Fraction(v) * row_scale[c] if v else Fraction(0) for v in row]
-        for row, c in zip(D.tolist(), channels, strict=True)
-    ]
-    return Affine(W, [bias[c] for c in channels]), out_shape
-
-
 def _as_shape(inputs: int | tuple[int, ...]) -> tuple[int, ...]:
     return (inputs,) if isinstance(inputs, int) else tuple(inputs)
 
 
 def float_chain(model: nn.Module, inputs: int | tuple[int, ...]) -> Chain:
-    """The float network as an exact chain (piecewise-linear activations only); ``inputs``: the
-    input's size or shape (without the batch dimension)."""
-    layers: list[Affine | Act] = []
-    shape = _as_shape(inputs)
-    for m in _modules_in_order(model):
-        if isinstance(m, Shift):
-            layers.append(_shift(m))
-        elif isinstance(m, (nn.Linear, nn.Conv2d)):
-            channels = m.weight.shape[0]
-            b = _fractions(m.bias) if m.bias is not None else [Fraction(0)] * channels
-            layer, shape = _affine_layer(m, m.weight, [Fraction(1)] * channels, b, shape)
-            layers.append(layer)
-        elif isinstance(m, (nn.Flatten, nn.Dropout)):
-            shape = (int(np.prod(shape)),) if isinstance(m, nn.Flatten) else shape
-        elif (act := A.from_module(m)) is not None:
-            if not act.piecewise_linear:
-                raise QuantizationError(f"the verifier supports piecewise-linear activations, not {act.name}")
-            layers.append(Act(act))
-        else:
-            raise _unsupported(m)
-    return Chain(layers, int(np.prod(_as_shape(inputs))))
+    """The float network as an exact chain (its graph with every edge real; piecewise-linear
+    activations only); ``inputs``: the input's size or shape (without the batch dimension)."""
+    from .builder import as_graph, read_chain
 
-
-def _rounding(q) -> Rounding | None:
-    return Rounding(q.fmt, q.steps()[0], q.zp) if q is not None else None
+    return read_chain(as_graph(model, "the float network"), _as_shape(inputs))
 
 
 def quant_chain(model: nn.Module, inputs: int | tuple[int, ...]) -> Chain:
     """A torchqv quantized model as an exact chain with its roundings (eval-mode semantics)."""
-    layers: list[Affine | Act] = []
-    inp = None
-    shape = _as_shape(inputs)
-    for m in _modules_in_order(model):
-        if isinstance(m, QuantModule) and m.in_quant is not None:
-            if layers:
-                raise QuantizationError(f"{m.qname}: input quantizer inside the network")
-            inp = _rounding(m.in_quant)
-        if isinstance(m, Shift):
-            layers.append(_shift(m))
-        elif isinstance(m, (QuantLinear, QuantConv2d)):
-            channels = m.weight.shape[0]
-            if m.weight_quant is not None or m.frozen:
-                steps = m.weight_steps()
-                steps = steps * channels if len(steps) == 1 else steps
-                values = m.weight_codes().double()
-                inq = m.input_quantizer
-                if inq is not None and (m.bias is not None or "bias_int" in m._buffers):
-                    scale = [s * inq.steps()[0] for s in steps]
-                    b = [int(k) * s for k, s in zip(m.bias_codes(scale).tolist(), scale, strict=True)]
-                else:
-                    b = _fractions(m.bias) if m.bias is not None else [Fraction(0)] * channels
-            else:
-                steps, values = [Fraction(1)] * channels, m.weight
-                b = _fractions(m.bias) if m.bias is not None else [Fraction(0)] * channels
-            layer, shape = _affine_layer(m, values, steps, b, shape)
-            layer.out = _rounding(m.out_quant)
-            layers.append(layer)
-        elif isinstance(m, QuantAct):
-            if not m.act.piecewise_linear:
-                raise QuantizationError(
-                    f"the verifier supports piecewise-linear activations, not {m.act.name}"
-                )
-            layers.append(Act(m.act, _rounding(m.out_quant)))
-        elif isinstance(m, (nn.Flatten, nn.Dropout)):
-            shape = (int(np.prod(shape)),) if isinstance(m, nn.Flatten) else shape
-        else:
-            raise _unsupported(m)
-    _mark_input_grids(layers, inp)
-    return Chain(layers, int(np.prod(_as_shape(inputs))), inp)
+    from .builder import as_graph, read_chain
+
+    return read_chain(as_graph(model, "the quantized network"), _as_shape(inputs))
 
 
 def _keeps_grid(act: A.Activation, step: Fraction) -> bool:
@@ -339,7 +169,7 @@ def _keeps_grid(act: A.Activation, step: Fraction) -> bool:
     return False
 
 
-def _mark_input_grids(layers: list[Affine | Act], inp: Rounding | None) -> None:
+def mark_input_grids(layers: list[Affine | Act], inp: Rounding | None) -> None:
     """Record ``Rounding.in_step`` where a rounding's input is known to lie on a grid."""
     grid = inp.step if inp is not None else None
     for layer in layers:

@@ -1,0 +1,191 @@
+"""Values on a grid: the exact executor's currency.
+
+An edge of the quantized graph carries either a tensor of integer codes on a known grid
+(:class:`QTensor`: centered codes ``k`` with real values ``k * step``) or a real-valued tensor
+(float64, only where the configuration asked for real values).  A :class:`Grid` is one
+per-tensor format with its exact step and zero point (paper 001 sec. 2.2, Eq. 4:
+``Q = {k * step : k in [kmin, kmax]}``).
+
+:func:`requantize` is the one integer implementation of "round an exact rational to a grid" that
+every exact operation uses: the value is written as ``N / D`` with integers ``N`` (a tensor) and
+``D > 0``, and ``FixedPoint.round_ratio`` decides it in int64 arithmetic; when the bounds say that
+int64 could overflow, the few tensors concerned are decided with Python integers instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from .formats import FixedPoint, dequantize_f64, fits_int64
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The grid ``{(q - zp) * step : q in [qmin, qmax]}`` of a per-tensor format."""
+
+    fmt: FixedPoint
+    step: Fraction
+    zp: int = 0
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """Centered codes ``[kmin, kmax]``."""
+        return self.fmt.code_range(self.zp)
+
+    @property
+    def max_abs_code(self) -> int:
+        kmin, kmax = self.code_range
+        return max(abs(kmin), abs(kmax))
+
+    def describe(self) -> str:
+        zp = f", zp={self.zp}" if self.zp else ""
+        return f"{self.fmt.describe().split('(')[0]}(step={self.step}{zp}, {self.fmt.rounding})"
+
+
+@dataclass
+class QTensor:
+    """Centered integer codes (int64) on ``grid``: the real values are ``codes * grid.step``."""
+
+    codes: torch.Tensor
+    grid: Grid
+
+    def values(self) -> torch.Tensor:
+        """The doubles nearest to the real values (one correct rounding each)."""
+        return dequantize_f64(self.codes, [self.grid.step])
+
+    # shape queries, so that ``x.size(0)`` and ``x.shape`` in a traced forward work on codes
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        return self.codes.size() if dim is None else self.codes.size(dim)
+
+    def dim(self) -> int:
+        return self.codes.dim()
+
+    def with_codes(self, codes: torch.Tensor) -> QTensor:
+        return QTensor(codes, self.grid)
+
+
+def saturate(codes: torch.Tensor, grid: Grid, where: str) -> torch.Tensor:
+    kmin, kmax = grid.code_range
+    return grid.fmt.saturate_tensor(codes, kmin, kmax, where)
+
+
+def requantize(
+    terms: Sequence[tuple[torch.Tensor, Sequence[Fraction] | Fraction]],
+    out: Grid,
+    where: str,
+    const: Sequence[Fraction] | Fraction | np.ndarray = Fraction(0),
+    axis: int = 1,
+) -> torch.Tensor:
+    """Saturated codes on ``out`` of ``t = sum_i k_i * r_i + c`` (exact), rounded once.
+
+    ``terms``: integer code tensors ``k_i`` (int64, broadcastable) with rational multipliers
+    ``r_i`` (one, or one per channel along ``axis``); ``c``: a rational constant (or one per
+    channel, or an object array of them broadcastable against the codes, with per-tensor
+    multipliers), already in units of ``out.step``.  With ``L`` the common denominator of every
+    multiplier and constant, ``t = N / L`` for the integer tensor ``N = sum k_i (r_i L) + c L``,
+    which ``FixedPoint.round_ratio`` rounds in int64 when ``2|N| + L < 2^62`` (checked from the
+    codes' actual maxima); otherwise Python integers decide.
+    """
+    per_channel = [list(r) if isinstance(r, Sequence) else [r] for _, r in terms]
+    elementwise = const if isinstance(const, np.ndarray) else None
+    consts = (
+        [Fraction(0)] if elementwise is not None else list(const) if isinstance(const, Sequence) else [const]
+    )
+    channels = max([len(c) for c in per_channel] + [len(consts)])
+    if elementwise is not None and channels > 1:
+        raise ValueError("elementwise constants go with per-tensor multipliers")
+    extra = math.lcm(*(v.denominator for v in elementwise.flat)) if elementwise is not None else 1
+    common = [
+        math.lcm(extra, *(r[ch if len(r) > 1 else 0].denominator for r in [*per_channel, consts]))
+        for ch in range(channels)
+    ]
+    device = terms[0][0].device if terms else None
+    ndim = max((k.dim() for k, _ in terms), default=1)
+    shape = [1] * ndim
+    if channels > 1:
+        shape[axis] = channels
+
+    def scaled(r: list[Fraction]) -> list[int]:
+        return [int(r[ch if len(r) > 1 else 0] * common[ch]) for ch in range(channels)]
+
+    parts = [(k, scaled(r)) for (k, _), r in zip(terms, per_channel, strict=True)]
+    c_ints = scaled(consts)
+    if elementwise is not None:
+        c_ints = [0]
+        c_elem = np.vectorize(int, otypes=[object])(elementwise * common[0])  # exact integers
+    bound = sum((int(k.abs().max()) if k.numel() else 0) * max(map(abs, m)) for k, m in parts)
+    bound += (
+        max(map(abs, c_ints)) if elementwise is None else max((abs(int(v)) for v in c_elem.flat), default=0)
+    )
+    if not fits_int64(2 * bound + max(common)):
+        base = c_elem if elementwise is not None else c_ints
+        return saturate(_python_requantize(parts, base, common, shape, channels, out.fmt), out, where)
+
+    def column(values: list[int]) -> torch.Tensor:
+        t = torch.tensor(values, dtype=torch.int64, device=device)
+        return t.view(shape) if channels > 1 else t.reshape(())
+
+    num = column(c_ints)
+    if elementwise is not None:
+        num = num + torch.tensor(c_elem.astype(np.int64), device=device)
+    for k, m in parts:
+        num = num + k * column(m)
+    return saturate(out.fmt.round_ratio(num, column(common)), out, where)
+
+
+def _python_requantize(
+    parts: list[tuple[torch.Tensor, list[int]]],
+    c_ints: list[int] | np.ndarray,
+    common: list[int],
+    shape: list[int],
+    channels: int,
+    fmt: FixedPoint,
+) -> torch.Tensor:
+    """The same sum with Python integers (object arrays), for values beyond int64."""
+    tensors = [k for k, _ in parts]
+    full = torch.broadcast_shapes(*(t.shape for t in tensors)) if tensors else torch.Size(shape)
+
+    def col(values: list[int]) -> np.ndarray:
+        arr = np.empty(channels, dtype=object)
+        arr[:] = values
+        return arr.reshape(shape) if channels > 1 else arr.reshape(())
+
+    base = c_ints if isinstance(c_ints, np.ndarray) else col(c_ints)
+    full = torch.broadcast_shapes(full, base.shape)
+    num = np.zeros(tuple(full), dtype=object) + base
+    for k, ints in parts:
+        obj = np.empty(k.numel(), dtype=object)
+        obj[:] = [int(v) for v in k.flatten().tolist()]
+        num = num + obj.reshape(tuple(k.shape)) * col(ints)
+    den = np.broadcast_to(col(common), num.shape)
+    out = [fmt.round_exact(Fraction(int(a), int(b))) for a, b in zip(num.flat, den.flat, strict=True)]
+    return torch.tensor(out, dtype=torch.int64).reshape(tuple(full))
+
+
+def requantize_quotient(
+    num: torch.Tensor, den: torch.Tensor, mult: Fraction, out: Grid, where: str
+) -> torch.Tensor:
+    """Saturated codes on ``out`` of ``t = num * mult / den`` for int64 tensors ``num`` and
+    ``den > 0`` (e.g. a window's sum of codes over its element count): with ``mult = P / Q``,
+    ``t = (num P) / (den Q)``, rounded once in int64 when it fits, else with Python integers."""
+    p, q = mult.numerator, mult.denominator
+    n_max = int(num.abs().max()) if num.numel() else 0
+    d_max = int(den.max()) if den.numel() else 1
+    if fits_int64(2 * n_max * abs(p) + d_max * q):
+        return saturate(out.fmt.round_ratio(num * p, den * q), out, where)
+    den = torch.broadcast_to(den, num.shape)
+    flat = [
+        out.fmt.round_exact(Fraction(int(a) * p, int(b) * q))
+        for a, b in zip(num.flatten().tolist(), den.flatten().tolist(), strict=True)
+    ]
+    return saturate(torch.tensor(flat, dtype=torch.int64, device=num.device).reshape(num.shape), out, where)

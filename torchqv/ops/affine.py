@@ -1,0 +1,795 @@
+"""Affine operations: ``Linear``, ``Conv1d``/``Conv2d`` (groups, dilation, stride, padding modes) and
+a standalone per-channel ``BatchNorm`` (an affine map once its statistics are frozen).
+
+The semantics is paper 001 Eq. 7 (Giannoulidis, Barbaresco, Charalambous et al., "On the
+expressive power of quantized neural networks"; the fixed-point affine map of Eq. 5-7): the exact
+value ``t = (W x + b) / s_out`` with quantized weights ``W = k_w s_w`` (per output channel),
+inputs on their grid ``x = k_x s_x`` and the bias on the accumulator grid
+``b = B s_w s_x`` (``B = round(b / (s_w s_x))``, never saturated) is rounded once to the output
+format:
+
+    k_out = saturate(round((sum_j k_w[c, j] k_x[j] + B_c) * s_w[c] s_x / s_out))
+
+The exact executor computes the accumulator ``A = sum k_w k_x`` in floating point only where every
+partial sum is provably an exact integer (float32 below ``2^24``, float64 below ``2^53``; larger
+reductions are split into blocks that are), then requantizes in integer arithmetic
+(:func:`torchqv.grid.requantize`).  Inputs that are real numbers (an unquantized network input)
+use a certified float64 path with an exact rational fall-back for values near a rounding boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto
+from torch import nn
+
+from ..fake_quant import DIV_ERR, FakeQuantize, fake_quantize
+from ..formats import QuantizationError, dequantize_f64, fraction_to_float, round_certified
+from ..grid import Grid, QTensor, requantize
+from ..rational import (
+    INT64_SAFE,
+    RTensor,
+    conv_int,
+    float_codes,
+    fractions,
+    max_abs,
+    round_fractions,
+    round_scaled,
+)
+from ..rational import saturate as ref_saturate
+from .base import Call, Kind, NodeIO, OnGrid, Operation, Real, Unsupported, register
+
+U64 = 2.0**-53
+F32_EXACT = 2**24
+F64_EXACT = 2**53
+
+
+def _gamma(n: int) -> float:
+    """Higham's bound: |fl(x . y) - x . y| <= gamma_n |x| . |y| with gamma_n = n u / (1 - n u)."""
+    return 2 * n * U64 / (1 - n * U64)  # factor 2: margin for fused or reordered kernels
+
+
+def check_finite(name: str, **tensors: torch.Tensor | None) -> None:
+    for what, t in tensors.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise QuantizationError(f"{name}: {what} contains NaN or inf; fix the float model first")
+
+
+class QuantAffine(Operation, nn.Module):
+    """Shared semantics of the affine operations (subclasses give the linear map)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: Any, name: str):
+        nn.Module.__init__(self)
+        check_finite(name, weight=weight, bias=bias)
+        self.qname = name
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.weight_quant = (
+            FakeQuantize(
+                cfg.weight, weight.shape[0], 0, cfg.weight_observer, cfg.learn_step, f"{name}.weight", True
+            )
+            if cfg.weight is not None
+            else None
+        )
+        self.out_quant = (
+            FakeQuantize(cfg.activation, 1, 0, cfg.activation_observer, cfg.learn_step, f"{name}.out")
+            if cfg.activation is not None
+            else None
+        )
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ subclass hooks
+    def linear_map(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """The float map ``W x (+ b)`` in ``x``'s dtype."""
+        raise NotImplementedError
+
+    channel_axis: int = 1  # the output's channel dimension (Linear: the last)
+
+    def fan_in_unit(self) -> int:
+        """Inputs per input channel in one output (the kernel size; 1 for Linear)."""
+        return 1
+
+    def split_inputs(
+        self, x: torch.Tensor, w: torch.Tensor, chunk: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x_part, w_part)`` blocks whose maps sum to ``linear_map(x, w)``, each with at most
+        ``chunk`` input channels (``[]`` when the map cannot be split)."""
+        return []
+
+    def patches(self, x: torch.Tensor, group: int | None = None) -> torch.Tensor:
+        """Rows of inputs that the weight rows see (``(rows, fan_in)``, float64): the input for
+        Linear, unfolded windows for a convolution (of one group, or all groups)."""
+        raise NotImplementedError
+
+    def row_of(self, flat: int, out_shape: torch.Size) -> tuple[int, int]:
+        """Output channel of flat output index ``flat`` and its row in ``patches(x, group)``."""
+        raise NotImplementedError
+
+    @property
+    def groups_(self) -> int:
+        return 1
+
+    # ------------------------------------------------------------ build
+    @classmethod
+    def build(cls, call: Call) -> Operation:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def out_kind(self, call: Call) -> Kind:
+        return OnGrid(call.name) if self.out_quant is not None else Real()
+
+    def quantizers(self) -> list[FakeQuantize]:
+        return [q for q in (self.weight_quant, self.out_quant) if q is not None]
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def out_channels_(self) -> int:
+        w = self.weight_int if self.frozen else self.weight
+        return w.shape[0]
+
+    @property
+    def frozen(self) -> bool:
+        return "weight_int" in self._buffers
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_quant is not None or self.frozen
+
+    def weight_codes(self) -> torch.Tensor:
+        """Centered integer codes of the weights (float64 tensor)."""
+        if self.frozen:
+            return self.weight_int.to(torch.float64)
+        if self.weight_quant is None:
+            raise QuantizationError(f"{self.qname}: weights are not quantized (QConfig.weight is None)")
+        return self.weight_quant.exact_codes(self.weight)
+
+    def weight_steps(self) -> list[Fraction]:
+        """One step per output channel."""
+        steps = self.weight_quant.steps()  # type: ignore[union-attr]
+        return steps if len(steps) > 1 else steps * self.out_channels_
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The quantized weights as real values (float64)."""
+        return dequantize_f64(self.weight_codes(), self.weight_steps(), 0)
+
+    def bias_codes(self, scale: list[Fraction]) -> torch.Tensor | None:
+        """Bias on the accumulator grid ``s_w * s_x`` (unsaturated; the weight format's rounding)."""
+        if "bias_int" in self._buffers:
+            return self.bias_int.to(torch.float64)
+        if self.bias is None:
+            return None
+        b = self.bias.detach().to(torch.float64)
+        s = torch.tensor([fraction_to_float(f) for f in scale], dtype=torch.float64, device=b.device)
+        t_hat = b / s
+        fmt = self.weight_quant.fmt.integer_rounding()  # type: ignore[union-attr]
+        return round_certified(
+            fmt,
+            t_hat,
+            t_hat.abs() * DIV_ERR,
+            lambda idx: [fmt.round_exact(Fraction(b[i].item()) / scale[i]) for i in idx],
+            f"{self.qname}.bias",
+        )
+
+    def freeze_(self, in_quant: FakeQuantize | None) -> None:
+        """Store integer weights (and the integer bias when the input grid is known)."""
+        if self.frozen or self.weight_quant is None:
+            return
+        kw = self.weight_codes()
+        bits = self.weight_quant.fmt.bits
+        dtype = torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
+        bias_int = None
+        if self.bias is not None and in_quant is not None:
+            sx = in_quant.steps()[0]
+            bias_int = self.bias_codes([s * sx for s in self.weight_steps()])
+        del self.weight
+        self.register_buffer("weight_int", kw.to(dtype))
+        if bias_int is not None:
+            del self.bias
+            self.bias = None
+            self.register_buffer("bias_int", bias_int.to(torch.int64))
+        self._cache.clear()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        key = prefix + "weight_int"
+        if key in state_dict and not self.frozen:
+            shape = self.weight.shape
+            del self.weight
+            self.register_buffer("weight_int", torch.zeros(shape, dtype=state_dict[key].dtype))
+            if prefix + "bias_int" in state_dict:
+                del self.bias
+                self.bias = None
+                self.register_buffer("bias_int", torch.zeros(shape[0], dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------ training path
+    def qat(self, args: tuple, kwargs: dict, io: NodeIO) -> torch.Tensor:
+        (x,) = args
+        if self.frozen:
+            raise QuantizationError(f"{self.qname} is frozen (integer weights); train the unfrozen model")
+        wq = self.weight_quant
+        w = self.weight if wq is None else wq(self.weight)
+        b = self.bias
+        inq = io.in_quants[0] if io.in_quants else None
+        if b is not None and wq is not None and inq is not None and wq.fake_quant_enabled:
+            sx = fraction_to_float(inq.steps()[0])
+            s_acc = (wq.step_tensor(self.weight).detach().flatten() * sx).to(b.dtype)
+            b = fake_quantize(b, s_acc, wq.fmt.integer_rounding(), float("-inf"), float("inf"))
+        y = self.linear_map(x, w, b)
+        return self.out_quant(y) if self.out_quant is not None else y
+
+    # ------------------------------------------------------------ exact path
+    def _param_key(self, sx: Fraction | None) -> tuple:
+        """Changes whenever a parameter, a buffer or a step changes (tensor versions)."""
+        tensors = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+        quants = [q for q in (self.weight_quant, self.out_quant) if q is not None]
+        return (
+            sx,
+            tuple((t._version, t.data_ptr(), t.device) for t in tensors),
+            tuple(q.state_key() for q in quants),
+        )
+
+    def _integer_params(self, sx: Fraction) -> dict[str, Any]:
+        """What the integer path needs that does not depend on the data (cached)."""
+        key = self._param_key(sx)
+        if self._cache.get("key") == key:
+            return self._cache
+        kw = self.weight_codes()
+        steps = self.weight_steps()
+        scale = [s * sx for s in steps]
+        bias = self.bias_codes(scale)
+        so = self.out_quant.steps()[0] if self.out_quant is not None else None
+        absw = kw.abs().reshape(kw.shape[0], -1)
+        w_max = int(absw.max()) if absw.numel() else 0
+        self._cache = {
+            "key": key,
+            "codes": kw.to(torch.float32) if w_max < F32_EXACT else kw,
+            "w_max": w_max,
+            "l1_max": int(absw.sum(1).max()) if absw.numel() else 0,
+            "bias": bias.to(torch.int64) if bias is not None else None,
+            "scale": scale,
+            "mult": [s / so for s in scale] if so is not None else None,
+        }
+        return self._cache
+
+    def accumulate(self, xk: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
+        """``A = linear_map(k_x, k_w)`` exactly (int64), computed in floating point blocks whose
+        partial sums are provably exact integers."""
+        x_max = int(xk.abs().max()) if xk.numel() else 0
+        if p["l1_max"] * x_max < F32_EXACT:
+            return self.linear_map(xk.to(torch.float32), p["codes"].to(torch.float32)).to(torch.int64)
+        per = max(p["w_max"] * x_max, 1)
+        for dtype, limit in ((torch.float32, F32_EXACT), (torch.float64, F64_EXACT)):
+            chunk = (limit - 1) // (per * self.fan_in_unit())
+            blocks = self.split_inputs(xk, p["codes"], chunk) if chunk >= 1 else []
+            if blocks:
+                acc = None
+                for xb, wb in blocks:
+                    part = self.linear_map(xb.to(dtype), wb.to(dtype)).to(torch.int64)
+                    acc = part if acc is None else acc + part
+                return acc  # type: ignore[return-value]
+        if p["l1_max"] * x_max < F64_EXACT:
+            return self.linear_map(xk.to(torch.float64), p["codes"].to(torch.float64)).to(torch.int64)
+        return self.linear_map(xk, p["codes"].to(torch.int64))  # int64 kernels (CPU)
+
+    def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        (x,) = args
+        if isinstance(x, QTensor) and self.quantized:
+            p = self._integer_params(x.grid.step)
+            acc = self.accumulate(x.codes, p)
+            if p["bias"] is not None:
+                acc = acc + p["bias"].view(self._channel_shape(acc))
+            if self.out_quant is None:  # a real output, as configured
+                return acc.to(torch.float64) * self._column(p["scale"], acc)
+            return QTensor(
+                requantize([(acc, p["mult"])], self.out_quant.grid(), self.qname, axis=self.channel_axis),
+                self.out_quant.grid(),
+            )
+        return self._certified(x)
+
+    def _channel_shape(self, out: torch.Tensor) -> list[int]:
+        shape = [1] * out.dim()
+        shape[self.channel_axis] = out.shape[self.channel_axis]
+        return shape
+
+    def _column(self, values: list[Fraction], like: torch.Tensor) -> torch.Tensor:
+        t = torch.tensor([fraction_to_float(f) for f in values], dtype=torch.float64, device=like.device)
+        return t.view(self._channel_shape(like))
+
+    def _certified(self, x: Any) -> Any:
+        """Real input or real weights: float64 with a certified error bound; the elements whose
+        bound straddles a rounding boundary are recomputed with exact rationals."""
+        if isinstance(x, QTensor):
+            xm, sx = x.codes.to(torch.float64), x.grid.step
+        else:
+            xm, sx = x.to(torch.float64), None
+        if self.quantized:
+            kw, sw = self.weight_codes(), self.weight_steps()
+        else:
+            kw, sw = self.weight.detach().to(torch.float64), [Fraction(1)] * self.out_channels_
+        scale = [s * sx for s in sw] if sx is not None else sw
+        if self.bias is not None and self.quantized and sx is not None:
+            bias = [int(b) * s for b, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
+        elif "bias_int" in self._buffers:
+            raise QuantizationError(
+                f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
+            )
+        elif self.bias is not None:
+            bias = [Fraction(b) for b in self.bias.detach().double().tolist()]
+        else:
+            bias = [Fraction(0)] * len(scale)
+        acc = self.linear_map(xm, kw)
+        if self.out_quant is None:
+            return acc * self._column(scale, acc) + self._column(bias, acc)
+        so = self.out_quant.steps()[0]
+        mult, offs = [s / so for s in scale], [c / so for c in bias]
+        mf, of = self._column(mult, acc), self._column(offs, acc)
+        acc_err = _gamma(kw[0].numel()) * self.linear_map(xm.abs(), kw.abs())
+        t_hat = acc * mf + of
+        err = (acc_err * mf.abs() + (acc * mf).abs() * DIV_ERR + of.abs() * DIV_ERR) * (1 + DIV_ERR)
+        err = err + t_hat.abs() * DIV_ERR
+        shape = acc.shape
+        fmt = self.out_quant.fmt
+        rows_cache: dict[int | None, torch.Tensor] = {}
+
+        def exact_t(i: int) -> Fraction:
+            c, row = self.row_of(i, shape)
+            group = c // (self.out_channels_ // self.groups_) if self.groups_ > 1 else None
+            if group not in rows_cache:
+                rows_cache[group] = self.patches(xm, group)
+            patch = rows_cache[group][row].tolist()
+            weights = kw[c].flatten().tolist()
+            dot = sum(Fraction(a) * Fraction(b) for a, b in zip(weights, patch, strict=True) if a and b)
+            return Fraction(dot) * mult[c] + offs[c]
+
+        codes = round_certified(
+            fmt, t_hat, err, lambda idx: [fmt.round_exact(exact_t(i)) for i in idx], self.qname
+        )
+        grid = self.out_quant.grid()
+        kmin, kmax = grid.code_range
+        return QTensor(fmt.saturate_tensor(codes, kmin, kmax, self.qname).to(torch.int64), grid)
+
+    # ------------------------------------------------------------ integer reference
+    def reference_map(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The map on exact arrays (integers or Fractions), exactly."""
+        raise NotImplementedError
+
+    def reference_weights(self) -> tuple[np.ndarray, list[Fraction]]:
+        """Integer weight codes re-quantized from the float weights with exact arithmetic."""
+        steps = self.weight_steps()
+        if self.frozen:
+            return self.weight_int.cpu().numpy().astype(np.int64), steps
+        wq = self.weight_quant
+        codes = float_codes(self.weight.detach().cpu().numpy(), steps, wq.fmt, axis=0)
+        return ref_saturate(codes, Grid(wq.fmt, steps[0], 0), f"{self.qname}.weight"), steps
+
+    def _channel_column(self, values: list[Any], ndim: int) -> np.ndarray:
+        shape = [1] * ndim
+        shape[self.channel_axis] = len(values)
+        col = np.empty(len(values), dtype=object)
+        col[:] = values
+        return col.reshape(shape)
+
+    def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        x = args[0]
+        if x.grid is not None and self.quantized:
+            kw, sw = self.reference_weights()
+            scale = [s * x.grid.step for s in sw]
+            bound = max_abs(x.data) * (
+                int(np.abs(kw).reshape(kw.shape[0], -1).sum(1).max()) if kw.size else 0
+            )
+            xi = x.data.astype(np.int64 if bound < INT64_SAFE else object)
+            acc = self.reference_map(xi, kw.astype(xi.dtype))
+            if "bias_int" in self._buffers:
+                bias = self.bias_int.cpu().numpy().astype(object)
+            elif self.bias is not None:
+                fmt = self.weight_quant.fmt.integer_rounding()
+                bias = float_codes(self.bias.detach().cpu().numpy(), scale, fmt, axis=0).astype(object)
+            else:
+                bias = np.zeros(len(scale), dtype=object)
+            n = acc.astype(object) + self._channel_column(list(bias), acc.ndim)
+            if self.out_quant is None:
+                return RTensor(n * self._channel_column(scale, n.ndim))
+            grid = self.out_quant.grid()
+            mult = [s / grid.step for s in scale]
+            return RTensor(round_scaled(n, mult, grid, self.channel_axis, self.qname), grid)
+        if "bias_int" in self._buffers:
+            raise QuantizationError(
+                f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
+            )
+        if self.quantized:
+            kw, sw = self.reference_weights()
+            w = kw.astype(object) * self._channel_column(sw, kw.ndim).reshape([-1] + [1] * (kw.ndim - 1))
+        else:
+            w = fractions(self.weight.detach().cpu().numpy())
+        value = self.reference_map(x.exact(), w)
+        if self.bias is not None:
+            value = value + self._channel_column(
+                list(fractions(self.bias.detach().cpu().numpy())), value.ndim
+            )
+        if self.out_quant is None:
+            return RTensor(value)
+        grid = self.out_quant.grid()
+        return RTensor(round_fractions(value, grid, self.qname), grid)
+
+    # ------------------------------------------------------------ verifier
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        """The dense exact layer: ``D`` from the map applied to unit vectors (every entry is one
+        weight code or float weight, so exact), one row scale (weight step) and bias per row."""
+        x = cb.consume(args[0], self.qname)
+        n = int(np.prod(x.shape))
+        if self.quantized:
+            values, row_scale = self.weight_codes(), self.weight_steps()
+            inq = io.in_quants[0] if io.in_quants else None
+            if inq is not None and (self.bias is not None or "bias_int" in self._buffers):
+                scale = [s * inq.steps()[0] for s in row_scale]
+                bias = [int(k) * s for k, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
+            elif "bias_int" in self._buffers:
+                raise Unsupported(f"{self.qname}: the frozen integer bias needs its input grid")
+            else:
+                bias = _float_fractions(self.bias, self.out_channels_)
+        else:
+            values, row_scale = self.weight.detach().double(), [Fraction(1)] * self.out_channels_
+            bias = _float_fractions(self.bias, self.out_channels_)
+        if n * n * max(self.out_channels_, 1) > 64 * 4_000_000:
+            raise Unsupported(f"{self.qname}: too large for the verifier's dense layers ({n} inputs)")
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, *x.shape)
+        try:
+            out = self.linear_map(basis, values.to(torch.float64))
+        except RuntimeError as exc:
+            raise Unsupported(
+                f"{self.qname}: an input of shape {x.shape} does not fit this layer ({exc})"
+            ) from None
+        out_shape = tuple(out.shape[1:])
+        matrix = out.reshape(n, -1).T.numpy()
+        axis = (self.channel_axis - 1 if self.channel_axis > 0 else self.channel_axis) % len(
+            out_shape
+        )  # per sample
+        channel_of = torch.arange(out_shape[axis]).view(
+            [-1 if d == axis else 1 for d in range(len(out_shape))]
+        )
+        channels = torch.broadcast_to(channel_of, out_shape).reshape(-1).tolist()
+        out_grid = self.out_quant.grid() if self.out_quant is not None else None
+        return cb.dense(
+            matrix, [row_scale[c] for c in channels], [bias[c] for c in channels], out_grid, out_shape
+        )
+
+    # ------------------------------------------------------------ ONNX
+    def onnx_channel_shape(self, ndim: int) -> list[int]:
+        if self.channel_axis == -1:
+            return [-1]
+        return [1, -1] + [1] * (ndim - 2)
+
+    def onnx_accumulate(self, em: Any, x: Any, kw: np.ndarray, t_max: int) -> str:
+        """The integer form's ``A = map(k_x, k_w)`` as exact float64 values."""
+        raise NotImplementedError
+
+    def onnx_float_map(self, em: Any, x: str, w: str, ndim: int) -> str:
+        """The QDQ form's float32 map of values ``x`` by (dequantized) weights ``w``."""
+        raise NotImplementedError
+
+    def onnx_integer(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        x = em.need_grid(args[0], self.qname)
+        if not self.quantized:
+            raise Unsupported(f"{self.qname}: the integer form needs quantized weights (QConfig.weight)")
+        if self.out_quant is None:
+            raise Unsupported(f"{self.qname}: the integer form needs an output format (QConfig.activation)")
+        kw = self.weight_codes().cpu().numpy()
+        scale = [s * x.grid.step for s in self.weight_steps()]
+        bias = self.bias_codes(scale)
+        l1 = int(np.abs(kw).reshape(kw.shape[0], -1).sum(1).max()) if kw.size else 0
+        b_max = int(bias.abs().max()) if bias is not None else 0
+        t_max = l1 * x.grid.max_abs_code + b_max
+        acc = self.onnx_accumulate(em, x, kw, t_max)
+        ch = self.onnx_channel_shape(len(x.example_shape))
+        if bias is not None:
+            acc = em.g.op("Add", [acc, em.g.const(bias.cpu().numpy().reshape(ch))])
+        out = self.out_quant.grid()
+        codes = em.requantize([(acc, [s / out.step for s in scale], t_max)], out, self.qname, ch)
+        return em.value(io, codes, out)
+
+    def onnx_qdq(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        g, x = em.g, args[0]
+        ch = self.onnx_channel_shape(len(x.example_shape))
+        f32 = np.float32
+        if self.quantized:
+            kw = self.weight_codes().cpu().numpy()
+            if np.abs(kw).max() > 127:
+                raise Unsupported(f"{self.qname}: the QDQ form stores 8-bit weights")
+            steps = np.array([fraction_to_float(f) for f in self.weight_steps()], dtype=f32)
+            zeros = g.const(np.zeros(len(steps)), dtype=np.int8)
+            w = g.op(
+                "DequantizeLinear",
+                [g.const(kw, dtype=np.int8), g.const(steps, dtype=f32), zeros],
+                "w",
+                axis=0,
+            )
+        else:
+            w = g.const(self.weight.detach().cpu().numpy(), dtype=f32)
+        y = self.onnx_float_map(em, x.name, w, len(x.example_shape))
+        if x.grid is not None and self.quantized:
+            scale = [s * x.grid.step for s in self.weight_steps()]
+            codes = self.bias_codes(scale)
+            bias = (
+                None if codes is None else codes.cpu().double().numpy() * np.array([float(f) for f in scale])
+            )
+        else:
+            bias = None if self.bias is None else self.bias.detach().cpu().double().numpy()
+        if bias is not None:
+            y = g.op("Add", [y, g.const(bias.reshape(ch), dtype=f32)])
+        if self.out_quant is None:
+            return em.value(io, y, None)
+        out = self.out_quant.grid()
+        return em.value(io, em.fake_quant(y, out, self.qname), out)
+
+    def extra_repr(self) -> str:
+        return f"{self.qname!r}{', frozen' if self.frozen else ''}"
+
+
+# ---------------------------------------------------------------------------- Linear
+@register(modules=(nn.Linear,))
+class QuantLinear(QuantAffine):
+    """``nn.Linear`` (on inputs of any rank: the last dimension is the feature dimension)."""
+
+    channel_axis = -1
+
+    def __init__(self, mod: nn.Linear, cfg: Any, name: str = ""):
+        super().__init__(mod.weight, mod.bias, cfg, name)
+        self.in_features, self.out_features = mod.in_features, mod.out_features
+
+    @classmethod
+    def build(cls, call: Call) -> Operation:
+        return cls(call.module, call.config, call.name)  # type: ignore[arg-type]
+
+    def linear_map(self, x, w, b=None):
+        return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+
+    def split_inputs(self, x, w, chunk):
+        d = x.shape[-1]
+        if chunk >= d:
+            return []
+        return [(x[..., i : i + chunk], w[:, i : i + chunk]) for i in range(0, d, chunk)]
+
+    def patches(self, x, group=None):
+        return x.to(torch.float64).reshape(-1, x.shape[-1])
+
+    def row_of(self, flat, out_shape):
+        c = out_shape[-1]
+        return flat % c, flat // c
+
+    def reference_map(self, x, w):
+        return np.tensordot(x, w, axes=([x.ndim - 1], [1]))
+
+    def onnx_accumulate(self, em, x, kw, t_max):
+        if t_max >= 2**53:
+            raise Unsupported(f"{self.qname}: accumulators reach {t_max:.3g} >= 2^53 (not exact in float64)")
+        wt = em.g.op("Cast", [em.g.const(kw.T, dtype=_onnx_int(kw))], to=TensorProto.DOUBLE)
+        return em.g.op("MatMul", [x.name, wt])
+
+    def onnx_float_map(self, em, x, w, ndim):
+        return em.g.op("MatMul", [x, em.g.op("Transpose", [w], perm=[1, 0])])
+
+
+# ---------------------------------------------------------------------------- Conv
+def _tuple(v: Any, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+@register(modules=(nn.Conv1d, nn.Conv2d))
+class QuantConv(QuantAffine):
+    """``nn.Conv1d`` / ``nn.Conv2d`` with groups (depthwise), dilation, stride and any padding
+    mode.  Non-zero padding modes (reflect, replicate, circular) copy grid values, so the padded
+    input is on the same grid and the convolution stays exact."""
+
+    def __init__(self, mod: nn.Conv1d | nn.Conv2d, cfg: Any, name: str = ""):
+        super().__init__(mod.weight, mod.bias, cfg, name)
+        self.dims = mod.weight.dim() - 2
+        self.stride, self.dilation, self.groups = mod.stride, mod.dilation, mod.groups
+        self.in_channels, self.out_channels, self.kernel_size = (
+            mod.in_channels,
+            mod.out_channels,
+            mod.kernel_size,
+        )
+        self.padding_mode = mod.padding_mode
+        self.pads = self._explicit_pads(mod)  # (left, right) per spatial dim
+
+    def _explicit_pads(self, mod: nn.Module) -> list[tuple[int, int]]:
+        if mod.padding == "valid":
+            return [(0, 0)] * self.dims
+        if mod.padding == "same":
+            if any(s != 1 for s in _tuple(mod.stride, self.dims)):
+                raise Unsupported(f"{self.qname}: padding='same' needs stride 1")
+            out = []
+            for d, k in zip(_tuple(mod.dilation, self.dims), _tuple(mod.kernel_size, self.dims), strict=True):
+                total = d * (k - 1)
+                out.append((total // 2, total - total // 2))
+            return out
+        return [(p, p) for p in _tuple(mod.padding, self.dims)]
+
+    @classmethod
+    def build(cls, call: Call) -> Operation:
+        return cls(call.module, call.config, call.name)  # type: ignore[arg-type]
+
+    @property
+    def groups_(self) -> int:
+        return self.groups
+
+    def fan_in_unit(self) -> int:
+        return int(math.prod(self.kernel_size))
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        flat = [p for pair in reversed(self.pads) for p in pair]  # F.pad: last dimension first
+        if not any(flat):
+            return x
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, flat, mode=mode)
+
+    def linear_map(self, x, w, b=None):
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        return conv(
+            self._pad(x),
+            w.to(x.dtype),
+            None if b is None else b.to(x.dtype),
+            self.stride,
+            0,
+            self.dilation,
+            self.groups,
+        )
+
+    def split_inputs(self, x, w, chunk):
+        if self.groups != 1 or chunk >= self.in_channels:
+            return []
+        return [(x[:, i : i + chunk], w[:, i : i + chunk]) for i in range(0, self.in_channels, chunk)]
+
+    def patches(self, x, group=None):
+        x = self._pad(x.to(torch.float64))
+        if self.dims == 1:
+            x = x.unsqueeze(2)
+            k, d, s = (1, self.kernel_size[0]), (1, self.dilation[0]), (1, self.stride[0])
+        else:
+            k, d, s = self.kernel_size, self.dilation, self.stride
+        if group is not None:
+            cin = self.in_channels // self.groups
+            x = x[:, group * cin : (group + 1) * cin]
+        cols = F.unfold(x, k, d, 0, s)  # N, C*k, L
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    def row_of(self, flat, out_shape):
+        n_ch = out_shape[1]
+        spatial = int(math.prod(out_shape[2:]))
+        c = (flat // spatial) % n_ch
+        return c, (flat // (n_ch * spatial)) * spatial + flat % spatial
+
+    def reference_map(self, x, w):
+        stride, dilation = _tuple(self.stride, self.dims), _tuple(self.dilation, self.dims)
+        return conv_int(x, w, stride, self.pads, dilation, self.groups, self.padding_mode)
+
+    def _onnx_attrs(self, em, x: str) -> tuple[str, dict]:
+        """Explicit padding (a ``Pad`` node for non-zero modes) and the Conv attributes."""
+        begins, ends = [p[0] for p in self.pads], [p[1] for p in self.pads]
+        attrs = {
+            "strides": list(_tuple(self.stride, self.dims)),
+            "dilations": list(_tuple(self.dilation, self.dims)),
+            "group": self.groups,
+        }
+        if self.padding_mode == "zeros":
+            return x, attrs | {"pads": begins + ends}
+        modes = {"reflect": "reflect", "replicate": "edge"}
+        if self.padding_mode not in modes:
+            raise Unsupported(
+                f"{self.qname}: padding_mode={self.padding_mode!r} has no ONNX opset-17 Pad mode"
+            )
+        pads = em.g.const(np.array([0, 0, *begins, 0, 0, *ends], dtype=np.int64), dtype=np.int64)
+        return em.g.op("Pad", [x, pads], mode=modes[self.padding_mode]), attrs
+
+    def onnx_accumulate(self, em, x, kw, t_max):
+        g = em.g
+        kmin_x, kmax_x = x.grid.code_range
+        if kmax_x - kmin_x <= 255 and float(np.abs(kw).max()) <= 127:
+            # ConvInteger: uint8 codes shifted by -kmin, int8 weights, exact int32 accumulators;
+            # every grid holds 0, so kmin <= 0 and the shifted zero point -kmin is in [0, 255]
+            xu = g.op("Cast", [g.op("Sub", [x.name, g.const(float(kmin_x))])], to=TensorProto.UINT8)
+            xu, attrs = self._onnx_attrs(em, xu)
+            zp = g.const(-kmin_x, dtype=np.uint8)
+            w = g.const(kw, dtype=np.int8)
+            out = g.op("ConvInteger", [xu, w, zp, g.const(np.int8(0), dtype=np.int8)], **attrs)
+            return g.op("Cast", [out], to=TensorProto.DOUBLE)
+        if t_max >= 2**24:
+            raise Unsupported(
+                f"{self.qname}: codes wider than 8 bits with accumulators up to {t_max:.3g} >= 2^24 have "
+                "no exact ONNX convolution (ConvInteger is 8-bit, Conv float32)"
+            )
+        xf, attrs = self._onnx_attrs(em, g.op("Cast", [x.name], to=TensorProto.FLOAT))
+        out = g.op("Conv", [xf, g.const(kw, dtype=np.float32)], **attrs)
+        return g.op("Cast", [out], to=TensorProto.DOUBLE)
+
+    def onnx_float_map(self, em, x, w, ndim):
+        xp, attrs = self._onnx_attrs(em, x)
+        return em.g.op("Conv", [xp, w], **attrs)
+
+
+# ---------------------------------------------------------------------------- BatchNorm
+@register(modules=(nn.BatchNorm1d, nn.BatchNorm2d))
+class QuantBatchNorm(QuantAffine):
+    """A BatchNorm that follows no foldable layer (e.g. after a ReLU, DenseNet's order): with its
+    running statistics it is the per-channel affine map ``y = a_c x + c_c``,
+    ``a = gamma / sqrt(var + eps)``, ``c = beta - mean a`` (computed in float64, then taken at
+    their exact values); ``a`` is quantized per channel like a weight."""
+
+    def __init__(self, mod: nn.modules.batchnorm._BatchNorm, cfg: Any, name: str = ""):
+        if mod.running_mean is None or mod.running_var is None:
+            raise Unsupported(
+                f"{name}: batch norm without running statistics cannot be frozen into an affine map"
+            )
+        var = mod.running_var.detach().double()
+        gamma = mod.weight.detach().double() if mod.weight is not None else torch.ones_like(var)
+        beta = mod.bias.detach().double() if mod.bias is not None else torch.zeros_like(var)
+        a = gamma / torch.sqrt(var + mod.eps)
+        c = beta - mod.running_mean.detach().double() * a
+        super().__init__(a.float(), c.float(), cfg, name)
+
+    @classmethod
+    def build(cls, call: Call) -> Operation:
+        return cls(call.module, call.config, call.name)  # type: ignore[arg-type]
+
+    def _shape(self, x: torch.Tensor) -> list[int]:
+        return [1, -1] + [1] * (x.dim() - 2)
+
+    def linear_map(self, x, w, b=None):
+        y = x * w.to(x.dtype).view(self._shape(x))
+        return y if b is None else y + b.to(x.dtype).view(self._shape(x))
+
+    def patches(self, x, group=None):
+        x = x.to(torch.float64)
+        if group is not None:
+            return x[:, group].reshape(-1, 1)
+        return x.movedim(1, -1).reshape(-1, x.shape[1])  # rows (sample, position), one column per channel
+
+    @property
+    def groups_(self) -> int:
+        return self.out_channels_
+
+    def row_of(self, flat, out_shape):
+        n_ch = out_shape[1]
+        spatial = int(math.prod(out_shape[2:]))
+        c = (flat // spatial) % n_ch
+        return c, (flat // (n_ch * spatial)) * spatial + flat % spatial
+
+    def reference_map(self, x, w):
+        return x * w.reshape([1, -1] + [1] * (x.ndim - 2))
+
+    def onnx_accumulate(self, em, x, kw, t_max):
+        if t_max >= 2**53:
+            raise Unsupported(f"{self.qname}: products reach {t_max:.3g} >= 2^53 (not exact in float64)")
+        w = em.g.const(kw.astype(np.float64).reshape(self.onnx_channel_shape(len(x.example_shape))))
+        return em.g.op("Mul", [x.name, w])
+
+    def onnx_float_map(self, em, x, w, ndim):
+        shape = em.g.const(np.array(self.onnx_channel_shape(ndim), dtype=np.int64), dtype=np.int64)
+        return em.g.op("Mul", [x, em.g.op("Reshape", [w, shape])])
+
+
+def _float_fractions(t: torch.Tensor | None, n: int) -> list[Fraction]:
+    if t is None:
+        return [Fraction(0)] * n
+    return [Fraction(v) for v in t.detach().double().tolist()]
+
+
+def _onnx_int(codes: np.ndarray):
+    big = float(np.abs(codes).max()) if codes.size else 0.0
+    return np.int8 if big <= 127 else np.int16 if big <= 32767 else np.int32
+
+
+def affine_ops(model: nn.Module) -> list[tuple[str, QuantAffine]]:
+    """The affine operations of a quantized model, by name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantAffine)]
+
+
+__all__ = ["QuantAffine", "QuantBatchNorm", "QuantConv", "QuantLinear", "affine_ops"]
