@@ -5,6 +5,7 @@ the steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward
 reference (paper 001 Eq. 7 semantics: one rounding after every operation that leaves the grid).
 """
 
+from . import ops
 from .batchnorm import fold_batchnorm
 from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
 from .fake_quant import FakeQuantize, fake_quantize
@@ -57,6 +58,7 @@ __all__ = [
     "freeze",
     "from_onnx",
     "load_onnx",
+    "ops",
     "quantize",
     "quantize_bits",
     "reference_forward",

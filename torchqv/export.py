@@ -239,10 +239,15 @@ class Emitter:
             return np.uint8
         raise ExportError(f"{where}: the QDQ form stores 8-bit codes; {grid.fmt.describe()} is wider")
 
-    def round_float(self, t: str, fmt: FixedPoint) -> str:
-        """``FixedPoint.round_tensor`` with ONNX ops on a float32 ratio (QDQ form)."""
+    def round_float64(self, t: str, fmt: FixedPoint) -> str:
+        """``FixedPoint.round_tensor`` on a float64 ratio (values computed in float64)."""
+        return self.round_float(t, fmt, np.float64)
+
+    def round_float(self, t: str, fmt: FixedPoint, dtype: Any = np.float32) -> str:
+        """``FixedPoint.round_tensor`` with ONNX ops on a float ratio (QDQ form: float32)."""
         g = self.g
-        f32 = np.float32
+        f32 = dtype
+        to = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
         if fmt.binary:
             thr = g.const(1.0 if fmt.rounding == "floor" else 0.0, dtype=f32)
             return g.op(
@@ -255,7 +260,7 @@ class Emitter:
         mag = g.op("Abs", [t])
         whole = g.op("Floor", [mag])
         half = g.op("GreaterOrEqual", [g.op("Sub", [mag, whole]), g.const(0.5, dtype=f32)])
-        whole = g.op("Add", [whole, g.op("Cast", [half], to=TensorProto.FLOAT)])
+        whole = g.op("Add", [whole, g.op("Cast", [half], to=to)])
         return g.op("Mul", [whole, g.op("Sign", [t])])
 
     def fake_quant(self, x: str, grid: Grid, where: str) -> str:

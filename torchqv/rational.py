@@ -10,6 +10,7 @@ arrays, tested against ``round_exact``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -77,6 +78,22 @@ def saturate(codes: np.ndarray, grid: Grid, where: str) -> np.ndarray:
         if bool(np.any(bad)):
             raise OverflowToGridError(f"reference: {where}: {int(np.sum(bad))} value(s) outside the grid")
     return np.clip(codes, kmin, kmax)
+
+
+def combine(terms: list[tuple[np.ndarray, Fraction]], const: Fraction, grid: Grid, where: str) -> np.ndarray:
+    """Saturated codes on ``grid`` of ``sum_i k_i r_i + c`` for integer arrays ``k_i`` and rationals
+    ``r_i``, ``c`` (in units of ``grid.step``): ``N / L`` over the common denominator ``L``."""
+    common = 1
+    for _, r in terms:
+        common = common * r.denominator // math.gcd(common, r.denominator)
+    common = common * const.denominator // math.gcd(common, const.denominator)
+    num: Any = int(const * common)
+    for k, r in terms:
+        num = num + k.astype(object) * int(r * common)
+    num = np.asarray(num, dtype=object)
+    bound = 2 * max_abs(num) + common
+    ints = num.astype(np.int64) if bound < INT64_SAFE else num
+    return saturate(as_ints(round_ratio(grid.fmt, ints, common)), grid, where)
 
 
 def round_fractions(values: np.ndarray, grid: Grid, where: str) -> np.ndarray:
@@ -178,10 +195,14 @@ class RTensor:
         """The exact values (object array of Fractions)."""
         if self.grid is None:
             return self.data
-        step = self.grid.step
-        out = np.empty(self.data.size, dtype=object)
-        out[:] = [int(k) * step for k in self.data.flat]
-        return out.reshape(self.data.shape)
+        return self.map_codes(lambda k: k * self.grid.step)  # type: ignore[union-attr]
+
+    def map_codes(self, fn: Any) -> np.ndarray:
+        """``fn(code)`` for every element (object array), evaluated once per distinct code."""
+        codes, inverse = np.unique(self.data, return_inverse=True)
+        table = np.empty(len(codes), dtype=object)
+        table[:] = [fn(int(k)) for k in codes]
+        return table[inverse.reshape(-1)].reshape(self.data.shape)
 
     def with_data(self, data: np.ndarray) -> RTensor:
         return RTensor(data, self.grid)

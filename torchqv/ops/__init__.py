@@ -3,7 +3,7 @@
 Importing this package registers every operation.
 """
 
-from . import activation, affine, join, movement, pool, structure
+from . import activation, affine, join, movement, norm, pool, structure
 from .base import Operation, Unsupported, registered
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "affine",
     "join",
     "movement",
+    "norm",
     "pool",
     "registered",
     "structure",

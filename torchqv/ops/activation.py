@@ -142,7 +142,13 @@ class QuantAct(Operation, nn.Module):
         return fmt.saturate_tensor(k, kmin, kmax, self.qname).to(torch.int64)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        values = args[0].exact()
+        x = args[0]
+        if x.grid is not None and self.out_quant is not None:  # once per distinct input code
+            grid = self.out_quant.grid()
+            step, out_fmt, out_step = x.grid.step, grid.fmt, grid.step
+            codes = x.map_codes(lambda k: A.round_activation(self.act, out_fmt, k * step, out_step))
+            return RTensor(saturate(as_ints(codes), grid, self.qname), grid)
+        values = x.exact()
         if self.out_quant is None:  # a real-valued activation: exact only where it is rational
             if not self.act.rational_everywhere:
                 raise QuantizationError(
@@ -201,6 +207,22 @@ class QuantAct(Operation, nn.Module):
             y = g.op("HardSigmoid", [v], alpha=1 / 6, beta=0.5)
         elif a.name == "hardswish":
             y = g.op("HardSwish", [v])
+        elif a.name == "silu":
+            y = g.op("Mul", [v, g.op("Sigmoid", [v])])
+        elif a.name == "gelu":  # 0.5 x (1 + erf(x / sqrt 2)); opset 17 has no Gelu
+            erf = g.op("Erf", [g.op("Mul", [v, g.const(f32(2**-0.5), dtype=f32)])])
+            y = g.op(
+                "Mul",
+                [
+                    g.op("Mul", [v, g.const(f32(0.5), dtype=f32)]),
+                    g.op("Add", [erf, g.const(f32(1), dtype=f32)]),
+                ],
+            )
+        elif a.name == "softplus":
+            beta = g.const(f32(a.param("beta")), dtype=f32)
+            y = g.op("Div", [g.op("Softplus", [g.op("Mul", [v, beta])]), beta])
+        elif a.name == "mish":
+            y = g.op("Mul", [v, g.op("Tanh", [g.op("Softplus", [v])])])
         else:
             raise Unsupported(f"{self.qname}: {a.name} has no QDQ export; use form='integer'")
         if self.out_quant is None:

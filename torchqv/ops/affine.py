@@ -438,8 +438,11 @@ class QuantAffine(Operation, nn.Module):
         else:
             values, row_scale = self.weight.detach().double(), [Fraction(1)] * self.out_channels_
             bias = _float_fractions(self.bias, self.out_channels_)
-        if n * n * max(self.out_channels_, 1) > 64 * 4_000_000:
-            raise Unsupported(f"{self.qname}: too large for the verifier's dense layers ({n} inputs)")
+        try:
+            outputs = self.linear_map(torch.zeros(1, *x.shape, dtype=torch.float64), values.to(torch.float64))
+        except RuntimeError as exc:
+            raise Unsupported(f"{self.qname}: an input of shape {x.shape} does not fit this layer ({exc})") from None
+        cb.check_size(n, outputs.numel(), self.qname)
         basis = torch.eye(n, dtype=torch.float64).reshape(n, *x.shape)
         try:
             out = self.linear_map(basis, values.to(torch.float64))

@@ -29,7 +29,7 @@ from torch import nn
 from ..fake_quant import FakeQuantize
 from ..formats import round_certified
 from ..grid import QTensor, requantize
-from ..rational import RTensor, fractions, round_fractions
+from ..rational import RTensor, combine, fractions, round_fractions
 from .base import Call, Const, Kind, NodeIO, OnGrid, Operation, Real, Ref, Unsupported, is_tensor, register
 
 Number = (int, float)
@@ -61,6 +61,10 @@ def _fractions(t: torch.Tensor) -> np.ndarray:
 def _exact_value(v: Any) -> Any:
     """A reference operand's exact value (Fraction array, or the number itself)."""
     return v.exact() if isinstance(v, RTensor) else Fraction(v)
+
+
+def _on_grid_or_number(v: Any) -> bool:
+    return (isinstance(v, RTensor) and v.grid is not None) or _is_number(v)
 
 
 def _reference_result(values: Any, out: FakeQuantize | None, where: str) -> RTensor:
@@ -191,7 +195,13 @@ class QuantAdd(_Join):
         return out.fmt.saturate_tensor(k, kmin, kmax, self.qname).to(torch.int64)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        (a, _), (b, alpha) = self._operands(args, kwargs)
+        operands = self._operands(args, kwargs)
+        if self.out_quant is not None and all(_on_grid_or_number(v) for v, _ in operands):
+            grid = self.out_quant.grid()
+            terms = [(v.data, v.grid.step * c / grid.step) for v, c in operands if isinstance(v, RTensor)]
+            const = sum((Fraction(v) * c for v, c in operands if not isinstance(v, RTensor)), Fraction(0))
+            return RTensor(combine(terms, const / grid.step, grid, self.qname), grid)
+        (a, _), (b, alpha) = operands
         return _reference_result(_exact_value(a) + _exact_value(b) * alpha, self.out_quant, self.qname)
 
     def onnx_integer(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
@@ -327,6 +337,14 @@ class QuantMul(_Join):
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         a, b = self._operands(args, kwargs)
+        if self.out_quant is not None and a.grid is not None and _on_grid_or_number(b):
+            grid = self.out_quant.grid()
+            if isinstance(b, RTensor):
+                term = (a.data.astype(object) * b.data.astype(object), a.grid.step * b.grid.step / grid.step)
+            else:
+                c = Fraction(b)
+                term = (a.data, a.grid.step / (c * grid.step) if self.divide else a.grid.step * c / grid.step)
+            return RTensor(combine([term], Fraction(0), grid, self.qname), grid)
         ea, eb = _exact_value(a), _exact_value(b)
         return _reference_result(ea / eb if self.divide else ea * eb, self.out_quant, self.qname)
 
@@ -403,7 +421,8 @@ class QuantCat(_Join):
             joined = np.stack(parts, self.dim) if self.stack else np.concatenate(parts, self.dim)
             return RTensor(joined)
         grid = self.out_quant.grid()
-        codes = [round_fractions(p, grid, self.qname) for p in parts]
+        tensors = kwargs.get("tensors", args[0] if args else None)
+        codes = [combine([(p.data, p.grid.step / grid.step)], Fraction(0), grid, self.qname) for p in tensors]
         return RTensor(np.stack(codes, self.dim) if self.stack else np.concatenate(codes, self.dim), grid)
 
     def _onnx_join(self, em: Any, names: list[str]) -> str:

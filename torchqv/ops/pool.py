@@ -22,7 +22,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize
 from ..grid import QTensor, requantize_quotient
-from ..rational import RTensor, pool_windows, round_fractions
+from ..rational import RTensor, as_ints, pool_windows, round_fractions, round_ratio, saturate
 from .base import Call, Kind, NodeIO, OnGrid, Operation, Real, Unsupported, register
 
 
@@ -95,8 +95,8 @@ class MaxPool(Operation):
 
     def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]
-        if isinstance(x, QTensor):
-            return x.with_codes(self.pool(x.codes))
+        if isinstance(x, QTensor):  # float64 holds the codes exactly; the maximum is exact
+            return x.with_codes(self.pool(x.codes.to(torch.float64)).to(torch.int64))
         return self.pool(x)
 
     def _onnx(self, em: Any, x: Any, io: NodeIO) -> Any:
@@ -230,6 +230,13 @@ class _Average(Operation, nn.Module):
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]
+        if x.grid is not None and self.out_quant is not None:  # integer sums of codes
+            grid = self.out_quant.grid()
+            total, count = self.reference_sums(x.data.astype(object))
+            mult = x.grid.step / grid.step
+            num = np.asarray(total * mult.numerator, dtype=object)
+            den = np.broadcast_to(np.asarray(count * mult.denominator, dtype=object), num.shape)
+            return RTensor(saturate(as_ints(round_ratio(grid.fmt, num, den)), grid, self.qname), grid)
         total, count = self.reference_sums(x.exact())
         mean = total / count
         if self.out_quant is None:

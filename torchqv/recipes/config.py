@@ -110,14 +110,19 @@ class DatasetConfig:
 class ModelConfig:
     """``mlp``: Linear layers of widths ``hidden`` (input flattened); ``cnn``: per entry of
     ``channels`` a 3x3 convolution (padding 1), the activation and a 2x2 max pool, then one
-    Linear layer.  ``load``: no training; a ``.pt`` state dict of this architecture or an
-    ``.onnx`` network (read by ``tq.from_onnx``)."""
+    Linear layer.  ``target``: any ``nn.Module`` class or factory by its dotted path instead
+    (``torchqv.models.resnet20``, ``torchvision.models.resnet18``, ``mypkg.nets.MyNet``; built by
+    Hydra's ``instantiate`` with ``kwargs``, plus ``num_classes`` and ``in_channels`` when it takes
+    them; ``kind`` is then ignored).  ``load``: no training; a ``.pt`` state dict of this
+    architecture or an ``.onnx`` network (read by ``tq.from_onnx``)."""
 
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [64, 32])
     channels: list[int] = field(default_factory=lambda: [16, 32])
     activation: str = "relu"
     load: str | None = None
+    target: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("model", "kind", self.kind, MODELS)
@@ -125,6 +130,8 @@ class ModelConfig:
         for name in ("hidden", "channels"):
             if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in getattr(self, name)):
                 raise ValueError(f"model.{name} must be a list of positive ints, got {getattr(self, name)}")
+        if self.target is not None and (not isinstance(self.target, str) or "." not in self.target):
+            raise ValueError(f"model.target must be a dotted path such as 'pkg.module.Class', got {self.target!r}")
         if self.load is not None and not self.load.endswith((".pt", ".onnx")):
             raise ValueError(f"model.load must name a .pt state dict or an .onnx file, got {self.load!r}")
 
@@ -269,15 +276,8 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        if self.model.kind == "cnn":
-            if self.dataset.name in TABULAR:
-                raise ValueError(f"model.kind='cnn' needs images; dataset {self.dataset.name!r} is tabular")
-            if self.verify.enabled:
-                raise ValueError(
-                    "the verifier supports chains of Linear and Conv2d layers without pooling, and this cnn "
-                    "max-pools; with model.kind='cnn' "
-                    "set verify=disabled (or verify.enabled=false)"
-                )
+        if self.model.kind == "cnn" and self.model.target is None and self.dataset.name in TABULAR:
+            raise ValueError(f"model.kind='cnn' needs images; dataset {self.dataset.name!r} is tabular")
 
 
 # ------------------------------------------------------------------------- other recipes

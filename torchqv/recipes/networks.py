@@ -8,6 +8,7 @@ training passes the ``QuantizationAwareTraining`` callback to the same :func:`fi
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
@@ -81,6 +82,8 @@ def tensors(ds: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tens
 
 def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """An untrained network for ``cfg`` (``cfg.load`` is read by :func:`load_model`)."""
+    if cfg.target is not None:
+        return _instantiate(cfg, input_shape, num_classes)
     act = FLOAT_ACTIVATIONS[cfg.activation]
     layers: list[nn.Module] = []
     if cfg.kind == "mlp":
@@ -101,6 +104,23 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
             f"model.channels: {len(cfg.channels)} pooling stages leave no pixels of {input_shape}"
         )
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, num_classes))
+
+
+def _instantiate(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """``cfg.target`` built by Hydra with ``cfg.kwargs`` (and the data's classes and channels)."""
+    from hydra.utils import get_object, instantiate
+
+    try:
+        factory = get_object(cfg.target)
+    except Exception as exc:
+        raise ValueError(f"model.target={cfg.target!r} cannot be imported: {exc}") from exc
+    params = inspect.signature(factory).parameters
+    extra = {"num_classes": num_classes, "in_channels": input_shape[0] if len(input_shape) > 1 else None}
+    kwargs = {k: v for k, v in extra.items() if k in params and k not in cfg.kwargs and v is not None}
+    model = instantiate({"_target_": cfg.target, **cfg.kwargs, **kwargs})
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.target={cfg.target!r} built a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def load_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:

@@ -41,6 +41,7 @@ from ..quantize import QConfig, calibrate, quantize
 from ..reference import reference_forward
 from ..rounding import round_weights
 from ..verify import verify_equivalence
+from ..verify.network import float_chain, quant_chain
 from .config import QuantConfig, RunConfig, as_config
 from .networks import Data, accuracy, build_model, fit, load_data, load_model, tensors
 from .report import (
@@ -109,6 +110,9 @@ def describe(model: torch.nn.Module, cfg: RunConfig) -> str:
     m = cfg.model
     if m.load is not None and m.load.endswith(".onnx"):
         return f"onnx {Path(m.load).stem}"
+    if m.target is not None:
+        params = sum(p.numel() for p in model.parameters())
+        return f"{m.target.rsplit('.', 1)[-1]} ({params / 1e6:.2f}M parameters)"
     layers = [x for x in model.modules() if isinstance(x, (torch.nn.Linear, torch.nn.Conv2d))]
     first = layers[0].in_features if isinstance(layers[0], torch.nn.Linear) else layers[0].in_channels
     widths = [first] + [x.out_features if isinstance(x, torch.nn.Linear) else x.out_channels for x in layers]
@@ -213,7 +217,10 @@ def _measure(
         if not row["reference_match"]:
             log.error("%d bits, %s: the simulation differs from the integer reference", bits, method)
     row |= {"proved": None, "refuted": None, "unknown": None, "verdicts": None, "verify_seconds": None}
-    if v.enabled:
+    row["verify_skipped"] = _unverifiable(f, qm, data.input_shape) if v.enabled else None
+    if row["verify_skipped"]:
+        log.warning("verification skipped: %s", row["verify_skipped"])
+    elif v.enabled:
         t0 = time.perf_counter()
         centres = region_centres(qm, inputs["verify"], v.domain)
         domain = tuple(v.domain) if v.domain is not None else None
@@ -234,6 +241,16 @@ def _measure(
         }
     row["layers"] = report.to_dict()["layers"]
     return row
+
+
+def _unverifiable(f: torch.nn.Module, qm: torch.nn.Module, shape: Sequence[int]) -> str | None:
+    """Why the verifier cannot read these networks (``None``: it can)."""
+    try:
+        float_chain(f, tuple(shape))
+        quant_chain(qm, tuple(shape))
+    except QuantizationError as exc:
+        return str(exc)
+    return None
 
 
 # ------------------------------------------------------------------------------ report

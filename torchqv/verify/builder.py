@@ -72,6 +72,14 @@ class ChainBuilder:
         self.inp = self.rounding(grid)
         return ChainVal(shape, 0)
 
+    @staticmethod
+    def check_size(inputs: int, outputs: int, where: str) -> None:
+        if inputs * outputs > MAX_DENSE:
+            raise QuantizationError(
+                f"{where}: its dense expansion has {outputs} x {inputs} entries, more than the verifier's limit "
+                f"{MAX_DENSE}; verify a network with smaller inputs or fewer channels"
+            )
+
     def dense(
         self,
         matrix: np.ndarray,
@@ -81,11 +89,7 @@ class ChainBuilder:
         shape: tuple[int, ...],
     ) -> ChainVal:
         """``y = diag(row_scale) D x + b``: ``D`` holds exact doubles (codes or float weights)."""
-        if matrix.size > MAX_DENSE:
-            raise QuantizationError(
-                f"a layer's dense expansion has {matrix.shape[0]} x {matrix.shape[1]} entries, more than the "
-                f"verifier's limit {MAX_DENSE}; verify a network with smaller inputs or fewer channels"
-            )
+        self.check_size(matrix.shape[1], matrix.shape[0], "a layer")
         W = [
             [Fraction(v) * s if v else Fraction(0) for v in row]
             for row, s in zip(matrix.tolist(), row_scale, strict=True)
