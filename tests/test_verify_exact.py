@@ -313,6 +313,59 @@ def test_negative_leaky_relu_slopes_are_a_clear_error_up_front():
         tq.verify_equivalence(f, fq, torch.zeros(1, 2), 0.1)
 
 
+def onnx_model(nodes, inits, d_in: int, d_out: int, out: str):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, d_in])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, d_out])],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_onnx_leaky_relu_clip_and_identity_constants_become_layers(tmp_path):
+    import onnx
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    W1, b1, W2, b2 = rng.normal(size=(4, 3)), rng.normal(size=4), rng.normal(size=(2, 4)), rng.normal(size=2)
+    nodes = [
+        helper.make_node("Identity", ["b1"], ["b1_shared"]),  # a bias shared through an Identity
+        helper.make_node("Identity", ["W2"], ["W2_id"]),
+        helper.make_node("Gemm", ["x", "W1", "b1_shared"], ["h"], transB=1),
+        helper.make_node("LeakyRelu", ["h"], ["a"], alpha=0.25),
+        helper.make_node("Gemm", ["a", "W2_id", "b2"], ["z"], transB=1),
+        helper.make_node("Clip", ["z", "lo", "hi"], ["y"]),
+    ]
+    inits = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "lo": np.float32(-1.0), "hi": np.float32(1.5)}
+    path = tmp_path / "net.onnx"
+    onnx.save(onnx_model(nodes, inits, 3, 2, "y"), path)
+    f = from_onnx(path)
+    kinds = [type(m).__name__ for m in f.children()]
+    assert kinds == ["Linear", "LeakyReLU", "Linear", "Hardtanh"], kinds
+    x = torch.randn(5, 3)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x[:1].numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(f(x[:1]).numpy(), ref, atol=1e-6)
+    cfg = tq.QConfig(
+        weight=tq.FixedPoint(bits=6), activation=tq.FixedPoint(bits=6), input=tq.FixedPoint(bits=6)
+    )
+    fq = tq.quantize(f, cfg)
+    tq.calibrate(fq, [x * 2], progress=False)
+    with torch.no_grad():
+        assert torch.equal(fq.eval()(x), tq.reference_forward(fq, x))
+    for res in tq.verify_equivalence(f, fq, x[:2], 0.1, relation="eps", eps=0.5, timeout=30):
+        assert res.verdict in ("EQUIVALENT", "NOT_EQUIVALENT"), res.reason
+
+
 def test_exact_numbers_for_delta_and_eps_and_the_counterexample_fields():
     f, fq = d2_pair()
     (res,) = tq.verify_equivalence(f, fq, torch.tensor([[0.5]]), "1/10", relation="eps", eps="1/4")
