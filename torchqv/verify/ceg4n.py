@@ -410,10 +410,10 @@ def _check_inputs(
     d = math.prod(points.shape[1:])
     chain = float_chain(f, d)  # raises for what the verifier does not support
     first = next(layer for layer in chain.layers if isinstance(layer, Affine))
-    if len(first.W[0]) != d:
+    if first.in_features != d:
         raise QuantizationError(
             f"points have {d} features per point (shape {tuple(points.shape)}) but f's first layer "
-            f"takes {len(first.W[0])}; pass points shaped (n, {len(first.W[0])})"
+            f"takes {first.in_features}; pass points shaped (n, {first.in_features})"
         )
 
 
