@@ -31,8 +31,8 @@ SOUNDNESS_OUT ?= outputs/soundness
 soundness: $(STAMP)
 	rm -rf $(SOUNDNESS_OUT)
 	TORCHQV_SOUNDNESS_CASES=$(SOUNDNESS_CASES) TORCHQV_SOUNDNESS_OUT=$(SOUNDNESS_OUT) OMP_NUM_THREADS=1 \
-		$(PY) -m pytest -n 2 -q tests/test_soundness.py
-	PYTHONPATH=. $(PY) tests/test_soundness.py summarize $(SOUNDNESS_OUT)
+		$(PY) -m pytest -n 2 -q tests/test_soundness.py; status=$$?; \
+		PYTHONPATH=. $(PY) tests/test_soundness.py summarize $(SOUNDNESS_OUT); exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

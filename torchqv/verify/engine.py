@@ -217,6 +217,8 @@ class _Problem:
         eval-mode simulation's doubles (the nearest doubles of the exact values); at a point that
         is not a double on a continuous region, the chain alone."""
         x = self.grid_exact(point)
+        if self.box is not None and not self.box.contains(x):
+            return None  # never a counterexample outside the region
         y = self.cf.exact(x)
         yq = self.cq.exact(x)
         _, xq = self.doubles([point])
@@ -701,17 +703,32 @@ def _z3_pass(
     p: _Problem, solver: QuerySolver, todo: list[Query], deadline: float, cap: float
 ) -> tuple[Result | None, list[Query], str]:
     """z3 on each disjunct, sharing the time left (at most ``cap`` seconds each): a replayed
-    counterexample, or the disjuncts still open and why."""
-    left, reason = [], ""
-    for i, query in enumerate(todo):
-        budget = min(cap, (deadline - time.perf_counter()) / (len(todo) - i))
-        status, info = solver.z3(query, time.perf_counter() + max(budget, 0.0))
-        if status == "refuted":
-            return _refuted(p, info, f"z3 ({query.what}), replayed exactly", solver.stats), [], ""
-        if status == "unknown":
-            left.append(query)
-            reason = info
-    return None, left, reason
+    counterexample, or the disjuncts still open and why.  Without a cap, the time that decided
+    disjuncts leave is shared again among the open ones, round after round, until the deadline
+    (a disjunct that ran out of its share gets a longer one), so an open disjunct means the
+    region's time is spent."""
+    reason = ""
+    while True:
+        left, stopped = [], False
+        for i, query in enumerate(todo):
+            now = time.perf_counter()
+            budget = max(min(cap, (deadline - now) / (len(todo) - i)), 0.0)
+            status, info = solver.z3(query, now + budget)
+            if status == "refuted":
+                return _refuted(p, info, f"z3 ({query.what}), replayed exactly", solver.stats), [], ""
+            if status == "unknown":
+                left.append(query)
+                reason = info
+                stopped |= budget > 0 and time.perf_counter() - now >= 0.9 * budget  # ran out of its share
+        if (
+            not left
+            or cap != np.inf
+            or not stopped
+            or deadline - time.perf_counter() < 0.05
+            or len(left) == len(todo)
+        ):
+            return None, left, reason
+        todo = left
 
 
 def _loose(bounds: list) -> list:

@@ -7,7 +7,8 @@ of the outputs the disjuncts read, with the bounds fixing what they decide.  ``Q
 runs z3 with a per-query time cap and the LP search (``lp_branch``) with a shared deadline; the
 engine schedules the passes.  A z3 model is an exact point of the region (integer input codes on
 a grid, rationals otherwise); it is replayed exactly (``engine._Problem.confirm``).  z3 answering
-``sat`` just as the deadline watchdog interrupts it may leave no model: that is ``unknown``.
+``sat`` just as the deadline watchdog interrupts it may leave no model, or a model that is not
+one (outside the region, or not a violation on replay): that is ``unknown`` at the time limit.
 """
 
 from __future__ import annotations
@@ -168,15 +169,18 @@ class QuerySolver:
         self.stats["solver_calls"] += 1
         with Z3Deadline(s.ctx, deadline):  # z3's own timeout can be overrun by minutes
             answer = s.check(guard)
+        interrupted = time.perf_counter() >= deadline  # the watchdog may have cut the answer short
         if answer == z3.unsat:
             return "unsat", None
         point = sat_point(s, read) if answer == z3.sat else None
         if point is None:
             return "unknown", f"no decision within the timeout (z3 on {query.what})"
         self.stats["replays"] += 1
-        cex = self.p.confirm(point)
+        cex = self.p.confirm(point) if self.box.contains(self.p.grid_exact(point)) else None
         if cex is not None:
             return "refuted", cex
+        if interrupted:  # a model built as the watchdog interrupted z3 is not trusted
+            return "unknown", f"no decision within the timeout (z3 on {query.what}, interrupted at sat)"
         return (
             "unknown",
             f"internal: z3's model for {query.what} does not violate the relation on exact replay",
