@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soundness clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_qat.py
+
+# The verifier's soundness campaign at scale (tests/test_soundness.py runs 240 cases in `make test`):
+# every verdict against an exact enumeration; the counts go to BENCHMARKS.md.
+SOUNDNESS_CASES ?= 4000
+SOUNDNESS_OUT ?= outputs/soundness
+soundness: $(STAMP)
+	rm -rf $(SOUNDNESS_OUT)
+	TORCHQV_SOUNDNESS_CASES=$(SOUNDNESS_CASES) TORCHQV_SOUNDNESS_OUT=$(SOUNDNESS_OUT) OMP_NUM_THREADS=1 \
+		$(PY) -m pytest -n 2 -q tests/test_soundness.py; status=$$?; \
+		PYTHONPATH=. $(PY) tests/test_soundness.py summarize $(SOUNDNESS_OUT); exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

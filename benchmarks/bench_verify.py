@@ -10,7 +10,11 @@ only (the thesis' setting, ``--mode weights``) or weights and activations (``--m
 calibrated on 2048 points of the normalised input box; eps-equivalence (L-inf, eps 0.05) around
 5 random points of the box per network at each delta.
 
+``--network mnist-net_256x6`` (or 256x4) runs the same on the deeper nets of the family; the
+summary line gives the slowest region against the timeout (the time limit's overrun).
+
 Usage: python benchmarks/bench_verify.py mnist [--images 15] [--deltas 0.005 0.01 0.02] [--plain 15]
+                                         [--network mnist-net_256x2] [--timeout 60]
        python benchmarks/bench_verify.py acas [--points 5] [--deltas 0.01 0.05 0.1] [--bits 8 6]
 """
 
@@ -39,7 +43,7 @@ def _row(r: tq.verify.Result) -> dict:
 
 
 def mnist(args: argparse.Namespace) -> list[dict]:
-    f = tq.from_onnx(ROOT / "onnx" / "mnist-net_256x2.onnx")
+    f = tq.from_onnx(ROOT / "onnx" / f"{args.network}.onnx")
     xtr, _ = load_mnist(ROOT, "train")
     xte, _ = load_mnist(ROOT, "test")
     xtr, xte = xtr.reshape(-1, 784, 1), xte.reshape(-1, 784, 1)
@@ -54,7 +58,11 @@ def mnist(args: argparse.Namespace) -> list[dict]:
     for delta in args.deltas:
         common = dict(relation="top1", domain=(0.0, 1.0), timeout=args.timeout)
         ours = tq.verify_equivalence(f, fq, xte[: args.images], delta, **common)
-        plain = tq.verify_equivalence(f, fq, xte[: args.plain], delta, samples=0, use_bounds=False, **common)
+        plain = (
+            tq.verify_equivalence(f, fq, xte[: args.plain], delta, samples=0, use_bounds=False, **common)
+            if args.plain
+            else []
+        )
         for i, r in enumerate(ours):
             row = {"delta": delta, "image": i, **_row(r)}
             if i < len(plain):
@@ -72,8 +80,10 @@ def mnist(args: argparse.Namespace) -> list[dict]:
         sel = [r for r in rows if r["delta"] == delta]
         decided = sum(r["verdict"] != "UNKNOWN" for r in sel)
         plain_decided = sum(r.get("plain_verdict", "UNKNOWN") != "UNKNOWN" for r in sel)
+        slowest = max(r["seconds"] for r in sel)
         print(
-            f"delta {delta}: ours {decided}/{len(sel)} decided (max {max(r['seconds'] for r in sel):.1f} s), "
+            f"delta {delta}: ours {decided}/{len(sel)} decided (max {slowest:.1f} s, timeout "
+            f"{args.timeout:g} s, overrun {max(0.0, slowest - args.timeout):.1f} s), "
             f"plain z3 {plain_decided}/{min(len(sel), args.plain)}"
         )
     return rows
@@ -139,6 +149,7 @@ def main() -> None:
     m.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.01, 0.02])
     m.add_argument("--plain", type=int, default=15)
     m.add_argument("--timeout", type=float, default=60.0)
+    m.add_argument("--network", default="mnist-net_256x2", choices=[f"mnist-net_256x{k}" for k in (2, 4, 6)])
     a = sub.add_parser("acas")
     a.add_argument("--points", type=int, default=5)
     a.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.05, 0.1])
@@ -152,6 +163,8 @@ def main() -> None:
     print(f"total {time.perf_counter() - t0:.0f} s")
     OUT.mkdir(exist_ok=True)
     name = args.bench if args.bench == "mnist" else f"acas_{args.mode}"
+    if args.bench == "mnist" and args.network != "mnist-net_256x2":
+        name += "_" + args.network.split("_")[-1]
     if args.bench == "acas" and args.networks != list(ACAS):
         name += "_" + "_".join(args.networks)
     (OUT / f"verify_{name}.json").write_text(json.dumps(rows, indent=2))

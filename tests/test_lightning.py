@@ -319,7 +319,9 @@ def test_float_twin_is_the_float_network() -> None:
 
 def test_equivalence_check_after_fit_logs_counts_and_report(tmp_path: Path) -> None:
     module, dm = Classifier(), iris()
-    check = EquivalenceCheck(delta=0.001, points=4, domain=(0.0, 1.0), timeout=20)
+    # delta above half the 8-bit input step: every region holds a grid point (an empty region
+    # is a QuantizationError, not a vacuous proof)
+    check = EquivalenceCheck(delta=0.004, points=4, domain=(0.0, 1.0), timeout=20)
     logger = CSVLogger(tmp_path, name="run")
     make_trainer(tmp_path, [QuantizationAwareTraining(CFG, calibration_batches=2), check], logger=logger).fit(
         module, datamodule=dm

@@ -161,7 +161,11 @@ def test_run_recipe_with_resnet20_on_cifar_files(tmp_path: Path) -> None:
 
 
 def test_model_target_builds_any_module() -> None:
-    overrides = ("model.target=torch.nn.Linear", "+model.kwargs.in_features=4", "+model.kwargs.out_features=3")
+    overrides = (
+        "model.target=torch.nn.Linear",
+        "+model.kwargs.in_features=4",
+        "+model.kwargs.out_features=3",
+    )
     cfg = as_config(composed("run", *overrides), RunConfig)
     model = build_model(cfg.model, (4,), 3)
     assert isinstance(model, nn.Linear) and (model.in_features, model.out_features) == (4, 3)
@@ -268,7 +272,7 @@ def test_unknown_keys_and_bad_types_are_composition_errors() -> None:
         ),
         ("run", ["quant.bits=[9,0]"], r"quant.bits must be an int in \[1, 32\], got 0"),
         ("run", ["quant.bits=1"], r"set quant.activation_bits to an int >= 2 or null"),
-        ("run", ["model=cnn", "dataset=mnist"], r"with model.kind='cnn' set verify=disabled"),
+        ("run", ["model=cnn", "dataset=iris"], r"model.kind='cnn' needs images; dataset 'iris' is tabular"),
         ("run", ["verify.relation=eps"], r"verify.relation='eps' needs verify.eps > 0"),
         (
             "ceg4n",

@@ -51,24 +51,35 @@ def cases(draw):
     return f, fq, relation, eps, center, delta
 
 
+def exact_truth(f: nn.Module, fq: nn.Module, xs: torch.Tensor, rel: str, eps, norm: str) -> bool:
+    """Does the relation hold at every point (f in exact rationals, f' by the integer reference)?"""
+    from torchqv.verify.engine import holds_exact
+    from torchqv.verify.network import float_chain
+
+    chain = float_chain(f, xs.shape[1])
+    yq = tq.reference_forward(fq, xs, exact=True)
+    e = Fraction(eps) if eps is not None else None
+    return all(
+        holds_exact(rel, chain.exact([Fraction(v) for v in x.tolist()]), list(b), e, norm)
+        for x, b in zip(xs.double(), yq, strict=True)
+    )
+
+
 def check_against_enumeration(case, input_split: int) -> str:
     """Verify the case's region and compare the verdict with all its grid points; returns the
     stage that decided."""
     f, fq, relation, eps, center, delta = case
     norm = "l1" if relation == "eps_l1" else "inf"
     rel = "eps" if relation.startswith("eps") else relation
+    xs = grid_points(fq, center, delta)
+    if xs.numel() == 0:  # no input grid point in the region: a user error, not a verdict
+        with pytest.raises(tq.QuantizationError, match="no grid point"):
+            tq.verify_equivalence(f, fq, center[None], delta, relation=rel, eps=eps, norm=norm, timeout=30)
+        return "empty"
     (res,) = tq.verify_equivalence(
         f, fq, center[None], delta, relation=rel, eps=eps, norm=norm, timeout=30, input_split=input_split
     )
-    xs = grid_points(fq, center, delta)
-    if xs.numel() == 0:  # no input grid point in the region: vacuously equivalent
-        assert res.verdict == "EQUIVALENT" and "vacuous" in res.reason
-        return res.stats["method"]
-    with torch.no_grad():
-        y = f.double()(xs.double())
-        f.float()
-    yq = tq.reference_forward(fq, xs)
-    truth = all(holds(rel, a, b, eps, norm) for a, b in zip(y, yq, strict=True))
+    truth = exact_truth(f, fq, xs, rel, eps, norm)
     assert res.verdict != "UNKNOWN", res.reason
     if res.verdict == "EQUIVALENT":
         assert truth, "the verifier said EQUIVALENT but enumeration finds a violation"
@@ -76,10 +87,7 @@ def check_against_enumeration(case, input_split: int) -> str:
         assert not truth
         cex = res.counterexample.reshape(1, -1).float()
         assert any(torch.equal(cex[0], x) for x in xs)  # a point of the region
-        with torch.no_grad():
-            a = f.double()(cex.double())[0]
-            f.float()
-        assert not holds(rel, a, tq.reference_forward(fq, cex)[0], eps, norm)
+        assert not exact_truth(f, fq, cex, rel, eps, norm)
     return res.stats["method"]
 
 
@@ -95,17 +103,20 @@ def lp_verdict(case) -> tuple[str, bool]:
     import numpy as np
 
     from torchqv.verify import bounds as B
-    from torchqv.verify.engine import _disjuncts, _grid_box, _Problem
+    from torchqv.verify.engine import _disjuncts, _Problem
+    from torchqv.verify.region import grid_box
 
     f, fq, relation, eps, center, delta = case
     norm = "l1" if relation == "eps_l1" else "inf"
     rel = "eps" if relation.startswith("eps") else relation
     xs = grid_points(fq, center, delta)
-    p = _Problem(f, fq, (center.numel(),), rel, eps, norm)
-    box = _grid_box((center - delta).double()[None], (center + delta).double()[None], p.cq.inp)
+    p = _Problem(f, fq, (center.numel(),), rel, Fraction(eps) if eps is not None else None, norm)
+    c = [Fraction(v) for v in center.tolist()]
+    d = Fraction(delta)
+    box = grid_box([v - d for v in c], [v + d for v in c], p.grid.step, *p.grid.code_range)
     if box is None or rel == "strict" or (rel == "eps" and norm == "l1"):
         return "skip", True
-    lo, hi = box
+    lo, hi = box.floats()
     stats = {
         "solver_calls": 0,
         "replays": 0,
@@ -114,20 +125,15 @@ def lp_verdict(case) -> tuple[str, bool]:
         "nodes": 0,
         "use_bounds": True,
     }
-    todo, solver = _disjuncts(p, lo, hi, B.Crown(p.cf, lo, hi), B.Crown(p.cq_body, lo, hi), np.inf, stats)
-    with torch.no_grad():
-        y = f.double()(xs.double())
-        f.float()
-    truth = all(holds(rel, a, b, eps, norm) for a, b in zip(y, tq.reference_forward(fq, xs), strict=True))
+    todo, solver = _disjuncts(p, box, B.Crown(p.cf, lo, hi), B.Crown(p.cq_body, lo, hi), np.inf, stats)
+    truth = exact_truth(f, fq, xs, rel, eps, norm)
     verdict = "proved"
     for query in todo:
         status, info = solver.lp(query, time.perf_counter() + 30)
         if status == "refuted":
-            cex = info.reshape(1, -1).float()
-            assert any(torch.equal(cex[0], x) for x in xs)
-            a = f.double()(cex.double())[0].detach()
-            f.float()
-            assert not holds(rel, a, tq.reference_forward(fq, cex)[0], eps, norm)
+            cex = torch.from_numpy(info.double).reshape(1, -1)
+            assert any(torch.equal(cex[0].float(), x) for x in xs)
+            assert not exact_truth(f, fq, cex, rel, eps, norm)
             return "refuted", truth
         if status == "open":
             verdict = "open"

@@ -35,6 +35,7 @@ from .observers import Observer, ObserverConfig
 
 # Relative error of one float64 division x / step (plus margin).
 DIV_ERR = 2.0**-50
+CHUNK = 1 << 22  # elements per chunk of the exact quantization of large tensors
 
 
 class _FakeQuantize(torch.autograd.Function):
@@ -274,21 +275,34 @@ class FakeQuantize(nn.Module):
 
     # -------------------------------------------------------- exact (eval)
     def exact_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Saturated centered codes of ``round(x / step)`` decided exactly (float64 tensor)."""
+        """Saturated centered codes of ``round(x / step)`` decided exactly (float64 tensor).
+
+        Large tensors go in chunks of ``CHUNK`` elements (per-channel steps along axis 0), so the
+        float64 temporaries stay small whatever the layer's size."""
         steps = self.steps()
-        x64 = x.detach().to(torch.float64)
-        s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).view(self._shape(x64))
-        t_hat = x64 / s
-        inner = x64[0].numel() if len(steps) > 1 else 1
-        flat = x64.flatten()
-
-        def exact(idx: list[int]) -> list[int]:
-            step_of = (lambda i: steps[(i // inner) % len(steps)]) if len(steps) > 1 else (lambda i: steps[0])
-            return [self.fmt.round_exact(Fraction(flat[i].item()) / step_of(i)) for i in idx]
-
-        k = round_certified(self.fmt, t_hat, t_hat.abs() * DIV_ERR, exact, self.qname)
         kmin, kmax = self.code_range()
-        return self.fmt.saturate_tensor(k, kmin, kmax, self.qname)
+        if len(steps) > 1 and self.axis != 0:
+            x = x.movedim(self.axis, 0)
+        flat = x.detach().reshape(-1)
+        inner = max(flat.numel() // len(steps), 1)
+        sf = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64, device=flat.device)
+        out = torch.empty(flat.numel(), dtype=torch.float64, device=flat.device)
+        for start in range(0, flat.numel(), CHUNK):
+            part = flat[start : start + CHUNK].to(torch.float64)
+            if len(steps) > 1:
+                s = sf[torch.arange(start, start + part.numel(), device=flat.device) // inner]
+            else:
+                s = sf[0]
+            t_hat = part / s
+
+            def exact(idx: list[int], part: torch.Tensor = part, start: int = start) -> list[int]:
+                step_of = (lambda i: steps[(start + i) // inner]) if len(steps) > 1 else (lambda i: steps[0])
+                return [self.fmt.round_exact(Fraction(part[i].item()) / step_of(i)) for i in idx]
+
+            k = round_certified(self.fmt, t_hat, t_hat.abs() * DIV_ERR, exact, self.qname)
+            out[start : start + part.numel()] = self.fmt.saturate_tensor(k, kmin, kmax, self.qname)
+        codes = out.view(x.shape)
+        return codes.movedim(0, self.axis) if len(steps) > 1 and self.axis != 0 else codes
 
     def quantize_exact(self, x: torch.Tensor) -> torch.Tensor:
         """Grid values (float64, each the double nearest to ``k * step``)."""

@@ -132,42 +132,39 @@ def _split_two(n: int) -> tuple[int, int]:
 
 def float_codes(values: np.ndarray, steps: list[Fraction], fmt: FixedPoint, axis: int = 0) -> np.ndarray:
     """Exact unsaturated codes ``round(x / step)`` of float values (one step, or one per channel
-    along ``axis``), vectorised.  ``x = m 2^e`` exactly (``frexp``, trailing zeros of ``m``
-    removed) and ``step = (p 2^a) / (q 2^b)`` with odd ``p``, ``q``, so ``x / step =
-    (m q 2^E) / p`` with ``E = e + b - a``: numerator ``m q 2^max(E, 0)`` over denominator
-    ``p 2^max(-E, 0)``, rounded with int64 arithmetic where the bit lengths allow and with Python
-    integers for the other elements."""
-    v = np.asarray(values, dtype=np.float64)
+    along ``axis``), vectorised.  ``x = m 2^e`` exactly (``frexp`` in the values' own precision:
+    ``|m| < 2^24`` for float32, ``2^53`` for float64) and ``step = (p 2^a) / (q 2^b)`` with odd
+    ``p``, ``q``, so ``x / step = (m q 2^E) / p`` with ``E = e + b - a``: numerator
+    ``m q 2^max(E, 0)`` over denominator ``p 2^max(-E, 0)``, rounded with int64 arithmetic where
+    the bit lengths allow (both below ``2^59``) and with Python integers for the other elements."""
+    v = np.asarray(values)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
+    digits = 24 if v.dtype == np.float32 else 53
     mant, ex = np.frexp(v)
-    m = (mant * 2.0**53).astype(np.int64)
-    e = ex.astype(np.int64) - 53
-    nonzero = m != 0
-    low = np.where(nonzero, m & -m, 1)
-    tz = np.log2(low.astype(np.float64)).astype(np.int64)
-    m, e = m >> tz, np.where(nonzero, e + tz, 0)
+    m = (mant.astype(np.float64) * 2.0**digits).astype(np.int64)
     shape = [1] * v.ndim
     if len(steps) > 1:
         shape[axis] = len(steps)
     parts = [(_split_two(s.numerator), _split_two(s.denominator)) for s in steps]
     p = np.array([pa[0] for pa, _ in parts], dtype=object).reshape(shape)
     q = np.array([qb[0] for _, qb in parts], dtype=object).reshape(shape)
-    shift = np.array([qb[1] - pa[1] for pa, qb in parts], dtype=np.int64).reshape(shape)
+    shift = np.array([qb[1] - pa[1] - digits for pa, qb in parts], dtype=np.int64).reshape(shape)
     pbits = np.array([pa[0].bit_length() for pa, _ in parts]).reshape(shape)
     qbits = np.array([qb[0].bit_length() for _, qb in parts]).reshape(shape)
-    big_e = e + shift
+    big_e = ex.astype(np.int64) + shift
     pos, neg = np.maximum(big_e, 0), np.maximum(-big_e, 0)
-    mbits = np.where(nonzero, np.floor(np.log2(np.abs(np.where(nonzero, m, 1)).astype(np.float64))) + 1, 0)
-    fit = np.broadcast_to((mbits + qbits + pos <= 59) & (pbits + neg <= 59), v.shape)
+    fit = np.broadcast_to((digits + qbits + pos <= 59) & (pbits + neg <= 59), v.shape)
+    if bool(fit.all()):  # (the fit bounds make p, q and the shifts int64 values)
+        q64, p64 = q.astype(np.int64), p.astype(np.int64)
+        num = m * q64 * np.left_shift(np.int64(1), pos)
+        return round_ratio(fmt, num, p64 * np.left_shift(np.int64(1), neg))
+    out = np.zeros(v.shape, dtype=object)
     pb, qb = np.broadcast_to(p, v.shape), np.broadcast_to(q, v.shape)
-    m, pos, neg = np.broadcast_to(m, v.shape), np.broadcast_to(pos, v.shape), np.broadcast_to(neg, v.shape)
-    out = np.zeros(v.shape, dtype=np.int64)
+    pos, neg = np.broadcast_to(pos, v.shape), np.broadcast_to(neg, v.shape)
     if bool(fit.any()):
-        num = m[fit] * qb[fit].astype(np.int64) * np.left_shift(np.int64(1), np.where(fit, pos, 0)[fit])
-        den = pb[fit].astype(np.int64) * np.left_shift(np.int64(1), np.where(fit, neg, 0)[fit])
-        out[fit] = round_ratio(fmt, num, den)
-    if bool(fit.all()):
-        return out
-    out = out.astype(object)
+        num = m[fit] * qb[fit].astype(np.int64) * np.left_shift(np.int64(1), pos[fit])
+        out[fit] = round_ratio(fmt, num, pb[fit].astype(np.int64) * np.left_shift(np.int64(1), neg[fit]))
     for idx in zip(*np.nonzero(~fit), strict=True):
         num = int(m[idx]) * qb[idx] * 2 ** int(pos[idx])
         out[idx] = fmt.round_exact(Fraction(num, pb[idx] * 2 ** int(neg[idx])))

@@ -144,12 +144,25 @@ class QuantAffine(Operation, nn.Module):
         return self.weight_quant is not None or self.frozen
 
     def weight_codes(self) -> torch.Tensor:
-        """Centered integer codes of the weights (float64 tensor)."""
+        """Centered integer codes of the weights (float64 tensor; cached until the weights or
+        their steps change)."""
         if self.frozen:
             return self.weight_int.to(torch.float64)
         if self.weight_quant is None:
             raise QuantizationError(f"{self.qname}: weights are not quantized (QConfig.weight is None)")
-        return self.weight_quant.exact_codes(self.weight)
+        key = (self.weight._version, self.weight.data_ptr(), self.weight_quant.state_key())
+        cached = self._cache.get("weight_codes")
+        if cached is None or cached[0] != key:  # kept compact: int8/16/32 by the format's width
+            codes = self.weight_quant.exact_codes(self.weight)
+            cached = (key, codes.to(_int_dtype(self.weight_quant.fmt.bits)))
+            self._cache["weight_codes"] = cached
+        return cached[1].to(torch.float64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the derived caches (codes are recomputed from the parameters)."""
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
 
     def weight_steps(self) -> list[Fraction]:
         """One step per output channel."""
@@ -183,8 +196,7 @@ class QuantAffine(Operation, nn.Module):
         if self.frozen or self.weight_quant is None:
             return
         kw = self.weight_codes()
-        bits = self.weight_quant.fmt.bits
-        dtype = torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
+        dtype = _int_dtype(self.weight_quant.fmt.bits)
         bias_int = None
         if self.bias is not None and in_quant is not None:
             sx = in_quant.steps()[0]
@@ -242,13 +254,14 @@ class QuantAffine(Operation, nn.Module):
         if self._cache.get("key") == key:
             return self._cache
         kw = self.weight_codes()
+        self._cache = {k: v for k, v in self._cache.items() if k == "weight_codes"}
         steps = self.weight_steps()
         scale = [s * sx for s in steps]
         bias = self.bias_codes(scale)
         so = self.out_quant.steps()[0] if self.out_quant is not None else None
         absw = kw.abs().reshape(kw.shape[0], -1)
         w_max = int(absw.max()) if absw.numel() else 0
-        self._cache = {
+        self._cache |= {
             "key": key,
             "codes": kw.to(torch.float32) if w_max < F32_EXACT else kw,
             "w_max": w_max,
@@ -441,7 +454,9 @@ class QuantAffine(Operation, nn.Module):
         try:
             outputs = self.linear_map(torch.zeros(1, *x.shape, dtype=torch.float64), values.to(torch.float64))
         except RuntimeError as exc:
-            raise Unsupported(f"{self.qname}: an input of shape {x.shape} does not fit this layer ({exc})") from None
+            raise Unsupported(
+                f"{self.qname}: an input of shape {x.shape} does not fit this layer ({exc})"
+            ) from None
         cb.check_size(n, outputs.numel(), self.qname)
         basis = torch.eye(n, dtype=torch.float64).reshape(n, *x.shape)
         try:
@@ -777,6 +792,10 @@ class QuantBatchNorm(QuantAffine):
     def onnx_float_map(self, em, x, w, ndim):
         shape = em.g.const(np.array(self.onnx_channel_shape(ndim), dtype=np.int64), dtype=np.int64)
         return em.g.op("Mul", [x, em.g.op("Reshape", [w, shape])])
+
+
+def _int_dtype(bits: int) -> torch.dtype:
+    return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32
 
 
 def _float_fractions(t: torch.Tensor | None, n: int) -> list[Fraction]:

@@ -85,9 +85,9 @@ class QuantLayerNorm(Operation, nn.Module):
         if op.out_quant is not None and isinstance(call.kind(call.args[0]), Real):
             src = call.args[0].node
             raise Unsupported(
-                f"{call.name}: normalises the real-valued (unquantized) output of {src}; give {src} an output "
-                f"format (QConfig.activation / QConfig.input) or keep {call.name} real with an override "
-                f"{{'{call.name}': None}}"
+                f"{call.name}: normalises the real-valued (unquantized) output of {src}; give {src} an "
+                f"output format (QConfig.activation / QConfig.input) or keep {call.name} real with an "
+                f"override {{'{call.name}': None}}"
             )
         return op
 

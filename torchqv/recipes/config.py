@@ -131,7 +131,9 @@ class ModelConfig:
             if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in getattr(self, name)):
                 raise ValueError(f"model.{name} must be a list of positive ints, got {getattr(self, name)}")
         if self.target is not None and (not isinstance(self.target, str) or "." not in self.target):
-            raise ValueError(f"model.target must be a dotted path such as 'pkg.module.Class', got {self.target!r}")
+            raise ValueError(
+                f"model.target must be a dotted path such as 'pkg.module.Class', got {self.target!r}"
+            )
         if self.load is not None and not self.load.endswith((".pt", ".onnx")):
             raise ValueError(f"model.load must name a .pt state dict or an .onnx file, got {self.load!r}")
 

@@ -9,6 +9,8 @@ layer in execution order, through the quantized model whose earlier layers are a
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,8 @@ from . import solvers
 from .qubo import GramStats, LayerQUBO, build_layer_qubo, group_stats
 
 SOLVERS = ("auto", "neal", "exact", "nearest")
+MAX_FAN_IN = 8192  # (d + 1)^2 float64 Gram entries, three matrices: 1.6 GB at this size
+log = logging.getLogger(__name__)
 TARGETS = ("float", "quantized")
 
 
@@ -159,7 +163,8 @@ def round_weights(
     most 24 free variables per neuron) or ``"nearest"``; ``method="nearest"`` is the baseline.
     ``target="float"`` compares with the float layer on the float inputs, ``"quantized"`` with
     the float layer on the quantized inputs.  Whatever the solver, each neuron keeps the better
-    of its result and nearest rounding.  Returns a per-layer report.
+    of its result and nearest rounding.  A layer with more than ``MAX_FAN_IN`` inputs per neuron
+    keeps nearest rounding (its report line says so).  Returns a per-layer report.
     """
     if method not in ("qubo", "nearest"):
         raise QuantizationError(f"method must be 'qubo' or 'nearest', got {method!r}")
@@ -190,6 +195,18 @@ def round_weights(
     try:
         for node, m in tqdm(layers, desc="round weights", disable=not progress):
             t0 = time.perf_counter()
+            fan_in = m.weight[0].numel()
+            if fan_in + 1 > MAX_FAN_IN:  # its three Gram matrices would not fit in memory
+                log.warning(
+                    "%s: fan-in %d > %d, QUBO rounding skipped (nearest kept)", node.name, fan_in, MAX_FAN_IN
+                )
+                nan = math.nan
+                report.layers.append(
+                    LayerReport(
+                        node.name, m.out_channels_, 0, nan, nan, None, "skipped: fan-in too large", 0.0, 0
+                    )
+                )
+                continue
             with torch.no_grad():
                 xq = [_inputs(qmodel, node, x) for x in batches]
             xt = xq if target == "quantized" else float_inputs[node.name]

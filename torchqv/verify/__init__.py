@@ -1,6 +1,7 @@
 """Equivalence verification of float and quantized networks (paper 003).
 
-``from_onnx`` reads networks; ``network`` is the exact chain representation; ``bounds`` sound
+``from_onnx`` reads networks; ``network`` is the exact chain representation; ``region`` the exact
+regions (boxes of rationals, or of input grid points); ``bounds`` sound
 linear bounds; ``branch`` input-splitting branch and bound; ``encode`` the z3 encodings and the
 disjuncts of a violation; ``milp`` the MILP encoding with certified LP bounds and ``lp_branch``
 its branch and bound; ``queries`` decides disjuncts; ``engine.verify_equivalence`` the sound

@@ -5,7 +5,8 @@ A node is an input sub-box.  ``bounds.Crown`` bounds both networks on it; the no
 when the relation follows from them, *refuted* when a concrete point of it (the corner that
 minimises the worst bound, and its middle) violates the relation after replay, and otherwise cut
 in two along the coordinate with the largest ``|coefficient| * width`` in the worst bound (on an
-input grid the codes are halved, so no grid point is lost).  The children cover the node, so
+input grid the codes are halved, so no grid point is lost).  Boxes are exact (``region.Box``);
+the bounds are computed on their float ends rounded outwards.  The children cover the node, so
 proving every leaf proves the region.  Nodes are explored worst bound first, so a violating part
 is found early; a deadline or node limit leaves the search open.
 
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .bounds import Crown, difference_bounds
-from .network import Chain, Rounding
+from .network import Chain
+from .region import Box, down
 
 INPUT_SPLIT_DIMS = 16  # inputs up to this size are split by coordinates (larger: lp_branch)
 
@@ -55,26 +57,27 @@ def winners(lo: np.ndarray, hi: np.ndarray) -> list[int]:
 
 
 class InputBranch:
-    """Search over one box; ``falsify(points)`` returns a replayed counterexample or ``None``."""
+    """Search over one region; ``falsify(points)`` returns a counterexample (exact points,
+    replayed exactly) or ``None``."""
 
     def __init__(
         self,
         cf: Chain,
         cq: Chain,
         relation: str,
-        eps: float | None,
+        eps: Fraction | None,
         norm: str,
-        grid: Rounding | None,
-        falsify: Callable[[np.ndarray], Any],
+        falsify: Callable[[list], Any],
     ):
         self.nets = (cf, cq)
         self.relation, self.eps, self.norm = relation, eps, norm
-        self.grid = grid
         self.falsify = falsify
 
-    def assess(self, lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
+    def assess(self, box: Box) -> tuple[float, np.ndarray]:
         """The worst bound of the best attempt (``> 0``, or ``>= 0`` for eps: proved) and the
-        input coefficients of that bound."""
+        input coefficients of that bound; the bounds hold on the box's float ends rounded
+        outwards, so for every exact point of it."""
+        lo, hi = box.floats()
         cf, cq = (Crown(net, lo, hi) for net in self.nets)
         if self.relation == "top1":
             best = (-np.inf, np.zeros_like(lo))
@@ -91,54 +94,47 @@ class InputBranch:
         coefs: list = []
         dlo, dhi = difference_bounds(cf, cq, coefs)
         excess = np.maximum(-dlo, dhi)  # largest possible |f_i - f'_i|
-        total = excess.max() if self.norm == "inf" else excess.sum()
         i = int(excess.argmax())
-        return float(self.eps - total), (coefs[0][i] if -dlo[i] >= dhi[i] else -coefs[1][i])
+        coef = coefs[0][i] if -dlo[i] >= dhi[i] else -coefs[1][i]
+        if not np.isfinite(excess).all():
+            return -np.inf, coef
+        total = (
+            max(Fraction(v) for v in excess.tolist())
+            if self.norm == "inf"
+            else sum((Fraction(v) for v in excess.tolist()), Fraction(0))
+        )
+        return down(self.eps - total), coef  # exact slack, rounded down: its sign is kept
 
-    def _middle(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """A point in the middle of the box (a grid point on an input grid)."""
-        mid = (lo + hi) / 2
-        if self.grid is None:
-            return mid
-        s = float(self.grid.step)
-        return np.clip(np.floor(mid / s) * s, lo, hi)
-
-    def _split(self, lo: np.ndarray, hi: np.ndarray, coef: np.ndarray) -> list[tuple] | None:
-        width = hi - lo
-        score = np.where(width > 0, (np.abs(coef) + 1e-12) * width, -1.0)
+    def _split(self, box: Box, coef: np.ndarray) -> list[Box] | None:
+        lo, hi = box.floats()
+        width = np.array([float(b - a) for a, b in zip(box.lo, box.hi, strict=True)])
+        score = np.where(width > 0, (np.abs(coef) + 1e-12) * np.maximum(width, hi - lo), -1.0)
         i = int(score.argmax())
         if score[i] < 0:
             return None
-        hi_a, lo_b = hi.copy(), lo.copy()
-        if self.grid is not None:  # halve the codes: no grid point is lost or shared
-            s = self.grid.step
-            klo, khi = round(Fraction(lo[i]) / s), round(Fraction(hi[i]) / s)
-            mid = (klo + khi) // 2
-            hi_a[i], lo_b[i] = float(mid * s), float((mid + 1) * s)
-        else:
-            hi_a[i] = lo_b[i] = (lo[i] + hi[i]) / 2
-        return [(lo, hi_a), (lo_b, hi)]
+        parts = box.split(i)
+        return list(parts) if parts is not None else None
 
-    def run(self, lo: np.ndarray, hi: np.ndarray, deadline: float, max_nodes: int = 100_000) -> Outcome:
+    def run(self, box: Box, deadline: float, max_nodes: int = 100_000) -> Outcome:
         order = itertools.count()
-        heap = [(-np.inf, next(order), 0, lo, hi)]
+        heap = [(-np.inf, next(order), 0, box)]
         nodes = depth = 0
         while heap:
             if time.perf_counter() > deadline or nodes >= max_nodes:
                 return Outcome("open", None, nodes, depth, f"branch and bound stopped after {nodes} nodes")
-            _, _, d, lo, hi = heapq.heappop(heap)
+            _, _, d, node = heapq.heappop(heap)
             nodes += 1
             depth = max(depth, d)
-            worst, coef = self.assess(lo, hi)
+            worst, coef = self.assess(node)
             if worst > 0 or (self.relation == "eps" and worst >= 0):
                 continue
-            corner = np.where(coef > 0, lo, hi)  # minimises the worst linear bound over the box
-            x = self.falsify(np.stack([corner, self._middle(lo, hi)]))
+            corner = node.corner(coef <= 0)  # minimises the worst linear bound over the box
+            x = self.falsify([corner, node.middle()])
             if x is not None:
                 return Outcome("refuted", x, nodes, depth)
-            children = self._split(lo, hi, coef)
+            children = self._split(node, coef)
             if children is None:
                 return Outcome("open", None, nodes, depth, "a part of the region cannot be split further")
             for child in children:
-                heapq.heappush(heap, (worst, next(order), d + 1, *child))
+                heapq.heappush(heap, (worst, next(order), d + 1, child))
         return Outcome("proved", None, nodes, depth)

@@ -22,7 +22,7 @@ from .. import activations as A
 from ..formats import QuantizationError
 from ..graph import QuantizedModel
 from ..grid import Grid
-from .network import Act, Affine, Chain, Rounding, mark_input_grids
+from .network import Act, Affine, Chain, Rounding, mark_input_grids, supported_activation
 
 MAX_DENSE = 4_000_000  # entries of a layer expanded into a dense matrix
 
@@ -76,8 +76,8 @@ class ChainBuilder:
     def check_size(inputs: int, outputs: int, where: str) -> None:
         if inputs * outputs > MAX_DENSE:
             raise QuantizationError(
-                f"{where}: its dense expansion has {outputs} x {inputs} entries, more than the verifier's limit "
-                f"{MAX_DENSE}; verify a network with smaller inputs or fewer channels"
+                f"{where}: its dense expansion has {outputs} x {inputs} entries, more than the verifier's "
+                f"limit {MAX_DENSE}; verify a network with smaller inputs or fewer channels"
             )
 
     def dense(
@@ -90,18 +90,21 @@ class ChainBuilder:
     ) -> ChainVal:
         """``y = diag(row_scale) D x + b``: ``D`` holds exact doubles (codes or float weights)."""
         self.check_size(matrix.shape[1], matrix.shape[0], "a layer")
-        W = [
-            [Fraction(v) * s if v else Fraction(0) for v in row]
-            for row, s in zip(matrix.tolist(), row_scale, strict=True)
-        ]
-        self.layers.append(Affine(W, list(bias), self.rounding(out)))
+        if bool((matrix == np.round(matrix)).all()):  # integer codes or 0/1 moves, times the row scales
+            layer = Affine.from_ints(matrix, list(row_scale), list(bias))
+        else:  # float weights at their exact binary values
+            if any(s != 1 for s in row_scale):
+                raise QuantizationError("a layer of float weights takes no row scales")
+            layer = Affine.from_floats(matrix, list(bias))
+        layer.out = self.rounding(out)
+        self.layers.append(layer)
         return ChainVal(shape, len(self.layers))
 
     def act(self, act: A.Activation, out: Grid | None, v: ChainVal, where: str) -> ChainVal:
-        if not act.piecewise_linear:
-            raise QuantizationError(
-                f"{where}: the verifier supports piecewise-linear activations, not {act.name}"
-            )
+        try:
+            supported_activation(act)
+        except QuantizationError as exc:
+            raise QuantizationError(f"{where}: {exc}") from None
         self.layers.append(Act(act, self.rounding(out)))
         return ChainVal(v.shape, len(self.layers))
 

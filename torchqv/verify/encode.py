@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import numpy as np
 import z3
 
 from .bounds import LayerBounds
@@ -40,6 +41,7 @@ class Encoder:
         self.fixed = 0
         self.total = 0
         self._n = 0
+        self._ints: dict[int, z3.ArithRef] = {}
         self.deadline = deadline
 
     def fresh(self, kind: str) -> str:
@@ -121,11 +123,15 @@ class Encoder:
         in_lo: list[float],
         in_hi: list[float],
         outputs: list[int] | None = None,
+        fixed: list[Fraction | None] | None = None,
+        const: list[list[Fraction | None]] | None = None,
     ) -> list[z3.ArithRef | None]:
         """The chain's outputs as z3 terms.  Only the cone of influence of ``outputs`` (default:
         all) is encoded: neurons that bounds prove constant are constants, and what feeds only
-        constants or unrequested outputs is left out (``None`` in the result)."""
-        const = constants(chain, bounds, in_lo, in_hi)
+        constants or unrequested outputs is left out (``None`` in the result).  ``fixed``: the
+        exact values of the inputs the region fixes; ``const``: ``network.constants``, if known."""
+        if const is None:
+            const = constants(chain, bounds, in_lo, in_hi, fixed)
         need = cone(chain, const, range(chain.out_features) if outputs is None else outputs)
         v: list = list(x)
         prev_lo, prev_hi = list(in_lo), list(in_hi)
@@ -139,8 +145,7 @@ class Encoder:
                     out.append(None)
                     continue
                 if isinstance(layer, Affine):
-                    row = layer.W[i]
-                    t = z3.Sum([rv(w) * v[j] for j, w in enumerate(row) if w != 0] + [rv(layer.b[i])])
+                    t = self.affine_row(layer, i, v)
                 else:
                     t = self.act(layer, v[i], prev_lo[i], prev_hi[i])
                 if layer.out is not None:
@@ -151,6 +156,20 @@ class Encoder:
             v = out
             prev_lo, prev_hi = lb.lo.tolist(), lb.hi.tolist()
         return v
+
+    def affine_row(self, layer: Affine, i: int, v: list) -> z3.ArithRef:
+        """``sum_j W[i, j] v_j + b_i`` as ``scale_i * sum_j ints[i, j] v_j + b_i`` (integer
+        coefficients, each distinct one converted once)."""
+        row = layer.ints[i]
+        cols = np.flatnonzero(row)
+        terms = [self._int(int(row[j])) * v[j] for j in cols.tolist()]
+        body = z3.Sum(terms) if terms else rv(0)
+        return rv(layer.scale[i]) * body + rv(layer.b[i])
+
+    def _int(self, k: int) -> z3.ArithRef:
+        if k not in self._ints:
+            self._ints[k] = z3.RealVal(k)
+        return self._ints[k]
 
     def _name(self, t: z3.ArithRef) -> z3.ArithRef:
         """Give each neuron a variable (keeps the formula a DAG instead of a huge tree)."""

@@ -1,26 +1,53 @@
 """``verify_equivalence``: prove that f and f' agree near given points, or refute it.
 
-For each point the region is the L-infinity ball of radius ``delta`` intersected with the input
-domain box (or a box given directly).  When f' quantizes its input, the region's inputs are the
-grid points of that format inside it, for f and f' alike (paper 001's setting).  The engine:
+Semantics (one exact meaning for every stage of the engine):
 
-1. falsification: random points of the region (grid-snapped), corners and the centre, then a few
-   steps of sign-gradient search on a differentiable surrogate (f' in training mode, STE);
-2. interval bounds through both networks (``bounds.propagate``): some relations follow from them
-   alone, and they fix stable activations and constant roundings;
+* **Numbers.** Every user number is taken at its exact value: floats (points, ``delta``,
+  ``domain``, ``boxes``, ``eps``) at their exact binary value, ``Fraction`` and ``"p/q"`` strings
+  as the rationals they are.
+* **Regions.** The region of point ``c`` is the closed box ``{x : |x_i - c_i| <= delta}``
+  intersected with the domain box ``[lo, hi]``, computed in exact rationals (``boxes=(lo, hi)``:
+  the box itself, intersected with the domain).  When f' quantizes its input (step ``s``,
+  centered codes ``[kmin, kmax]``), the region is the finite set of grid points ``k * s`` of that
+  box (paper 001's setting), exactly: a coordinate with one grid point is that rational (``3/5``
+  on the step ``1/5``).  An empty region (domain ``lo > hi``, a point outside the domain, a box
+  disjoint from the domain, a region without a grid point) is a user error: ``QuantizationError``
+  before any solving, naming the regions and the fix.
+* **Networks.** f is the real-valued network of its weights' exact values, evaluated exactly at
+  rational points (``network.float_chain(f).exact``); f' is the fixed-point network of
+  ``torchqv.reference_forward``: on a grid point ``k * s`` its input rounds to the code ``k``,
+  so ``f'(k * s)`` is the integer reference run on any double of that code's rounding cell.
+* **Relations**, decided exactly on the exact outputs ``y = f(x)`` and ``y' = f'(x)``: ``strict``
+  ``y = y'``; ``top1`` equal argmax with ``torch.argmax``'s first-maximum rule; ``eps``
+  ``||y - y'|| <= eps`` (``<=`` means ``<=``) in the L-inf or L1 norm.
+* **Verdicts.** ``EQUIVALENT`` only with a proof over every point of the region (sound bounds,
+  certified LP bounds, z3 unsat: all about the exact networks); ``NOT_EQUIVALENT`` only with an
+  exact point of the region whose exact replay violates the relation: f by exact rationals, f'
+  by ``reference_forward(..., exact=True)`` (for a continuous region at a point that is not a
+  double, which ``reference_forward`` cannot take, by the exact chain of f'); ``UNKNOWN`` with its
+  reason otherwise (the time limit, a solver that gave up), never a guess.  The result carries the
+  exact point (``counterexample_exact``), its exact outputs, and ``counterexample``: the double
+  nearest to it that f' rounds to the same input codes, so ``fq(counterexample)`` reproduces
+  ``f'``'s output.
+* **Time.** ``timeout`` seconds per region: every stage checks the deadline (z3 through a hard
+  watchdog, HiGHS through its own time limit, encodings per neuron); a region may overrun by the
+  time of one step that cannot be interrupted (one LP solve past its limit, one exact replay).
+
+The engine, per region:
+
+1. falsification: random points of the region, corners and the centre, then a few steps of
+   sign-gradient search on a differentiable surrogate (f' in training mode, STE); float
+   evaluation only screens candidates, which are then replayed exactly;
+2. linear bounds through both networks (``bounds``, on the region's float box rounded outwards):
+   some relations follow from them alone, and they fix stable activations and constant roundings;
 3. the disjuncts of the violation left open: their root LP relaxations (certified, ``milp``), a
    quick z3 try, branch and bound (``branch`` for few inputs, then ``lp_branch``), then z3 with
    the time left; every z3 call has a hard deadline (``torchqv.z3_deadline``).
-
-A counterexample is reported only after it is replayed on the concrete float model (float64)
-and on the integer reference of f' (``torchqv.reference_forward``) and still violates the
-relation; anything undecided is ``UNKNOWN`` with its reason, never a guess.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -30,30 +57,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..formats import QuantizationError
+from ..formats import QuantizationError, fraction_to_float, is_dyadic
 from ..reference import reference_forward
 from . import bounds as B
 from .branch import INPUT_SPLIT_DIMS, InputBranch, margin_rows, winners
 from .encode import Query, queries
-from .network import Chain, float_chain, quant_chain
+from .network import Affine, Chain, Rounding, float_chain, quant_chain
 from .queries import QuerySolver
+from .region import Box, Point, exact_number, exact_values, float32_within, grid_box
 
 RELATIONS = ("strict", "top1", "eps")
 NORMS = ("inf", "l1")
+CONFIRM = 4  # exact replays per batch of screened candidates
+REFERENCE_WEIGHTS = 20_000  # up to this many weights replays also run reference_forward (slow: ~40 us each)
 
 
 @dataclass
 class Result:
-    """``verdict``: ``"EQUIVALENT"``, ``"NOT_EQUIVALENT"`` or ``"UNKNOWN"``."""
+    """``verdict``: ``"EQUIVALENT"``, ``"NOT_EQUIVALENT"`` or ``"UNKNOWN"``.
+
+    ``counterexample`` (float64, shaped like one input): the double nearest to the exact point
+    that f' rounds to the same input codes; ``counterexample_exact``: the exact point (an object
+    array of ``Fraction``, same shape); ``outputs_exact``: ``(f(x), f'(x))`` there, exactly."""
 
     verdict: str
     counterexample: torch.Tensor | None = None
     reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    counterexample_exact: np.ndarray | None = None
+    outputs_exact: tuple[list[Fraction], list[Fraction]] | None = None
 
 
 def holds(relation: str, y: torch.Tensor, yq: torch.Tensor, eps: float | None, norm: str) -> bool:
-    """Does ``y ~ yq`` hold for one pair of output vectors (float64)?"""
+    """Does ``y ~ yq`` hold for one pair of output vectors (float64; a screen, not a decision)?"""
     if relation == "strict":
         return bool(torch.equal(y, yq))
     if relation == "top1":
@@ -62,9 +98,51 @@ def holds(relation: str, y: torch.Tensor, yq: torch.Tensor, eps: float | None, n
     return bool((d.max() if norm == "inf" else d.sum()) <= eps)
 
 
+def first_argmax(y: list[Fraction]) -> int:
+    """``torch.argmax``'s rule: the first index of the maximum."""
+    best = 0
+    for i in range(1, len(y)):
+        if y[i] > y[best]:
+            best = i
+    return best
+
+
+def holds_exact(
+    relation: str, y: list[Fraction], yq: list[Fraction], eps: Fraction | None, norm: str
+) -> bool:
+    """Does ``y ~ yq`` hold, decided exactly on rational outputs?"""
+    if relation == "strict":
+        return list(y) == list(yq)
+    if relation == "top1":
+        return first_argmax(y) == first_argmax(yq)
+    d = [abs(a - b) for a, b in zip(y, yq, strict=True)]
+    return (max(d) if norm == "inf" else sum(d, Fraction(0))) <= eps
+
+
+@dataclass
+class Counterexample:
+    """An exact point of the region where the exact replay violates the relation."""
+
+    x: list[Fraction]
+    y: list[Fraction]
+    yq: list[Fraction]
+    double: np.ndarray  # what the concrete f' was run on (its input codes are x's)
+    oracle: str
+
+
+class OracleMismatch(Exception):
+    """The exact chain of f' and ``reference_forward`` disagree (an internal error)."""
+
+
 class _Problem:
     def __init__(
-        self, f: nn.Module, fq: nn.Module, shape: tuple[int, ...], relation: str, eps: float | None, norm: str
+        self,
+        f: nn.Module,
+        fq: nn.Module,
+        shape: tuple[int, ...],
+        relation: str,
+        eps: Fraction | None,
+        norm: str,
     ):
         self.f64 = copy.deepcopy(f).double().eval()
         self.fq = fq.eval()
@@ -78,87 +156,168 @@ class _Problem:
         self.cq = quant_chain(fq, shape)
         if self.cf.out_features != self.cq.out_features:
             raise QuantizationError("f and f' have different output sizes")
+        self.grid: Rounding | None = self.cq.inp
+        if self.grid is not None and self.grid.fmt.binary:
+            raise QuantizationError(
+                "the verifier does not support a binary input format (its grid {-s, +s} is not a "
+                "range of codes); give QConfig.input a FixedPoint with bits >= 2"
+            )
         # the input rounding of f' is the identity on grid points; bounds start from the box
         self.cq_body = Chain(self.cq.layers, self.d)
+        self.weights = sum(layer.ints.size for layer in self.cq.layers if isinstance(layer, Affine))
+        self._cells: dict[int, float] = {}
+        self.box: Box | None = None  # the region being decided
 
-    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both models on the float32 points (the models' input type)."""
-        xs = x.reshape(-1, *self.shape).float()
+    # ------------------------------------------------------------------ exact points as doubles
+    def _cell_double(self, k: int) -> float:
+        """A double that f''s input rounding maps to the code ``k`` (the nearest such double)."""
+        if k not in self._cells:
+            g = self.grid
+            f = float(k * g.step)
+            for cand in (f, float(np.nextafter(f, np.inf)), float(np.nextafter(f, -np.inf))):
+                if g.fmt.saturate_exact(g.fmt.round_exact(Fraction(cand) / g.step), g.zp) == k:
+                    f = cand
+                    break
+            else:  # pragma: no cover - a cell narrower than three doubles
+                raise QuantizationError(f"input step {g.step}: no double rounds to code {k}")
+            self._cells[k] = f
+        return self._cells[k]
+
+    def doubles(self, points: list[Point]) -> tuple[np.ndarray, np.ndarray]:
+        """Float64 inputs for the concrete f (the doubles nearest to the exact points) and f' (the
+        nearest doubles with the same input codes), one row per point."""
+        if self.grid is None:
+            near = np.array([[float(t) for t in x] for x in points], dtype=np.float64)
+            return near.reshape(len(points), self.d), near.reshape(len(points), self.d)
+        codes = np.stack([np.asarray(c, dtype=np.int64).reshape(-1) for c in points])
+        s = self.grid.step
+        if is_dyadic(s) and s.numerator * int(np.abs(codes).max(initial=0)) < 2**53:
+            near = codes * float(s)  # k * s is a double: its own cell's representative
+            return near, near
+        near = (codes * float(s.numerator)) / float(s.denominator)  # one rounding: the nearest double
+        keys, inverse = np.unique(codes, return_inverse=True)
+        cells = np.array([self._cell_double(int(k)) for k in keys], dtype=np.float64)[inverse]
+        return near, cells.reshape(codes.shape)
+
+    # ------------------------------------------------------------------ replay
+    def confirm(self, point: Point) -> Counterexample | None:
+        """Exact replay at a point of the region (on a continuous region a float32 point next to
+        it is tried first: the models' input type, for a counterexample users can rerun)."""
+        if self.grid is None and self.box is not None:
+            near = [float32_within(t, a, b) for t, a, b in zip(point, self.box.lo, self.box.hi, strict=True)]
+            if None not in near and near != list(point):
+                cex = self._confirm(near)
+                if cex is not None:
+                    return cex
+        return self._confirm(point)
+
+    def _confirm(self, point: Point) -> Counterexample | None:
+        """Exact replay: f by exact rationals (its chain); f' by its exact chain, which must
+        agree with ``reference_forward(..., exact=True)`` (small networks) or else with the
+        eval-mode simulation's doubles (the nearest doubles of the exact values); at a point that
+        is not a double on a continuous region, the chain alone."""
+        x = self.grid_exact(point)
+        if self.box is not None and not self.box.contains(x):
+            return None  # never a counterexample outside the region
+        y = self.cf.exact(x)
+        yq = self.cq.exact(x)
+        _, xq = self.doubles([point])
+        oracle = "exact chain of f' (the point is not a double)"
+        if self.grid is not None or all(Fraction(float(t)) == t for t in x):
+            xt = torch.from_numpy(xq).reshape(1, *self.shape)
+            if self.weights <= REFERENCE_WEIGHTS:
+                ref = [
+                    Fraction(v)
+                    for v in np.asarray(reference_forward(self.fq, xt, exact=True)).reshape(-1).tolist()
+                ]
+                oracle = "reference_forward"
+                same = ref == yq
+            else:
+                with torch.no_grad():
+                    sim = self.fq(xt).reshape(-1).double().tolist()
+                oracle = "exact chain of f', checked against fq's eval-mode simulation"
+                same = sim == [fraction_to_float(v) for v in yq]
+            if not same:
+                raise OracleMismatch(
+                    f"internal error: the verifier's exact chain of f' and {oracle.split(',')[0]} "
+                    f"disagree at x = {[str(t) for t in x]}; please report it"
+                )
+        if holds_exact(self.relation, y, yq, self.eps, self.norm):
+            return None
+        return Counterexample(x, y, yq, xq[0], oracle)
+
+    def grid_exact(self, point: Point) -> list[Fraction]:
+        if self.grid is None:
+            return [Fraction(t) for t in point]
+        return [int(k) * self.grid.step for k in np.asarray(point).reshape(-1).tolist()]
+
+    def _scores(self, y: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
+        """Float violation scores (> 0: looks violated; near 0: too close to tell)."""
+        if self.relation == "strict":  # every point: the most different first
+            return (y - yq).abs().amax(1)
+        if self.relation == "top1":
+            c = y.argmax(1)
+            own = yq.gather(1, c[:, None]).squeeze(1)
+            other = yq.scatter(1, c[:, None], -torch.inf).amax(1)
+            fc = y.gather(1, c[:, None]).squeeze(1)
+            f_gap = fc - y.scatter(1, c[:, None], -torch.inf).amax(1)  # f's own margin
+            return torch.maximum(other - own, -f_gap.abs())
+        d = (y - yq).abs()
+        total = d.amax(1) if self.norm == "inf" else d.sum(1)
+        return total - float(self.eps)
+
+    def screen(self, points: list[Point]) -> list[int]:
+        """Indices of the points worth an exact replay: those violated on the concrete models (in
+        order), then those within float64's error of violated."""
+        if not points:
+            return []
+        xf, xq = self.doubles(points)
         with torch.no_grad():
-            return self.f64(xs.double()).reshape(len(xs), -1), self.fq(xs).reshape(len(xs), -1)
+            y = self.f64(torch.from_numpy(xf).reshape(-1, *self.shape)).reshape(len(points), -1)
+            yq = self.fq(torch.from_numpy(xq).reshape(-1, *self.shape)).reshape(len(points), -1).double()
+        score = self._scores(y, yq)
+        scale = 1e-9 * (1.0 + y.abs().amax(1) + yq.abs().amax(1))
+        violated = (y != yq).any(1) if self.relation == "strict" else score > 0
+        near = ~violated & (score > -scale)
+        return torch.nonzero(violated).reshape(-1).tolist() + torch.nonzero(near).reshape(-1).tolist()
 
-    def confirmed(self, x: torch.Tensor) -> bool:
-        """Replay on the float model (float64) and on the integer reference of f'."""
-        xs = x.reshape(1, *self.shape).float()
-        with torch.no_grad():
-            y = self.f64(xs.double()).reshape(-1)
-        yq = reference_forward(self.fq, xs).reshape(-1)
-        return not holds(self.relation, y, yq, self.eps, self.norm)
-
-    def falsify(self, points: np.ndarray | torch.Tensor, stats: dict | None = None) -> torch.Tensor | None:
-        """The first of the points (rows) where the relation fails, replayed; else ``None``."""
-        x = torch.as_tensor(points).reshape(len(points), -1).float().double()  # the models' inputs
-        y, yq = self.outputs(x)
-        for i in range(len(x)):
-            if not holds(self.relation, y[i], yq[i], self.eps, self.norm):
-                if stats is not None:
-                    stats["replays"] += 1
-                if self.confirmed(x[i]):
-                    return x[i]
+    def falsify(
+        self, points: list[Point], stats: dict | None = None, limit: int = CONFIRM
+    ) -> Counterexample | None:
+        """The first screened point whose exact replay violates the relation (at most ``limit``
+        replays), else ``None``."""
+        for i in self.screen(points)[:limit]:
+            if stats is not None:
+                stats["replays"] += 1
+            cex = self.confirm(points[i])
+            if cex is not None:
+                return cex
         return None
 
 
-def _grid_box(lo_t: torch.Tensor, hi_t: torch.Tensor, grid: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """The input box (flat), shrunk to its extreme grid points when f' quantizes its input
-    (``None``: the box holds no grid point)."""
-    lo, hi = lo_t.reshape(-1).numpy(), hi_t.reshape(-1).numpy()
-    if grid is not None:  # grid points inside the box: the box shrinks to its extreme grid points
-        s = grid.step
-        kmin, kmax = grid.code_range
-        klo = np.array([max(kmin, math.ceil(Fraction(v) / s)) for v in lo])
-        khi = np.array([min(kmax, math.floor(Fraction(v) / s)) for v in hi])
-        if bool((klo > khi).any()):
-            return None
-        lo, hi = klo * float(s), khi * float(s)
-    return lo, hi
-
-
-def _snap(x: torch.Tensor, grid: Any, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
-    x = torch.minimum(torch.maximum(x, torch.from_numpy(lo)), torch.from_numpy(hi))
-    if grid is None:
-        return x
-    s = float(grid.step)
-    return torch.clamp(torch.round(x / s) * s, torch.from_numpy(lo), torch.from_numpy(hi))
-
-
-def _falsify(
-    p: _Problem, lo: np.ndarray, hi: np.ndarray, samples: int, gen: torch.Generator, stats: dict
-) -> torch.Tensor | None:
-    grid = p.cq.inp
-    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
-    pts = [lo_t + (hi_t - lo_t) * torch.rand(samples, p.d, generator=gen, dtype=torch.float64)]
-    pts += [((lo_t + hi_t) / 2).unsqueeze(0), lo_t.unsqueeze(0), hi_t.unsqueeze(0)]
-    pts = _snap(torch.cat(pts), grid, lo, hi).float().double()
-    for x in (pts, _gradient_search(p, pts[:16], lo, hi, grid)):
-        cex = p.falsify(x, stats)
-        if cex is not None:
-            return cex
-    return None
+def _falsify(p: _Problem, box: Box, samples: int, gen: torch.Generator, stats: dict) -> Counterexample | None:
+    pts = [*box.sample(samples, gen), box.middle(), box.low(), box.high()]
+    cex = p.falsify(pts, stats)
+    if cex is not None:
+        return cex
+    return p.falsify(_gradient_search(p, pts[:16], box), stats)
 
 
 def _gradient_search(
-    p: _Problem, starts: torch.Tensor, lo: np.ndarray, hi: np.ndarray, grid: Any, steps: int = 10
-) -> torch.Tensor:
-    """Sign-gradient ascent of a violation score on f (float) and f' (training mode, STE)."""
-    surrogate = p.surrogate
-    x = starts.clone().float()
-    step = torch.from_numpy((hi - lo) / 4).float()
+    p: _Problem, starts: list[list[Fraction]], box: Box, steps: int = 10
+) -> list[list[Fraction]]:
+    """Sign-gradient ascent of a violation score on f (float) and f' (training mode, STE); the
+    end points snapped to the region."""
+    flo, fhi = box.floats()
+    xf, _ = p.doubles(starts)
+    x = torch.from_numpy(xf).float()
+    step = torch.from_numpy((fhi - flo) / 4).float()
     with torch.no_grad():
-        y0 = p.f64(starts.reshape(-1, *p.shape).double()).reshape(len(starts), -1)
+        y0 = p.f64(torch.from_numpy(xf).reshape(-1, *p.shape)).reshape(len(starts), -1)
     target = y0.argmax(1)
     for _ in range(steps):
         x.requires_grad_(True)
-        yq = surrogate(x.reshape(-1, *p.shape)).reshape(len(x), -1)
+        yq = p.surrogate(x.reshape(-1, *p.shape)).reshape(len(x), -1)
         if p.relation == "top1":
             own = yq.gather(1, target[:, None]).squeeze(1)
             other = (
@@ -172,7 +331,7 @@ def _gradient_search(
         (g,) = torch.autograd.grad(score.sum(), x)
         x = x.detach() + step * g.sign()
         step = step * 0.7
-    return _snap(x.detach().double(), grid, lo, hi).float().double()
+    return [box.snap(row) for row in x.detach().double().numpy()]
 
 
 def _margins_positive(crown: B.Crown, c: int) -> bool:
@@ -187,12 +346,17 @@ def _fixed_class(crown: B.Crown) -> int | None:
     return next((c for c in winners(crown.lo[-1], crown.hi[-1]) if _margins_positive(crown, c)), None)
 
 
+def _within(lo: float, hi: float, eps: Fraction) -> bool:
+    """``-eps <= lo`` and ``hi <= eps``, exactly (Python compares floats and Fractions exactly)."""
+    return -eps <= float(lo) and float(hi) <= eps
+
+
 def _open_outputs(p: _Problem, cf: B.Crown, cq: B.Crown) -> list[int]:
     """Outputs whose difference bounds do not settle the strict / inf-norm eps relation."""
     dlo, dhi = B.difference_bounds(cf, cq)
     if p.relation == "strict":
         return [i for i in range(len(dlo)) if not (dlo[i] == dhi[i] == 0)]
-    return [i for i in range(len(dlo)) if not (-p.eps <= dlo[i] and dhi[i] <= p.eps)]
+    return [i for i in range(len(dlo)) if not _within(dlo[i], dhi[i], p.eps)]
 
 
 def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
@@ -203,49 +367,143 @@ def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
         ylo, yhi, qlo, qhi = cf.lo[-1], cf.hi[-1], cq.lo[-1], cq.hi[-1]
         return bool((ylo == yhi).all() and (qlo == qhi).all() and (ylo == qlo).all())
     dlo, dhi = B.difference_bounds(cf, cq)
-    gap = np.maximum(np.abs(dlo), np.abs(dhi))
-    return bool((gap.max() if p.norm == "inf" else gap.sum()) <= p.eps)
+    if not (np.isfinite(dlo).all() and np.isfinite(dhi).all()):
+        return False
+    gap = [max(-Fraction(a), Fraction(b)) for a, b in zip(dlo.tolist(), dhi.tolist(), strict=True)]
+    return (max(gap) if p.norm == "inf" else sum(gap, Fraction(0))) <= p.eps  # exact sums
 
 
-def _boxes(
-    points: torch.Tensor | None,
-    delta: float | None,
+def _describe(values: list[int], limit: int = 12) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def _regions(
+    points: Any,
+    delta: Any,
     domain: tuple[Any, Any] | None,
-    boxes: tuple[torch.Tensor, torch.Tensor] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The regions as ``(lo, hi)`` batches: L-inf balls around points intersected with the domain,
-    or boxes given directly (also intersected with the domain)."""
+    boxes: tuple[Any, Any] | None,
+    grid: Rounding | None,
+) -> tuple[tuple[int, ...], list[Box]]:
+    """The regions, exactly (see the module docstring), and the shape of one input.  Raises
+    ``QuantizationError`` for bad arguments and for empty regions, naming them."""
     if (boxes is None) == (points is None):
         raise QuantizationError("give either points and delta, or boxes=(lo, hi)")
     if boxes is not None:
-        lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in boxes)
-        if lo.shape != hi.shape:
-            raise QuantizationError(f"boxes: lo {tuple(lo.shape)} and hi {tuple(hi.shape)} differ in shape")
-        if bool((lo > hi).any()):
-            raise QuantizationError("boxes: some lo > hi")
+        if not isinstance(boxes, (tuple, list)) or len(boxes) != 2:
+            raise QuantizationError("boxes must be a pair (lo, hi) of batches shaped like the input")
+        lo_t, hi_t = (torch.as_tensor(b) for b in boxes)
+        if lo_t.shape != hi_t.shape:
+            raise QuantizationError(
+                f"boxes: lo {tuple(lo_t.shape)} and hi {tuple(hi_t.shape)} differ in shape"
+            )
+        if lo_t.dim() < 2:
+            raise QuantizationError("boxes: lo and hi are batches (n, *input_shape)")
+        shape = tuple(lo_t.shape[1:])
+        lo = exact_values(lo_t, None, "boxes lo").reshape(len(lo_t), -1)
+        hi = exact_values(hi_t, None, "boxes hi").reshape(len(hi_t), -1)
+        bad = [i for i in range(len(lo)) if any(a > b for a, b in zip(lo[i], hi[i], strict=True))]
+        if bad:
+            raise QuantizationError(
+                f"boxes {_describe(bad)}: some lo > hi; give lo <= hi in every coordinate"
+            )
+        centres = None
     else:
-        if delta is None or not delta >= 0 or not math.isfinite(delta):
-            raise QuantizationError(f"delta must be a finite non-negative number, got {delta}")
-        points = torch.as_tensor(points, dtype=torch.float64)
-        lo, hi = points - delta, points + delta
-    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise QuantizationError("points or boxes contain NaN or inf")
-    if domain is not None:
-        d_lo, d_hi = (torch.as_tensor(v, dtype=torch.float64) for v in domain)
+        if delta is None:
+            raise QuantizationError("delta must be a finite non-negative number, got None")
         try:
-            lo, hi = torch.maximum(lo, d_lo), torch.minimum(hi, d_hi)
-        except RuntimeError as err:
-            raise QuantizationError(f"domain does not broadcast to the inputs' shape: {err}") from None
-    return lo, hi
+            d = exact_number(delta, "delta")
+        except QuantizationError:
+            raise QuantizationError(f"delta must be a finite non-negative number, got {delta}") from None
+        if d < 0:
+            raise QuantizationError(f"delta must be a finite non-negative number, got {delta}")
+        pts = torch.as_tensor(points)
+        if pts.dim() < 2:
+            raise QuantizationError("points must be a batch (n, *input_shape)")
+        shape = tuple(pts.shape[1:])
+        try:
+            centres = exact_values(pts, None, "points").reshape(len(pts), -1)
+        except QuantizationError:
+            raise QuantizationError("points or boxes contain NaN or inf") from None
+        lo = np.vectorize(lambda c: c - d, otypes=[object])(centres) if centres.size else centres
+        hi = np.vectorize(lambda c: c + d, otypes=[object])(centres) if centres.size else centres
+    n, dim = lo.shape if lo.ndim == 2 else (0, 0)
+    if domain is not None:
+        if not isinstance(domain, (tuple, list)) or len(domain) != 2:
+            raise QuantizationError("domain must be a pair (lo, hi) of numbers or tensors")
+        d_lo = exact_values(domain[0], shape, "domain lo").reshape(-1)
+        d_hi = exact_values(domain[1], shape, "domain hi").reshape(-1)
+        wrong = [j for j in range(dim) if d_lo[j] > d_hi[j]]
+        if wrong:
+            raise QuantizationError(
+                f"domain=({domain[0]}, {domain[1]}) is empty: lo > hi at input coordinate(s) "
+                f"{_describe(wrong)}; give the domain as (lo, hi) with lo <= hi"
+            )
+        if centres is not None:
+            outside = [
+                i
+                for i in range(n)
+                if any(not a <= c <= b for a, c, b in zip(d_lo, centres[i], d_hi, strict=True))
+            ]
+            if outside:
+                i = outside[0]
+                j = next(j for j in range(dim) if not d_lo[j] <= centres[i][j] <= d_hi[j])
+                raise QuantizationError(
+                    f"points {_describe(outside)} lie outside domain=({domain[0]}, {domain[1]}) (point {i}, "
+                    f"coordinate {j} is {float(centres[i][j])!r}): their regions would be empty or cut; "
+                    "scale the points to the domain's range (e.g. pixels 0-255 to [0, 1]) or widen the domain"
+                )
+        lo = np.array([[max(a, b) for a, b in zip(row, d_lo, strict=True)] for row in lo], dtype=object)
+        hi = np.array([[min(a, b) for a, b in zip(row, d_hi, strict=True)] for row in hi], dtype=object)
+        disjoint = [i for i in range(n) if any(a > b for a, b in zip(lo[i], hi[i], strict=True))]
+        if disjoint:
+            raise QuantizationError(
+                f"boxes {_describe(disjoint)} are disjoint from domain=({domain[0]}, {domain[1]}): their "
+                "regions are empty; give boxes that meet the domain"
+            )
+    regions = []
+    if grid is None:
+        return shape, [Box(list(lo[i]), list(hi[i])) for i in range(n)]
+    kmin, kmax = grid.code_range
+    empty = []
+    for i in range(n):
+        box = grid_box(list(lo[i]), list(hi[i]), grid.step, kmin, kmax)
+        if box is None:
+            empty.append(i)
+        regions.append(box)
+    if empty:
+        i = empty[0]
+        far = _grid_distance(grid, centres[i] if centres is not None else None)
+        where = f"the ball of radius delta={delta} around point(s)" if centres is not None else "box(es)"
+        raise QuantizationError(
+            f"{where} {_describe(empty)} hold(s) no grid point of f''s input format (step {grid.step}, "
+            f"values {kmin * grid.step} to {kmax * grid.step}){far}: such a region is empty; "
+            + (
+                "increase delta (or round the points to the input grid)"
+                if centres is not None
+                else "widen the boxes to hold a grid point"
+            )
+        )
+    return shape, regions
+
+
+def _grid_distance(grid: Rounding, centre: Any) -> str:
+    """For a message: the L-inf distance from the centre to the nearest grid point."""
+    if centre is None:
+        return ""
+    s = grid.step
+    kmin, kmax = grid.code_range
+    far = max((abs(min(max(round(c / s), kmin), kmax) * s - c) for c in centre), default=Fraction(0))
+    return f"; the nearest grid point is at L-inf distance {float(far):.6g} from the first such point"
 
 
 def verify_equivalence(
     f: nn.Module,
     fq: nn.Module,
     points: torch.Tensor | None = None,
-    delta: float | None = None,
+    delta: float | Fraction | str | None = None,
     relation: str = "top1",
-    eps: float | None = None,
+    eps: float | Fraction | str | None = None,
     norm: str = "inf",
     domain: tuple[Any, Any] | None = None,
     timeout: float = 60.0,
@@ -261,26 +519,38 @@ def verify_equivalence(
     ``points``: a batch shaped like the models' input.  ``relation``: ``"strict"``, ``"top1"``
     (same argmax, ``torch.argmax``'s first-maximum rule) or ``"eps"`` (``||f - fq|| <= eps`` in
     ``norm`` ``"inf"`` or ``"l1"``).  ``domain``: ``(lo, hi)``, numbers or tensors broadcastable
-    to one input, the box every input stays in.  ``boxes=(lo, hi)``: regions given directly
-    (batches shaped like the input) instead of points and delta.  ``timeout``: seconds per region;
-    ``branching``: the share of it that branch and bound may use before z3 gets the rest.
+    to one input, the box every input stays in (the points must lie in it).  ``boxes=(lo, hi)``:
+    regions given directly (batches shaped like the input) instead of points and delta.
+    ``delta``, ``eps`` and the numbers above are taken at their exact values (floats at their
+    binary value; ``Fraction`` or ``"p/q"`` strings for other rationals).  ``timeout``: seconds per
+    region; ``branching``: the share of it that branch and bound may use before z3 gets the rest.
     Regions with at most ``input_split`` free input coordinates are first branched by splitting
     the box; then the LP search on the MILP encoding takes over.  ``use_bounds=False`` skips bounds
-    and branching (the plain z3 encoding, for comparison).
+    and branching (the plain z3 encoding, for comparison).  The exact semantics of regions,
+    networks, relations and verdicts is in the module docstring.  Empty regions raise
+    ``QuantizationError`` before any solving.
     """
     if relation not in RELATIONS:
         raise QuantizationError(f"relation must be one of {RELATIONS}, got {relation!r}")
     if norm not in NORMS:
         raise QuantizationError(f"norm must be one of {NORMS}, got {norm!r}")
-    if relation == "eps" and (eps is None or not eps > 0):
-        raise QuantizationError("relation='eps' needs eps > 0")
-    if not timeout > 0 or not 0 <= branching <= 1:
+    exact_eps = None
+    if relation == "eps":
+        try:
+            exact_eps = exact_number(eps, "eps") if eps is not None else None
+        except QuantizationError:
+            exact_eps = None
+        if exact_eps is None or not exact_eps > 0:
+            raise QuantizationError(f"relation='eps' needs eps > 0 (a finite number), got {eps!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise QuantizationError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if not 0 <= branching <= 1:
         raise QuantizationError(f"timeout must be > 0 and branching in [0, 1], got {timeout}, {branching}")
-    lo_all, hi_all = _boxes(points, delta, domain, boxes)
-    p = _Problem(f, fq, tuple(lo_all.shape[1:]), relation, eps, norm)
+    p = _Problem(f, fq, _input_shape(points, boxes), relation, exact_eps, norm)
+    _, regions = _regions(points, delta, domain, boxes, p.grid)
     gen = torch.Generator().manual_seed(seed)
     results = []
-    for box_lo, box_hi in zip(lo_all, hi_all, strict=True):
+    for box in regions:
         t0 = time.perf_counter()
         stats: dict[str, Any] = {
             "solver_calls": 0,
@@ -289,20 +559,46 @@ def verify_equivalence(
             "neurons": 0,
             "nodes": 0,
             "use_bounds": use_bounds,
+            "grid_points": box.points(),
         }
-        res = _decide(
-            p, box_lo, box_hi, t0 + timeout, t0 + branching * timeout, samples, gen, stats, input_split
-        )
+        try:
+            res = _decide(p, box, t0 + timeout, t0 + branching * timeout, samples, gen, stats, input_split)
+        except OracleMismatch as err:
+            res = Result("UNKNOWN", None, str(err), stats)
         del res.stats["use_bounds"]
         res.stats["seconds"] = time.perf_counter() - t0
         results.append(res)
     return results
 
 
+def _input_shape(points: Any, boxes: Any) -> tuple[int, ...]:
+    """One input's shape from the points or boxes (for reading f' before the regions)."""
+    src = points if points is not None else (boxes[0] if isinstance(boxes, (tuple, list)) and boxes else None)
+    t = torch.as_tensor(src) if src is not None else None
+    if t is None or t.dim() < 2:
+        raise QuantizationError(
+            "give either points (a batch (n, *input_shape)) and delta, or boxes=(lo, hi) of such batches"
+        )
+    return tuple(t.shape[1:])
+
+
+def _refuted(p: _Problem, cex: Counterexample, reason: str, stats: dict) -> Result:
+    x = np.empty(len(cex.x), dtype=object)
+    x[:] = cex.x
+    stats["oracle"] = cex.oracle
+    return Result(
+        "NOT_EQUIVALENT",
+        torch.from_numpy(cex.double.copy()).reshape(p.shape),
+        reason,
+        stats,
+        x.reshape(p.shape),
+        (cex.y, cex.yq),
+    )
+
+
 def _decide(
     p: _Problem,
-    box_lo: torch.Tensor,
-    box_hi: torch.Tensor,
+    box: Box,
     deadline: float,
     bab_deadline: float,
     samples: int,
@@ -313,24 +609,19 @@ def _decide(
     """One region: falsification, bounds, the root LP of every disjunct, a quick z3 try of each
     (a quarter of the time at most), branch and bound (input splitting for few inputs, then the LP
     search), z3 with the time left (in that order)."""
-    box = _grid_box(box_lo, box_hi, p.cq.inp)
-    if box is None:
-        stats["method"] = "vacuous"
-        return Result(
-            "EQUIVALENT", None, "vacuous: the region holds no grid point of the input format", stats
-        )
-    lo, hi = box
+    p.box = box
     stats["method"] = "falsification"
-    cex = _falsify(p, lo, hi, samples, gen, stats)
+    cex = _falsify(p, box, samples, gen, stats)
     if cex is not None:
-        return Result("NOT_EQUIVALENT", cex.reshape(p.shape), "found by sampling, replayed", stats)
+        return _refuted(p, cex, "found by sampling, replayed exactly", stats)
+    lo, hi = box.floats()
     cf, cq = B.Crown(p.cf, lo, hi), B.Crown(p.cq_body, lo, hi)
     use_bounds = stats["use_bounds"]
     if use_bounds:
         stats["method"] = "bounds"
         if _prove_by_bounds(p, cf, cq):
             return Result("EQUIVALENT", None, "linear bounds", stats)
-    todo, solver = _disjuncts(p, lo, hi, cf, cq, deadline, stats)
+    todo, solver = _disjuncts(p, box, cf, cq, deadline, stats)
     lp = use_bounds and p.relation != "strict"
     if lp:  # the root LP of every disjunct: cheap, and it settles most of them
         stats["method"] = "LP branch and bound"
@@ -339,23 +630,21 @@ def _decide(
             return found or Result("EQUIVALENT", None, "LP bounds on every disjunct of the violation", stats)
     stats["method"] = "z3"
     quick = min(0.02, 0.25 / max(len(todo), 1)) * (deadline - time.perf_counter())  # a quarter at most
-    found, todo, reason = _z3_pass(solver, todo, deadline, quick)
+    found, todo, reason = _z3_pass(p, solver, todo, deadline, quick)
     if found is not None or not todo:
         return found or Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
     if lp:
-        if int((hi > lo).sum()) <= input_split and bab_deadline > time.perf_counter():
+        if box.free() <= input_split and bab_deadline > time.perf_counter():
             stats["method"] = "branch and bound"
-            bab = InputBranch(p.cf, p.cq_body, p.relation, p.eps, p.norm, p.cq.inp, p.falsify)
+            bab = InputBranch(p.cf, p.cq_body, p.relation, p.eps, p.norm, p.falsify)
             t = time.perf_counter()
-            out = bab.run(lo, hi, t + 0.75 * (bab_deadline - t))  # most of it; the LP search next
+            out = bab.run(box, t + 0.75 * (bab_deadline - t))  # most of it; the LP search next
             stats["depth"] = out.depth
             stats["nodes"] += out.nodes
             if out.status == "proved":
                 return Result("EQUIVALENT", None, f"input branch and bound, {out.nodes} nodes", stats)
             if out.status == "refuted":
-                return Result(
-                    "NOT_EQUIVALENT", out.point.reshape(p.shape), "branch and bound, replayed", stats
-                )
+                return _refuted(p, out.point, "branch and bound, replayed exactly", stats)
         stats["method"] = "LP branch and bound"
         found, todo = _lp_pass(p, solver, todo, bab_deadline, 20_000, stats)
         if found is not None or not todo:
@@ -363,7 +652,7 @@ def _decide(
                 "EQUIVALENT", None, "LP branch and bound on every disjunct of the violation", stats
             )
         stats["method"] = "z3"
-    found, todo, reason = _z3_pass(solver, todo, deadline, np.inf)
+    found, todo, reason = _z3_pass(p, solver, todo, deadline, np.inf)
     if found is not None:
         return found
     if todo:
@@ -375,20 +664,25 @@ def _lp_pass(
     p: _Problem, solver: QuerySolver, todo: list[Query], deadline: float, max_nodes: int, stats: dict
 ) -> tuple[Result | None, list[Query]]:
     """The LP search on each disjunct (at most ``max_nodes`` nodes, equal shares of the time
-    left): a replayed counterexample, or the disjuncts still open."""
+    left; a disjunct whose share is spent is left open without solving): a replayed
+    counterexample, or the disjuncts still open."""
     left = []
     for i, query in enumerate(todo):
-        share = (deadline - time.perf_counter()) / (len(todo) - i)
-        status, info = solver.lp(query, time.perf_counter() + max(share, 0.0), max_nodes)
+        now = time.perf_counter()
+        if now >= deadline:
+            left.extend(todo[i:])
+            break
+        share = (deadline - now) / (len(todo) - i)
+        status, info = solver.lp(query, now + share, max_nodes)
         if status == "refuted":
-            return Result("NOT_EQUIVALENT", info.reshape(p.shape), "LP branch and bound, replayed", stats), []
+            return _refuted(p, info, "LP branch and bound, replayed exactly", stats), []
         if status == "open":
             left.append(query)
     return None, left
 
 
 def _disjuncts(
-    p: _Problem, lo: np.ndarray, hi: np.ndarray, cf: B.Crown, cq: B.Crown, deadline: float, stats: dict
+    p: _Problem, box: Box, cf: B.Crown, cq: B.Crown, deadline: float, stats: dict
 ) -> tuple[list[Query], QuerySolver]:
     """The disjuncts of the violation left open by the bounds, and their solver."""
     bounds = (cf.layer_bounds(), cq.layer_bounds())
@@ -401,31 +695,40 @@ def _disjuncts(
         fixed, todo = (_fixed_class(cf), _fixed_class(cq)), []
     else:
         classes, fixed, todo = ([], []), (None, None), _open_outputs(p, cf, cq)
-    eps = Fraction(p.eps) if p.eps is not None else None
-    disjuncts = queries(p.relation, n, eps, p.norm, classes, fixed, todo)
-    return disjuncts, QuerySolver(p, lo, hi, bounds, disjuncts, stats, deadline)
+    disjuncts = queries(p.relation, n, p.eps, p.norm, classes, fixed, todo)
+    return disjuncts, QuerySolver(p, box, bounds, disjuncts, stats, deadline)
 
 
 def _z3_pass(
-    solver: QuerySolver, todo: list[Query], deadline: float, cap: float
+    p: _Problem, solver: QuerySolver, todo: list[Query], deadline: float, cap: float
 ) -> tuple[Result | None, list[Query], str]:
     """z3 on each disjunct, sharing the time left (at most ``cap`` seconds each): a replayed
-    counterexample, or the disjuncts still open and why."""
-    left, reason = [], ""
-    for i, query in enumerate(todo):
-        budget = min(cap, (deadline - time.perf_counter()) / (len(todo) - i))
-        status, info = solver.z3(query, time.perf_counter() + max(budget, 0.0))
-        if status == "refuted":
-            stats = solver.stats
-            return (
-                Result("NOT_EQUIVALENT", info.reshape(solver.p.shape), f"z3 ({query.what}), replayed", stats),
-                [],
-                "",
-            )
-        if status == "unknown":
-            left.append(query)
-            reason = info
-    return None, left, reason
+    counterexample, or the disjuncts still open and why.  Without a cap, the time that decided
+    disjuncts leave is shared again among the open ones, round after round, until the deadline
+    (a disjunct that ran out of its share gets a longer one), so an open disjunct means the
+    region's time is spent."""
+    reason = ""
+    while True:
+        left, stopped = [], False
+        for i, query in enumerate(todo):
+            now = time.perf_counter()
+            budget = max(min(cap, (deadline - now) / (len(todo) - i)), 0.0)
+            status, info = solver.z3(query, now + budget)
+            if status == "refuted":
+                return _refuted(p, info, f"z3 ({query.what}), replayed exactly", solver.stats), [], ""
+            if status == "unknown":
+                left.append(query)
+                reason = info
+                stopped |= budget > 0 and time.perf_counter() - now >= 0.9 * budget  # ran out of its share
+        if (
+            not left
+            or cap != np.inf
+            or not stopped
+            or deadline - time.perf_counter() < 0.05
+            or len(left) == len(todo)
+        ):
+            return None, left, reason
+        todo = left
 
 
 def _loose(bounds: list) -> list:

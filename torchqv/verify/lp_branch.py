@@ -8,10 +8,11 @@ phases first, then rounding codes, then input codes.  Its LP relaxation is solve
 (scipy) in elastic form (every row may be violated at a cost, so the LP is always feasible and
 its dual always exists), and the dual's multipliers of the original rows become a rigorous lower
 bound of the original LP (``milp.certified_lower``): HiGHS is trusted for nothing.  A node whose
-certified bound is positive is proved; the LP's optimal point, snapped to the input grid, is
-replayed on the concrete models as a counterexample candidate; otherwise the most fractional
+certified bound is positive is proved; the LP's optimal point, snapped to the region (input codes
+rounded), is replayed exactly as a counterexample candidate; otherwise the most fractional
 integer variable of the highest priority is split (``v <= floor(v*)`` and ``v >= ceil(v*)``,
-which cover every integer value).  The root node is always solved, whatever the deadline.
+which cover every integer value).  Every LP solve gets the time left as HiGHS's own time limit
+(an LP stopped by it proves nothing), and no node starts after the deadline.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class LPBranch:
     """Branch and bound for one objective over a built ``Model``.
 
     ``rows``: the model's rows as ``Model.matrices`` gives them (built once, shared by queries);
-    ``inputs[i]``: the variable of input coordinate ``i`` and its scale (value = scale * var), or
-    ``None`` for a fixed coordinate (value ``fixed[i]``); ``falsify(points)`` replays candidates.
+    ``candidate(v)`` maps an LP point to a replayed counterexample or ``None``; ``input_vars``:
+    the variables of the input coordinates (branched on last).
     """
 
     def __init__(
@@ -54,12 +55,11 @@ class LPBranch:
         rows: tuple[sp.csr_matrix, np.ndarray, np.ndarray],
         objective: Lin,
         strict: bool,
-        inputs: list[tuple[int, float] | None],
-        fixed: np.ndarray,
-        falsify: Callable[[np.ndarray], Any],
+        candidate: Callable[[np.ndarray], Any],
+        input_vars: list[int] | None = None,
     ):
         self.strict = strict
-        self.inputs, self.fixed, self.falsify = inputs, fixed, falsify
+        self.candidate = candidate
         n = len(model.lb)
         A, row_lo, row_hi = rows
         up, lo = np.isfinite(row_hi), np.isfinite(row_lo)
@@ -80,56 +80,54 @@ class LPBranch:
         priority = np.zeros(n)  # ReLU phases, then rounding codes, then inputs
         priority[model.binaries] = 2
         priority[self.integer & (priority == 0)] = 1
-        priority[np.array([v for v, _ in filter(None, inputs)], dtype=int)] = 0.5
+        priority[np.array(input_vars or [], dtype=int)] = 0.5
         self.priority = priority
 
-    def _solve(self, lb: np.ndarray, ub: np.ndarray) -> tuple[float, np.ndarray | None]:
+    def _solve(self, lb: np.ndarray, ub: np.ndarray, deadline: float) -> tuple[float, np.ndarray | None]:
         if len(self.c) == 0:  # nothing varies: the objective is its constant
             return down(self.const), lb
         lo = np.concatenate([lb, np.zeros(len(self.b))])
         hi = np.concatenate([ub, self.slack_ub])
-        res = linprog(self.c, A_ub=self.A, b_ub=self.b, bounds=np.column_stack([lo, hi]), method="highs")
-        if res.status != 0:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return -np.inf, None
+        res = linprog(
+            self.c,
+            A_ub=self.A,
+            b_ub=self.b,
+            bounds=np.column_stack([lo, hi]),
+            method="highs",
+            options={"time_limit": max(left, 1e-3)},
+        )
+        if res.status != 0 or res.x is None:
             return -np.inf, None
         # any multipliers y <= 0 of A_ub v <= b bound the unrelaxed LP; the slack columns are
         # left out of the certificate, whose error term would otherwise scale with their bounds
         bound = certified_lower(self.c_v, self.A_ub, self.b, lb, ub, res.ineqlin.marginals)
         return (down(Fraction(bound) + self.const) if np.isfinite(bound) else bound), res.x[: len(lb)]
 
-    def _point(self, v: np.ndarray) -> np.ndarray:
-        """The input coordinates of an LP point, input codes rounded to integers."""
-        x = self.fixed.copy()
-        for i, iv in enumerate(self.inputs):
-            if iv is not None:
-                var, scale = iv
-                val = v[var]
-                if self.integer[var]:
-                    val = float(np.clip(np.rint(val), self.lb0[var], self.ub0[var]))
-                x[i] = val * scale
-        return x
-
     def run(self, deadline: float, max_nodes: int = 20_000) -> LPOutcome:
         order = itertools.count()
         heap: list = [(-np.inf, next(order), self.lb0.copy(), self.ub0.copy())]
         nodes = 0
         while heap:
-            if nodes and (time.perf_counter() > deadline or nodes >= max_nodes):  # the root always
+            if time.perf_counter() > deadline or nodes >= max_nodes:
                 return LPOutcome("open", None, nodes, f"LP branch and bound stopped after {nodes} nodes")
             _, _, lb, ub = heapq.heappop(heap)
             nodes += 1
-            bound, v = self._solve(lb, ub)
+            bound, v = self._solve(lb, ub, deadline)
             if v is None:
-                return LPOutcome("open", None, nodes, "the LP solver failed on a node")
+                return LPOutcome("open", None, nodes, "the LP solver failed or ran out of time on a node")
             if bound > 0 or (not self.strict and bound >= 0):
                 continue
-            x = self.falsify(self._point(v)[None])
+            x = self.candidate(v)
             if x is not None:
                 return LPOutcome("refuted", x, nodes)
             frac = np.abs(v - np.rint(v))
             candidates = np.where(self.integer & (frac > 1e-6) & (ub > lb), self.priority + frac, -1.0)
-            k = int(candidates.argmax())
-            if candidates[k] < 0:
+            if candidates.size == 0 or candidates.max() < 0:
                 return LPOutcome("open", None, nodes, "an integral LP point that does not replay")
+            k = int(candidates.argmax())
             for side in (0, 1):
                 lb2, ub2 = lb.copy(), ub.copy()
                 if side == 0:

@@ -33,20 +33,9 @@ import scipy.sparse as sp
 from .bounds import LayerBounds
 from .encode import BuildTimeout
 from .network import Affine, Chain, Rounding, cone, constants
+from .region import down, up
 
 U = 2.0**-53
-
-
-def up(x: Fraction | float) -> float:
-    """The smallest double >= x."""
-    f = float(x)
-    return f if Fraction(f) >= Fraction(x) else float(np.nextafter(f, np.inf))
-
-
-def down(x: Fraction | float) -> float:
-    """The largest double <= x."""
-    f = float(x)
-    return f if Fraction(f) <= Fraction(x) else float(np.nextafter(f, -np.inf))
 
 
 class InexactModel(Exception):
@@ -73,6 +62,17 @@ class Lin:
                 const += w * term.const
                 for v, c in term.coefs.items():
                     coefs[v] = coefs.get(v, 0) + w * c
+        return Lin(coefs, const)
+
+    @staticmethod
+    def sparse(weights: list[tuple[int, Fraction]], terms: list, const: Fraction = Fraction(0)) -> Lin:
+        """``sum_j w * terms[j] + const`` over the pairs ``(j, w)``."""
+        coefs: dict[int, Fraction] = {}
+        for j, w in weights:
+            term = terms[j]
+            const += w * term.const
+            for v, c in term.coefs.items():
+                coefs[v] = coefs.get(v, 0) + w * c
         return Lin(coefs, const)
 
     def plus(self, other: Lin, a: Fraction | int = 1) -> Lin:
@@ -118,6 +118,15 @@ class Model:
         return A, np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
 
     # ----------------------------------------------------------------- building blocks
+    def named(self, t: Lin, lo: float, hi: float) -> Lin:
+        """``t`` itself, or a new variable ``z`` in ``[lo, hi]`` with the row ``z = t`` when ``t``
+        has more than two terms and finite bounds (which must hold for every value of ``t``)."""
+        if len(t.coefs) <= 2 or not (math.isfinite(lo) and math.isfinite(hi)):
+            return t
+        z = self.var(float(lo), float(hi))
+        self.row(Lin({z: Fraction(1)}).plus(t, -1), 0.0, 0.0)  # z - t = 0 (constant to the bounds)
+        return Lin({z: Fraction(1)})
+
     def relu(self, t: Lin, lo: float, hi: float) -> Lin:
         """``max(t, 0)`` for ``lo <= t <= hi``."""
         if lo >= 0:
@@ -180,11 +189,17 @@ class Model:
         in_lo: list[float],
         in_hi: list[float],
         outputs: list[int],
+        fixed: list[Fraction | None] | None = None,
+        const: list[list[Fraction | None]] | None = None,
     ) -> list[Lin | None]:
-        """The chain's requested outputs as expressions (cone of influence only)."""
+        """The chain's requested outputs as expressions (cone of influence only; ``fixed``: the
+        exact values of the inputs the region fixes; ``const``: ``network.constants``, if known).
+        An affine neuron with more than two terms gets a variable of its own (bounded by its
+        pre-activation bounds), so the rows of its activation and rounding stay short."""
         if not chain.floats_exact:
             raise InexactModel("a weight, bias or step is not a double (e.g. step 1/3): no LP model")
-        const = constants(chain, bounds, in_lo, in_hi)
+        if const is None:
+            const = constants(chain, bounds, in_lo, in_hi, fixed)
         need = cone(chain, const, outputs)
         v: list = list(x)
         prev_lo, prev_hi = list(in_lo), list(in_hi)
@@ -197,7 +212,7 @@ class Model:
                     out.append(None)
                 else:
                     if isinstance(layer, Affine):
-                        t = Lin.combination(layer.W[i], v, layer.b[i])
+                        t = self.named(Lin.sparse(layer.row(i), v, layer.b[i]), lb.pre_lo[i], lb.pre_hi[i])
                     else:
                         t = self.activation(layer.act, v[i], prev_lo[i], prev_hi[i])
                     if layer.out is not None:
@@ -228,11 +243,15 @@ def certified_lower(
     """A rigorous lower bound of ``min c.v`` over ``A v <= b``, ``lb <= v <= ub`` (finite bounds)
     from any multipliers ``y <= 0`` of the rows: for every feasible ``v``,
     ``c.v = y.(A v) + r.v >= y.b + sum_i min(r_i lb_i, r_i ub_i)`` with ``r = c - A^T y``.  The
-    float64 evaluation error (of ``r`` and both sums, entries of ``A`` included) is below
-    ``gamma_{n+2}`` times the same sums of absolute values; four times that is subtracted."""
+    float64 evaluation error (of ``r`` and both sums) is below ``gamma_{n+2}`` times the same sums
+    of absolute values; four times that is subtracted, plus ``2 u`` times the ``|y|.|A||v|`` sum
+    for the entries of ``A`` themselves: the exact model's coefficients (an input step such as
+    ``1/5``, a hull facet's slope) are within a relative ``u`` of the doubles in ``A``, so a point
+    feasible for the exact rows satisfies ``y.(A v) >= y.b`` up to that term."""
     y = np.minimum(y, 0.0)
     r = c - A.T @ y
     value = y @ b + np.minimum(r * lb, r * ub).sum()
     size = np.maximum(np.abs(lb), np.abs(ub))
     err = 4 * (max(A.shape) + 2) * U * ((np.abs(c) + abs(A).T @ np.abs(y)) @ size + np.abs(y) @ np.abs(b))
+    err = err + 2 * U * ((abs(A).T @ np.abs(y)) @ size)  # the doubles of A vs the exact coefficients
     return float(value - err - 1e-300)

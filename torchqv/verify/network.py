@@ -10,7 +10,7 @@ rule (``FixedPoint.round_exact``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import activations as A
-from ..formats import FixedPoint, dequantize_f64, round_certified
+from ..formats import FixedPoint, QuantizationError, dequantize_f64, round_certified
 
 
 @dataclass
@@ -78,19 +78,169 @@ class Rounding:
         return -half, half
 
 
-@dataclass
+def _odd_part(a: np.ndarray) -> np.ndarray:
+    """``|a|`` without its trailing zero bits (int64 arrays; 0 stays 0)."""
+    a = np.abs(a)
+    low = a & -a
+    return np.where(a == 0, 0, a // np.where(low == 0, 1, low))
+
+
+def _dyadic_rows(D: np.ndarray) -> tuple[np.ndarray, list[Fraction]]:
+    """Exact integer rows of a float64 matrix: ``D[i, j] = ints[i, j] * scale[i]`` with
+    ``scale[i]`` a power of two (numpy's ``frexp``: every double is ``M * 2^E`` with ``|M| < 2^53``).
+    ``ints`` is int64 when it fits, else an object array of Python ints."""
+    D = np.asarray(D, dtype=np.float64)
+    if D.size == 0:
+        return D.astype(np.int64), [Fraction(1)] * D.shape[0]
+    if not np.isfinite(D).all():
+        raise QuantizationError("the verifier got a weight or bias that is NaN or infinite")
+    mant, exp = np.frexp(D)
+    M = (mant * 2.0**53).astype(np.int64)  # exact: |mant| < 1 has 53 significant bits
+    E = exp.astype(np.int64) - 53
+    tz = np.zeros_like(M)
+    nz = M != 0
+    low = (M & -M)[nz]
+    tz[nz] = np.round(np.log2(low.astype(np.float64))).astype(np.int64)  # exact for powers of two
+    M = np.where(nz, M >> tz, 0)
+    E = np.where(nz, E + tz, np.iinfo(np.int64).max)
+    emin = E.min(axis=1)
+    emin = np.where(emin == np.iinfo(np.int64).max, 0, emin)
+    shift = np.where(nz, E - emin[:, None], 0)
+    bits = np.where(nz, np.ceil(np.log2(np.abs(M).astype(np.float64) + 1)), 0) + shift
+    if bits.max(initial=0) < 62:
+        ints = M << shift
+    else:  # exponents spread too far for int64: Python ints
+        ints = np.empty(D.shape, dtype=object)
+        for idx, (m, sh) in enumerate(zip(M.reshape(-1).tolist(), shift.reshape(-1).tolist(), strict=True)):
+            ints.reshape(-1)[idx] = m << sh
+    scale = [Fraction(2) ** int(e) for e in emin.tolist()]
+    return ints, scale
+
+
 class Affine:
-    """``y = W x + b`` with exact rational ``W`` (rows: outputs) and ``b``; optional output rounding."""
+    """``y = W x + b`` with the exact rational matrix ``W[i, j] = ints[i, j] * scale[i]`` (integer
+    rows with one exact rational scale per row: a quantized layer's codes and step, or a float
+    layer's doubles over a common power of two) and exact bias ``b``; optional output rounding.
 
-    W: list[list[Fraction]]
-    b: list[Fraction]
-    out: Rounding | None = None
-    Wf: np.ndarray = field(default=None, repr=False)  # float64 copies for bounds and sampling
-    bf: np.ndarray = field(default=None, repr=False)
+    ``Affine(W, b)`` takes ``W`` as rows of rationals (converted once); ``Affine.from_ints`` and
+    ``Affine.from_floats`` build the integer form directly.  ``Wf``/``bf`` are float64 copies for
+    bounds and sampling (exact when ``floats_exact``; else within a relative ``2^-52``, which the
+    bounds' error terms cover).  ``W`` (rows of ``Fraction``) is built lazily, for small layers.
+    """
 
-    def __post_init__(self) -> None:
-        self.Wf = np.array([[float(v) for v in row] for row in self.W], dtype=np.float64)
+    def __init__(
+        self,
+        W: list[list[Fraction]] | None = None,
+        b: list[Fraction] | None = None,
+        out: Rounding | None = None,
+        *,
+        ints: np.ndarray | None = None,
+        scale: list[Fraction] | None = None,
+    ) -> None:
+        if ints is None:
+            if W is None:
+                raise QuantizationError("Affine needs W or ints and scale")
+            rows = [[Fraction(v) for v in row] for row in W]
+            scale = [Fraction(1, math.lcm(1, *(v.denominator for v in row))) for row in rows]
+            flat = [int(v / s) for row, s in zip(rows, scale, strict=True) for v in row]
+            n = len(rows[0]) if rows else 0
+            ints = np.empty(len(flat), dtype=object)
+            ints[:] = flat
+            ints = ints.reshape(len(rows), n)
+            if all(abs(v) < 2**62 for v in flat):
+                ints = ints.astype(np.int64)
+        if ints.ndim != 2 or scale is None or len(scale) != ints.shape[0]:
+            raise QuantizationError("Affine: ints must be (outputs, inputs) with one scale per row")
+        self.ints = ints
+        self.scale = [Fraction(s) for s in scale]
+        self.b = [Fraction(v) for v in (b if b is not None else [0] * ints.shape[0])]
+        if len(self.b) != ints.shape[0]:
+            raise QuantizationError("Affine: one bias per output row")
+        self.out = out
+        sf = np.array([float(s) for s in self.scale], dtype=np.float64)
+        self.Wf = ints.astype(np.float64) * sf[:, None]  # float64 copies for bounds and sampling
         self.bf = np.array([float(v) for v in self.b], dtype=np.float64)
+        self._obj: np.ndarray | None = None
+        self._W: list[list[Fraction]] | None = None
+
+    @classmethod
+    def from_floats(cls, D: np.ndarray, b: list[Fraction], out: Rounding | None = None) -> Affine:
+        """The float64 matrix ``D`` at its exact binary values."""
+        ints, scale = _dyadic_rows(D)
+        return cls(None, b, out, ints=ints, scale=scale)
+
+    @classmethod
+    def from_ints(cls, codes: np.ndarray, scale: list[Fraction], b: list[Fraction]) -> Affine:
+        """Integer ``codes`` (a float64 or integer array of whole numbers) times a per-row scale."""
+        codes = np.asarray(codes)
+        if codes.dtype.kind == "f":
+            if not bool((codes == np.round(codes)).all()):
+                raise QuantizationError("Affine.from_ints: the codes are not whole numbers")
+            if np.abs(codes).max(initial=0) >= 2**62:
+                raise QuantizationError("Affine.from_ints: codes beyond 2^62")
+            codes = codes.astype(np.int64)
+        return cls(None, b, None, ints=codes, scale=scale)
+
+    @property
+    def in_features(self) -> int:
+        return self.ints.shape[1]
+
+    @property
+    def W(self) -> list[list[Fraction]]:
+        """The rows as exact rationals (built on first use: a Fraction per weight)."""
+        if self._W is None:
+            self._W = [
+                [Fraction(int(v)) * s for v in row]
+                for row, s in zip(self.ints.tolist(), self.scale, strict=True)
+            ]
+        return self._W
+
+    def row(self, i: int) -> list[tuple[int, Fraction]]:
+        """The nonzero weights of row ``i`` as ``(column, exact weight)``."""
+        r, s = self.ints[i], self.scale[i]
+        return [(int(j), Fraction(int(r[j])) * s) for j in np.flatnonzero(r)]
+
+    def columns(self, rows: list[int] | set[int]) -> set[int]:
+        """The inputs that some of ``rows`` reads (nonzero weight)."""
+        if not rows:
+            return set()
+        return set(np.flatnonzero((self.ints[sorted(rows)] != 0).any(axis=0)).tolist())
+
+    def _objects(self) -> np.ndarray:
+        if self._obj is None:
+            self._obj = self.ints.astype(object)  # Python ints: exact dot products
+        return self._obj
+
+    def exact(self, v: list[Fraction], rows: list[int] | None = None) -> list[Fraction]:
+        """``W v + b`` exactly (only ``rows`` when given): one integer dot product per row over
+        the inputs' common denominator, one Fraction per output."""
+        v = [Fraction(t) for t in v]
+        den = math.lcm(1, *(t.denominator for t in v))
+        nums = np.empty(len(v), dtype=object)
+        nums[:] = [t.numerator * (den // t.denominator) for t in v]
+        idx = list(range(self.ints.shape[0])) if rows is None else list(rows)
+        if not idx:
+            return []
+        acc = self._objects()[idx].dot(nums) if len(v) else [0] * len(idx)
+        return [Fraction(int(a)) * self.scale[i] / den + self.b[i] for a, i in zip(acc, idx, strict=True)]
+
+    def doubles_exact(self) -> bool:
+        """Is every weight and bias a double (so ``Wf``/``bf`` are the exact layer)?"""
+        if any(Fraction(float(v)) != v for v in self.b):
+            return False
+        for row, s in zip(self.ints, self.scale, strict=True):
+            if s.denominator & (s.denominator - 1):
+                return False  # a non-dyadic scale (e.g. 1/3): the weights are not doubles
+            p = s.numerator
+            while p % 2 == 0:
+                p //= 2
+            if row.dtype == object:
+                odd = max((abs(int(v)) // (abs(int(v)) & -abs(int(v))) for v in row if v), default=0)
+            else:
+                odd = int(_odd_part(row).max(initial=0))
+            if odd * p >= 2**53:
+                return False
+        return True
 
 
 @dataclass
@@ -111,11 +261,9 @@ class Chain:
     def floats_exact(self) -> bool:
         """Are every weight, bias and step exactly doubles (so float64 models are exact)?"""
         if not hasattr(self, "_floats_exact"):
-            values = [r.step for r in self.roundings()]
-            for layer in self.layers:
-                if isinstance(layer, Affine):
-                    values += [v for row in layer.W for v in row] + list(layer.b)
-            self._floats_exact = all(Fraction(float(v)) == v for v in values)
+            self._floats_exact = all(Fraction(float(r.step)) == r.step for r in self.roundings()) and all(
+                layer.doubles_exact() for layer in self.layers if isinstance(layer, Affine)
+            )
         return self._floats_exact
 
     def roundings(self) -> list[Rounding]:
@@ -125,20 +273,33 @@ class Chain:
     def out_features(self) -> int:
         return next(len(layer.b) for layer in reversed(self.layers) if isinstance(layer, Affine))
 
-    def exact(self, x: list[Fraction]) -> list[Fraction]:
-        """Evaluate with exact rational arithmetic (the semantics the encodings describe)."""
-        v = [self.inp.apply(Fraction(t)) for t in x] if self.inp else [Fraction(t) for t in x]
+    def exact(self, x: list[Fraction], body: bool = False) -> list[Fraction]:
+        """Evaluate with exact rational arithmetic (the semantics the encodings describe); the
+        input rounding is applied unless ``body`` (the input is then taken as it is)."""
+        v = [Fraction(t) for t in x]
+        if self.inp is not None and not body:
+            v = [self.inp.apply(t) for t in v]
         for layer in self.layers:
             if isinstance(layer, Affine):
-                v = [
-                    sum((w * t for w, t in zip(row, v, strict=True) if w and t), start=b)
-                    for row, b in zip(layer.W, layer.b, strict=True)
-                ]
+                v = layer.exact(v)
             else:
                 v = [layer.act.exact(t) for t in v]
             if layer.out is not None:
                 v = [layer.out.apply(t) for t in v]
         return v
+
+
+def supported_activation(act: A.Activation) -> A.Activation:
+    """The activation, if the verifier's bounds and encodings handle it (piecewise linear and
+    monotone); else a clear error before any work."""
+    if not act.piecewise_linear:
+        raise QuantizationError(f"the verifier supports piecewise-linear activations, not {act.name}")
+    if act.name == "leaky_relu" and act.param("negative_slope") < 0:
+        raise QuantizationError(
+            f"the verifier supports LeakyReLU with negative_slope >= 0 (monotone), got "
+            f"{act.param('negative_slope')}; use a slope >= 0"
+        )
+    return act
 
 
 def _as_shape(inputs: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -196,20 +357,37 @@ def _const_act(layer: Act, value: Fraction | None, lo: float, hi: float) -> Frac
 
 
 def constants(
-    chain: Chain, bounds: list, in_lo: list[float], in_hi: list[float]
+    chain: Chain,
+    bounds: list,
+    in_lo: list[float],
+    in_hi: list[float],
+    fixed: list[Fraction | None] | None = None,
 ) -> list[list[Fraction | None]]:
-    """Per layer and neuron: the exact value if the bounds make it constant, else ``None``."""
-    prev = [Fraction(a) if a == b else None for a, b in zip(in_lo, in_hi, strict=True)]
+    """Per layer and neuron: the exact value if the bounds make it constant, else ``None``.
+
+    ``fixed``: the exact value of every input coordinate that the region fixes (``None`` for the
+    others); by default the coordinates whose float bounds coincide (sound only when those bounds
+    are the exact values, which outward-rounded bounds of a non-double point never are)."""
+    prev = (
+        fixed
+        if fixed is not None
+        else [Fraction(a) if a == b else None for a, b in zip(in_lo, in_hi, strict=True)]
+    )
     prev_lo, prev_hi = in_lo, in_hi
     out = []
     for layer, lb in zip(chain.layers, bounds, strict=True):
         if isinstance(layer, Affine):
-            cur = [
-                sum((w * t for w, t in zip(row, prev, strict=True) if w), start=b)
-                if all(t is not None for w, t in zip(row, prev, strict=True) if w)
-                else None
-                for row, b in zip(layer.W, layer.b, strict=True)
-            ]
+            known = np.array([t is not None for t in prev], dtype=bool)
+            rows = (
+                np.flatnonzero(~(layer.ints[:, ~known] != 0).any(axis=1))
+                if len(prev)
+                else np.arange(len(layer.b))
+            )
+            cur: list = [None] * len(layer.b)
+            if len(rows):
+                values = layer.exact([t if t is not None else Fraction(0) for t in prev], rows.tolist())
+                for i, v in zip(rows.tolist(), values, strict=True):
+                    cur[i] = v
         else:
             cur = [_const_act(layer, t, a, b) for t, a, b in zip(prev, prev_lo, prev_hi, strict=True)]
         r = layer.out
@@ -237,7 +415,7 @@ def cone(chain: Chain, const: list[list], outputs) -> list[set[int]]:
         layer = chain.layers[li]
         need[li] = {i for i in want if const[li][i] is None}
         if isinstance(layer, Affine):
-            want = {j for i in need[li] for j, w in enumerate(layer.W[i]) if w != 0}
+            want = layer.columns(need[li])
         else:
             want = set(need[li])
     return need

@@ -4,8 +4,11 @@ The file is treated as untrusted (``torchqv.load_onnx``: parse errors and ``onnx
 failures are clear errors; unsupported operators, domains and opsets are listed).  Layers with
 constant weights become real modules (``Gemm``/``MatMul`` [+ ``Add``] -> ``nn.Linear``, ``Conv``
 -> ``nn.Conv2d``, ``Relu`` -> ``nn.ReLU``, ``Flatten`` -> ``nn.Flatten``), so the imported network
-can be quantized with ``torchqv.quantize`` and verified; everything else runs as torch functions
-with ONNX semantics, which also reads back torchqv's own exports (QDQ and integer forms).
+can be quantized with ``torchqv.quantize`` and verified, as do ``LeakyRelu`` (``nn.LeakyReLU``) and
+``Clip`` with constant bounds (``nn.Hardtanh``; ``nn.ReLU`` for ``[0, inf)``); an ``Identity`` of a
+constant is that constant (a Gemm whose weight or bias passes through one is still a layer);
+everything else runs as torch functions with ONNX semantics, which also reads back torchqv's own
+exports (QDQ and integer forms).
 """
 
 from __future__ import annotations
@@ -188,9 +191,9 @@ def _linear_from(w: np.ndarray, b: np.ndarray | None) -> nn.Linear:
     """``y = x @ w (+ b)`` as nn.Linear (weight ``w.T``)."""
     lin = nn.Linear(w.shape[0], w.shape[1], bias=b is not None)
     with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)).float())
+        lin.weight.copy_(torch.from_numpy(np.array(w.T, dtype=np.float32)))
         if b is not None:
-            lin.bias.copy_(torch.from_numpy(np.broadcast_to(b, (w.shape[1],)).copy()).float())
+            lin.bias.copy_(torch.from_numpy(np.array(np.broadcast_to(b, (w.shape[1],)), dtype=np.float32)))
     return lin
 
 
@@ -331,7 +334,50 @@ def _h_flatten(imp, node, rest) -> int:
 
 
 def _h_identity(imp, node, rest) -> int:
-    imp.env[node.output[0]] = imp.value(node.input[0])
+    src = node.input[0]
+    if src in imp.consts and src not in imp.env:  # a constant stays a constant (Gemm weights, biases)
+        imp.consts[node.output[0]] = imp.consts[src]
+        return 0
+    imp.env[node.output[0]] = imp.value(src)
+    return 0
+
+
+def _h_leaky_relu(imp, node, rest) -> int:
+    alpha = float(_attrs(node).get("alpha", 0.01))
+    imp.env[node.output[0]] = imp.module(nn.LeakyReLU(alpha), "leaky_relu", imp.value(node.input[0]))
+    return 0
+
+
+def _scalar_const(imp: _Importer, name: str) -> float | None:
+    """The value of a constant scalar input (``None``: absent or not a constant scalar)."""
+    if not name or name not in imp.consts or np.asarray(imp.consts[name]).size != 1:
+        return None
+    value = float(np.asarray(imp.consts[name]).reshape(()))
+    return value if math.isfinite(value) else None
+
+
+def _h_clip(imp, node, rest) -> int:
+    """``Clip`` with constant bounds is a module (``nn.Hardtanh``, or ``nn.ReLU`` for ``[0, inf)``),
+    so the verifier and the integer reference read it; anything else runs as a function."""
+    a = _attrs(node)
+    if len(node.input) > 1 or not a:  # opset >= 11: bounds as inputs
+        names = list(node.input[1:3]) + [""] * (3 - len(node.input))
+        lo, hi = (_scalar_const(imp, n) for n in names[:2])
+        lo_given, hi_given = bool(names[0]), bool(names[1])
+    else:  # opset < 11: attributes
+        lo, hi = a.get("min"), a.get("max")
+        lo_given, hi_given = lo is not None, hi is not None
+        lo = float(lo) if lo is not None else None
+        hi = float(hi) if hi is not None else None
+    x = imp.value(node.input[0])
+    fits = (lo is not None or not lo_given) and (hi is not None or not hi_given)
+    if fits and lo is not None and hi is not None and lo <= hi:
+        imp.env[node.output[0]] = imp.module(nn.Hardtanh(lo, hi), "clip", x)
+        return 0
+    if fits and lo == 0.0 and not hi_given:
+        imp.env[node.output[0]] = imp.module(nn.ReLU(), "clip", x)
+        return 0
+    imp.env[node.output[0]] = imp.call(_clip, *[imp.value(i) for i in node.input])
     return 0
 
 
@@ -415,7 +461,7 @@ HANDLERS: dict[str, Callable] = {
     "Sign": _simple(torch.sign),
     "Floor": _simple(torch.floor),
     "Round": _simple(torch.round),
-    "Clip": _simple(_clip),
+    "Clip": _h_clip,
     "Sigmoid": _simple(torch.sigmoid),
     "Tanh": _simple(torch.tanh),
     "Where": _simple(torch.where),
@@ -427,7 +473,7 @@ HANDLERS: dict[str, Callable] = {
     "And": _simple(torch.logical_and),
     "Or": _simple(torch.logical_or),
     "Transpose": _h_attrs(_transpose, ("perm", None)),
-    "LeakyRelu": _h_attrs(F.leaky_relu, ("alpha", 0.01)),
+    "LeakyRelu": _h_leaky_relu,
     "Elu": _h_attrs(F.elu, ("alpha", 1.0)),
     "Mod": _h_attrs(_mod, ("fmod", 0)),
     "Gather": _h_attrs(_gather, ("axis", 0)),

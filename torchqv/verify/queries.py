@@ -5,9 +5,10 @@ checked under that assumption)
 and one MILP model (each adds its own objective and rows); both are built lazily for the union
 of the outputs the disjuncts read, with the bounds fixing what they decide.  ``QuerySolver``
 runs z3 with a per-query time cap and the LP search (``lp_branch``) with a shared deadline; the
-engine schedules the passes.  A z3 model is replayed on the concrete models; when its exact
-point sits on a knife edge that float32 inputs cannot reach, nearby float32 points of the box are
-tried before giving up.
+engine schedules the passes.  A z3 model is an exact point of the region (integer input codes on
+a grid, rationals otherwise); it is replayed exactly (``engine._Problem.confirm``).  z3 answering
+``sat`` just as the deadline watchdog interrupts it may leave no model, or a model that is not
+one (outside the region, or not a violation on replay): that is ``unknown`` at the time limit.
 """
 
 from __future__ import annotations
@@ -18,48 +19,70 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 import z3
 
 from ..z3_deadline import Z3Deadline
 from .encode import BuildTimeout, Encoder, Query, rv
 from .lp_branch import LPBranch
 from .milp import Lin, Model
-
-NEAR = 256  # float32 points tried around a z3 model that does not replay
+from .network import constants
+from .region import Box
 
 
 class QuerySolver:
-    """The disjuncts of one region (``p``: the engine's problem; ``bounds``: per network)."""
+    """The disjuncts of one region (``p``: the engine's problem; ``box``: the exact region;
+    ``bounds``: per network, valid on the box)."""
 
     def __init__(
         self,
         p: Any,
-        lo: np.ndarray,
-        hi: np.ndarray,
+        box: Box,
         bounds: tuple,
         todo: list[Query],
         stats: dict,
         deadline: float,
     ):
-        self.p, self.lo, self.hi, self.bounds, self.stats = p, lo, hi, bounds, stats
+        self.p, self.box, self.bounds, self.stats = p, box, bounds, stats
+        self.lo, self.hi = box.floats()  # outward: bounds for encodings
         self.deadline = deadline  # the region's: building the encodings may take until then
         self.f_out = sorted({i for q in todo for i in q.f_out})
         self.q_out = sorted({i for q in todo for i in q.q_out})
         self._z3: tuple | None = None
         self._guards: dict[int, tuple[Query, z3.BoolRef]] = {}
         self._lp: tuple | None = None
+        self._const: tuple | None = None
+        self._failed: set[str] = set()  # encodings whose building ran out of time: never retried
 
     # ------------------------------------------------------------------ the shared encodings
+    def _constants(self) -> tuple:
+        """``network.constants`` of both chains on this region (shared by both encodings)."""
+        if self._const is None:
+            p, (bf, bq) = self.p, self.bounds
+            lo, hi, fixed = self.lo.tolist(), self.hi.tolist(), self.box.fixed()
+            self._const = (
+                constants(p.cf, bf, lo, hi, fixed) if self.f_out else None,
+                constants(p.cq_body, bq, lo, hi, fixed) if self.q_out else None,
+            )
+        return self._const
+
     def _networks(self, builder: Any, xs: list) -> tuple[list, list]:
         p, (bf, bq) = self.p, self.bounds
-        lo, hi = self.lo.tolist(), self.hi.tolist()
-        y = builder.network(p.cf, xs, bf, lo, hi, self.f_out) if self.f_out else []
-        yq = builder.network(p.cq_body, xs, bq, lo, hi, self.q_out) if self.q_out else []
+        lo, hi, fixed = self.lo.tolist(), self.hi.tolist(), self.box.fixed()
+        cf, cq = self._constants()
+        y = builder.network(p.cf, xs, bf, lo, hi, self.f_out, fixed, cf) if self.f_out else []
+        yq = builder.network(p.cq_body, xs, bq, lo, hi, self.q_out, fixed, cq) if self.q_out else []
         return y, yq
+
+    def _building(self, what: str) -> None:
+        """Raise ``BuildTimeout`` when an encoding may not be (re)built: its building already ran
+        out of time on this region, or the region's deadline has passed."""
+        if what in self._failed or time.perf_counter() > self.deadline:
+            self._failed.add(what)
+            raise BuildTimeout
 
     def _z3_encoding(self) -> tuple:
         if self._z3 is None:
+            self._building("z3")
             s = z3.SolverFor("QF_LIRA")
             enc = Encoder(s, self.deadline)
             xs, read = self._z3_inputs(s)
@@ -70,54 +93,69 @@ class QuerySolver:
         return self._z3
 
     def _z3_inputs(self, s: z3.Solver) -> tuple[list, Any]:
-        """Inputs over the box (its grid points when f' quantizes its input) and a model reader."""
-        grid = self.p.cq.inp
-        if grid is not None:
-            step = grid.step
+        """Inputs over the exact region (its grid codes when f' quantizes its input) and a reader
+        of the point from a model (codes on a grid, exact rationals otherwise)."""
+        box = self.box
+        if box.grid:
+            step = box.step
             ks = [z3.Int(f"x{i}") for i in range(self.p.d)]
-            for k, a, b in zip(ks, self.lo, self.hi, strict=True):
-                s.add(k >= round(Fraction(a) / step), k <= round(Fraction(b) / step))
+            for k, a, b in zip(ks, box.klo.tolist(), box.khi.tolist(), strict=True):
+                s.add(k >= a, k <= b)
             xs = [z3.ToReal(k) * rv(step) for k in ks]
-            return xs, lambda m: [m.eval(k, model_completion=True).as_long() * step for k in ks]
+            return xs, lambda m: np.array(
+                [m.eval(k, model_completion=True).as_long() for k in ks], dtype=np.int64
+            )
         xs = [z3.Real(f"x{i}") for i in range(self.p.d)]
-        for x, a, b in zip(xs, self.lo, self.hi, strict=True):
+        for x, a, b in zip(xs, box.lo, box.hi, strict=True):
             s.add(x >= rv(a), x <= rv(b))
         return xs, lambda m: [m.eval(x, model_completion=True).as_fraction() for x in xs]
 
     def _lp_model(self) -> tuple:
         if self._lp is None:
+            self._building("lp")
             model = Model(deadline=self.deadline)
-            xs, inputs, fixed = self._lp_inputs(model)
+            xs, to_point, input_vars = self._lp_inputs(model)
             y, yq = self._networks(model, xs)
-            self._lp = (model, y, yq, inputs, fixed, model.matrices())
+            self._lp = (model, y, yq, to_point, input_vars, model.matrices())
         return self._lp
 
-    def _lp_inputs(self, model: Model) -> tuple[list[Lin], list, np.ndarray]:
-        """Input expressions (integer codes on an input grid), their variables, fixed values."""
-        grid, xs, inputs, fixed = self.p.cq.inp, [], [], np.zeros(self.p.d)
-        for i, (a, b) in enumerate(zip(self.lo, self.hi, strict=True)):
+    def _lp_inputs(self, model: Model) -> tuple[list[Lin], Any, list[int]]:
+        """Input expressions over the exact region (integer codes on an input grid; a fixed
+        coordinate is its exact value) and the map from an LP point to an exact point of the
+        region (codes rounded, values clipped)."""
+        box, xs, cols = self.box, [], []
+        for i, (a, b) in enumerate(zip(box.lo, box.hi, strict=True)):
             if a == b:
-                xs.append(Lin(const=Fraction(a)))
-                inputs.append(None)
-                fixed[i] = a
-            elif grid is not None:
-                v = model.var(
-                    float(round(Fraction(a) / grid.step)), float(round(Fraction(b) / grid.step)), True
-                )
-                xs.append(Lin({v: grid.step}))
-                inputs.append((v, float(grid.step)))
+                xs.append(Lin(const=a))
+                cols.append(None)
+            elif box.grid:
+                v = model.var(float(box.klo[i]), float(box.khi[i]), True)
+                xs.append(Lin({v: box.step}))
+                cols.append(v)
             else:
-                v = model.var(float(a), float(b))
+                lo, hi = self.lo[i], self.hi[i]
+                v = model.var(lo, hi)
                 xs.append(Lin({v: Fraction(1)}))
-                inputs.append((v, 1.0))
-        return xs, inputs, fixed
+                cols.append(v)
+
+        def to_point(sol: np.ndarray) -> Any:
+            if box.grid:
+                codes = np.array([box.klo[i] if c is None else np.rint(sol[c]) for i, c in enumerate(cols)])
+                return np.clip(codes, box.klo, box.khi).astype(np.int64)
+            return [
+                a if c is None else min(max(Fraction(float(sol[c])), a), b)
+                for c, a, b in zip(cols, box.lo, box.hi, strict=True)
+            ]
+
+        return xs, to_point, [c for c in cols if c is not None]
 
     # ------------------------------------------------------------------ deciding queries
     def z3(self, query: Query, deadline: float) -> tuple[str, Any]:
-        """``("unsat", None)``, ``("refuted", x)``, ``("unknown", reason)``."""
+        """``("unsat", None)``, ``("refuted", counterexample)``, ``("unknown", reason)``."""
         try:
             s, y, yq, read = self._z3_encoding()
         except BuildTimeout:
+            self._failed.add("z3")
             return "unknown", "no decision within the timeout (building the z3 formula)"
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -131,45 +169,36 @@ class QuerySolver:
         self.stats["solver_calls"] += 1
         with Z3Deadline(s.ctx, deadline):  # z3's own timeout can be overrun by minutes
             answer = s.check(guard)
-        model = s.model() if answer == z3.sat else None
+        interrupted = time.perf_counter() >= deadline  # the watchdog may have cut the answer short
         if answer == z3.unsat:
             return "unsat", None
-        if answer == z3.unknown:
+        point = sat_point(s, read) if answer == z3.sat else None
+        if point is None:
             return "unknown", f"no decision within the timeout (z3 on {query.what})"
-        x = self._replay([float(v) for v in read(model)])
-        if x is not None:
-            return "refuted", x
-        return "unknown", f"z3's model for {query.what} did not replay on the concrete float32 inputs"
-
-    def _replay(self, values: list[float]) -> torch.Tensor | None:
-        """The z3 point as float32 (the models' input type), else float32 points a few ulps
-        around it inside the box (continuous regions only), replayed."""
-        x = torch.tensor(values, dtype=torch.float32)
         self.stats["replays"] += 1
-        if self.p.confirmed(x.double()):
-            return x.double()
-        if self.p.cq.inp is not None:
-            return None
-        gen = torch.Generator().manual_seed(0)
-        ulp = torch.finfo(torch.float32).eps * x.abs().clamp_min(1e-30)
-        near = x + ulp * torch.randint(-4, 5, (NEAR, len(x)), generator=gen)
-        lo, hi = torch.from_numpy(self.lo).float(), torch.from_numpy(self.hi).float()
-        near = torch.minimum(torch.maximum(near, lo), hi)
-        near = near[
-            (near.double() >= torch.from_numpy(self.lo)).all(1)
-            & (near.double() <= torch.from_numpy(self.hi)).all(1)
-        ]
-        return self.p.falsify(near.double(), self.stats) if len(near) else None
+        cex = self.p.confirm(point) if self.box.contains(self.p.grid_exact(point)) else None
+        if cex is not None:
+            return "refuted", cex
+        if interrupted:  # a model built as the watchdog interrupted z3 is not trusted
+            return "unknown", f"no decision within the timeout (z3 on {query.what}, interrupted at sat)"
+        return (
+            "unknown",
+            f"internal: z3's model for {query.what} does not violate the relation on exact replay",
+        )
 
     def lp(self, query: Query, deadline: float, max_nodes: int = 20_000) -> tuple[str, Any]:
-        """``("proved", None)``, ``("refuted", x)``, ``("open", reason)`` from the LP search."""
+        """``("proved", None)``, ``("refuted", counterexample)``, ``("open", reason)`` from the LP
+        search."""
         p = self.p
         if query.objective is None or not (p.cf.floats_exact and p.cq_body.floats_exact):
             return "open", "no LP form"
         try:
-            model, y, yq, inputs, fixed, base = self._lp_model()
+            model, y, yq, to_point, input_vars, base = self._lp_model()
         except BuildTimeout:
+            self._failed.add("lp")
             return "open", "building the MILP took the whole time share"
+        if time.perf_counter() >= deadline:
+            return "open", "no time left for the LP"
 
         def linear(form: tuple) -> Lin:
             a, b, c = form
@@ -189,7 +218,21 @@ class QuerySolver:
             np.concatenate([base[1], lo]),
             np.concatenate([base[2], hi]),
         )
-        search = LPBranch(model, matrices, linear(query.objective), query.strict, inputs, fixed, p.falsify)
+
+        def candidate(sol: np.ndarray) -> Any:
+            return p.falsify([to_point(sol)], self.stats)
+
+        search = LPBranch(model, matrices, linear(query.objective), query.strict, candidate, input_vars)
         out = search.run(deadline, max_nodes)
         self.stats["nodes"] += out.nodes
         return out.status, (out.point if out.status == "refuted" else out.reason)
+
+
+def sat_point(s: z3.Solver, read: Any) -> list | None:
+    """The model's point after ``sat``, or ``None`` when z3 has none (an interrupt from the
+    deadline watchdog can land after the search found ``sat`` but before the model was built:
+    ``Z3Exception: model is not available``)."""
+    try:
+        return read(s.model())
+    except z3.Z3Exception:
+        return None
