@@ -42,6 +42,10 @@ class GramStats:
     C: torch.Tensor  # Xh' Xh_f
     Gf: torch.Tensor  # Xh_f' Xh_f
     rows: int = 0
+    # the rows themselves, kept when there are fewer rows than variables: energies are then
+    # ||Xh theta - Xh_f theta_f||^2 directly (rows x d x C) instead of through G (d x d x C)
+    Xq: torch.Tensor | None = None
+    Xf: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, d: int) -> GramStats:
@@ -64,6 +68,7 @@ def group_stats(xq: list[torch.Tensor], xt: list[torch.Tensor], groups: int) -> 
     d = xq[0].shape[1] // groups
     z = torch.zeros(groups, d + 1, d + 1, dtype=torch.float64)
     G, C, Gf, rows = z.clone(), z.clone(), z.clone(), 0
+    qs, fs = [], []
     for a, b in zip(xq, xt, strict=True):
         one = torch.ones(a.shape[0], groups, 1, dtype=torch.float64)
         a = torch.cat([a.reshape(a.shape[0], groups, d), one], 2)
@@ -72,7 +77,14 @@ def group_stats(xq: list[torch.Tensor], xt: list[torch.Tensor], groups: int) -> 
         C += torch.einsum("rgi,rgj->gij", a, b)
         Gf += torch.einsum("rgi,rgj->gij", b, b)
         rows += a.shape[0]
-    return [GramStats(G[g], C[g], Gf[g], rows) for g in range(groups)]
+        qs.append(a)
+        fs.append(b)
+    keep = rows <= d + 1
+    Xq, Xf = (torch.cat(qs), torch.cat(fs)) if keep else (None, None)
+    return [
+        GramStats(G[g], C[g], Gf[g], rows, Xq[:, g] if keep else None, Xf[:, g] if keep else None)  # type: ignore[index]
+        for g in range(groups)
+    ]
 
 
 @dataclass
@@ -113,6 +125,9 @@ class LayerQUBO:
 
     def energy(self, z: torch.Tensor) -> torch.Tensor:
         """``E_c(z)`` for a ``(d + 1) x C`` 0/1 matrix (one column per neuron)."""
+        if self.stats.Xq is not None:  # few rows: the output error directly
+            theta = self.theta_low + self.sigma * z
+            return ((self.stats.Xq @ theta - self.stats.Xf @ self.theta_f) ** 2).sum(0)
         sz = self.sigma * z
         quad = (sz * (self.stats.G @ sz)).sum(0) - (torch.diagonal(self.stats.G).unsqueeze(1) * sz**2).sum(0)
         return self.offset() + (self.linear() * z).sum(0) + quad
