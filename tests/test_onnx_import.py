@@ -109,3 +109,32 @@ def test_unsupported_operator_and_opset_are_clear_errors(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(tq.QuantizationError, match="checker"):
         tq.from_onnx(path)
+
+
+def test_input_format_applies_before_an_imported_constant_shift(tmp_path):
+    """A graph that starts with input normalisation (Sub of a constant): QConfig.input quantizes
+    the network input itself, the shift is an operation rounded to its own format, and the
+    simulation equals the integer reference (the format used to be dropped silently)."""
+    rng = np.random.default_rng(0)
+    mean = helper.make_tensor("mean", TensorProto.FLOAT, [3], [0.25, -0.5, 0.125])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], rng.standard_normal(6).astype(np.float32).tolist())
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("MatMul", ["c", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "shifted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [mean, w],
+    )
+    path = tmp_path / "shifted.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    fmt = tq.FixedPoint(bits=8)
+    qm = tq.quantize(tq.from_onnx(path), tq.QConfig(weight=fmt, activation=fmt, input=fmt))
+    x = torch.rand(16, 3) * 2 - 1
+    tq.calibrate(qm, [x], progress=False)
+    assert qm.input_quant is not None and qm.input_quant.calibrated
+    shift = next(op for _, op in qm.operations() if isinstance(op, tq.ops.join.QuantAdd))
+    assert shift.out_quant is not None  # the shifted input is rounded to its own grid
+    assert torch.equal(qm.eval()(x), tq.reference_forward(qm, x))
+    tq.export_onnx(qm, x[:1], tmp_path / "q.onnx")
+    assert tq.check_onnx_parity(qm, tmp_path / "q.onnx", x).exact

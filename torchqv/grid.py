@@ -79,6 +79,106 @@ def saturate(codes: torch.Tensor, grid: Grid, where: str) -> torch.Tensor:
     return grid.fmt.saturate_tensor(codes, kmin, kmax, where)
 
 
+class Requantizer:
+    """Saturated codes on ``out`` of ``t = sum_i k_i * r_i + c`` (exact), rounded once.
+
+    Built once per combination of grids (the rationals do not depend on the data): ``rates``
+    holds each term's rational multiplier ``r_i`` (one, or one per channel along ``axis``); ``c`` is
+    a rational constant (or one per channel, or an object array of them broadcastable against the
+    codes, with per-tensor rates), in units of ``out.step``.  With ``L`` the common denominator of
+    every rate and constant (per channel), ``t = N / L`` for the integer tensor
+    ``N = sum k_i (r_i L) + c L``, which ``FixedPoint.round_ratio`` rounds in int64 when
+    ``2|N| + L < 2^62`` (checked from the codes' actual maxima at each call); otherwise Python
+    integers decide.
+    """
+
+    def __init__(
+        self,
+        rates: Sequence[Sequence[Fraction] | Fraction],
+        out: Grid,
+        const: Sequence[Fraction] | Fraction | np.ndarray = Fraction(0),
+        axis: int = 1,
+    ):
+        per_channel = [list(r) if isinstance(r, Sequence) else [r] for r in rates]
+        elementwise = const if isinstance(const, np.ndarray) else None
+        consts = (
+            [Fraction(0)]
+            if elementwise is not None
+            else list(const)
+            if isinstance(const, Sequence)
+            else [const]
+        )
+        channels = max([len(c) for c in per_channel] + [len(consts)])
+        if elementwise is not None and channels > 1:
+            raise ValueError("elementwise constants go with per-tensor multipliers")
+        extra = math.lcm(*(v.denominator for v in elementwise.flat)) if elementwise is not None else 1
+        self.common = [
+            math.lcm(extra, *(r[ch if len(r) > 1 else 0].denominator for r in [*per_channel, consts]))
+            for ch in range(channels)
+        ]
+
+        def scaled(r: list[Fraction]) -> list[int]:
+            return [int(r[ch if len(r) > 1 else 0] * self.common[ch]) for ch in range(channels)]
+
+        self.out, self.axis, self.channels = out, axis, channels
+        self.term_ints = [scaled(r) for r in per_channel]
+        self.c_ints = scaled(consts) if elementwise is None else [0]
+        self.c_elem = (
+            np.vectorize(int, otypes=[object])(elementwise * self.common[0])
+            if elementwise is not None
+            else None
+        )
+        self.mult_max = [max(map(abs, m)) for m in self.term_ints]
+        if self.c_elem is None:
+            self.const_max = max(map(abs, self.c_ints))
+        else:
+            self.const_max = max((abs(int(v)) for v in self.c_elem.flat), default=0)
+        self._columns: dict[tuple, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
+
+    def _shape(self, ndim: int) -> list[int]:
+        shape = [1] * ndim
+        if self.channels > 1:
+            shape[self.axis] = self.channels
+        return shape
+
+    def _tensors(
+        self, device: torch.device, ndim: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        key = (device, ndim)
+        if key not in self._columns:
+            shape = self._shape(ndim)
+
+            def column(values: list[int]) -> torch.Tensor:
+                t = torch.tensor(values, dtype=torch.int64, device=device)
+                return t.view(shape) if self.channels > 1 else t.reshape(())
+
+            const = column(self.c_ints)
+            if self.c_elem is not None:
+                const = const + torch.tensor(self.c_elem.astype(np.int64), device=device)
+            self._columns[key] = ([column(m) for m in self.term_ints], const, column(self.common))
+        return self._columns[key]
+
+    def __call__(self, codes: Sequence[torch.Tensor], where: str) -> torch.Tensor:
+        bound = sum(
+            (int(k.abs().max()) if k.numel() else 0) * m for k, m in zip(codes, self.mult_max, strict=True)
+        )
+        if not fits_int64(2 * (bound + self.const_max) + max(self.common)):
+            parts = list(zip(codes, self.term_ints, strict=True))
+            base = self.c_elem if self.c_elem is not None else self.c_ints
+            ndim = max((k.dim() for k in codes), default=1)
+            shape = self._shape(ndim)
+            return saturate(
+                _python_requantize(parts, base, self.common, shape, self.channels, self.out.fmt),
+                self.out,
+                where,
+            )
+        device = codes[0].device if codes else torch.device("cpu")
+        mults, num, den = self._tensors(device, max((k.dim() for k in codes), default=1))
+        for k, m in zip(codes, mults, strict=True):
+            num = num + k * m
+        return saturate(self.out.fmt.round_ratio(num, den), self.out, where)
+
+
 def requantize(
     terms: Sequence[tuple[torch.Tensor, Sequence[Fraction] | Fraction]],
     out: Grid,
@@ -86,61 +186,8 @@ def requantize(
     const: Sequence[Fraction] | Fraction | np.ndarray = Fraction(0),
     axis: int = 1,
 ) -> torch.Tensor:
-    """Saturated codes on ``out`` of ``t = sum_i k_i * r_i + c`` (exact), rounded once.
-
-    ``terms``: integer code tensors ``k_i`` (int64, broadcastable) with rational multipliers
-    ``r_i`` (one, or one per channel along ``axis``); ``c``: a rational constant (or one per
-    channel, or an object array of them broadcastable against the codes, with per-tensor
-    multipliers), already in units of ``out.step``.  With ``L`` the common denominator of every
-    multiplier and constant, ``t = N / L`` for the integer tensor ``N = sum k_i (r_i L) + c L``,
-    which ``FixedPoint.round_ratio`` rounds in int64 when ``2|N| + L < 2^62`` (checked from the
-    codes' actual maxima); otherwise Python integers decide.
-    """
-    per_channel = [list(r) if isinstance(r, Sequence) else [r] for _, r in terms]
-    elementwise = const if isinstance(const, np.ndarray) else None
-    consts = (
-        [Fraction(0)] if elementwise is not None else list(const) if isinstance(const, Sequence) else [const]
-    )
-    channels = max([len(c) for c in per_channel] + [len(consts)])
-    if elementwise is not None and channels > 1:
-        raise ValueError("elementwise constants go with per-tensor multipliers")
-    extra = math.lcm(*(v.denominator for v in elementwise.flat)) if elementwise is not None else 1
-    common = [
-        math.lcm(extra, *(r[ch if len(r) > 1 else 0].denominator for r in [*per_channel, consts]))
-        for ch in range(channels)
-    ]
-    device = terms[0][0].device if terms else None
-    ndim = max((k.dim() for k, _ in terms), default=1)
-    shape = [1] * ndim
-    if channels > 1:
-        shape[axis] = channels
-
-    def scaled(r: list[Fraction]) -> list[int]:
-        return [int(r[ch if len(r) > 1 else 0] * common[ch]) for ch in range(channels)]
-
-    parts = [(k, scaled(r)) for (k, _), r in zip(terms, per_channel, strict=True)]
-    c_ints = scaled(consts)
-    if elementwise is not None:
-        c_ints = [0]
-        c_elem = np.vectorize(int, otypes=[object])(elementwise * common[0])  # exact integers
-    bound = sum((int(k.abs().max()) if k.numel() else 0) * max(map(abs, m)) for k, m in parts)
-    bound += (
-        max(map(abs, c_ints)) if elementwise is None else max((abs(int(v)) for v in c_elem.flat), default=0)
-    )
-    if not fits_int64(2 * bound + max(common)):
-        base = c_elem if elementwise is not None else c_ints
-        return saturate(_python_requantize(parts, base, common, shape, channels, out.fmt), out, where)
-
-    def column(values: list[int]) -> torch.Tensor:
-        t = torch.tensor(values, dtype=torch.int64, device=device)
-        return t.view(shape) if channels > 1 else t.reshape(())
-
-    num = column(c_ints)
-    if elementwise is not None:
-        num = num + torch.tensor(c_elem.astype(np.int64), device=device)
-    for k, m in parts:
-        num = num + k * column(m)
-    return saturate(out.fmt.round_ratio(num, column(common)), out, where)
+    """:class:`Requantizer` built and applied once (for one-off combinations)."""
+    return Requantizer([r for _, r in terms], out, const, axis)([k for k, _ in terms], where)
 
 
 def _python_requantize(

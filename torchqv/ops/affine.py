@@ -31,7 +31,7 @@ from torch import nn
 
 from ..fake_quant import DIV_ERR, FakeQuantize, fake_quantize
 from ..formats import QuantizationError, dequantize_f64, fraction_to_float, round_certified
-from ..grid import Grid, QTensor, requantize
+from ..grid import Grid, QTensor, Requantizer
 from ..rational import (
     INT64_SAFE,
     RTensor,
@@ -268,7 +268,9 @@ class QuantAffine(Operation, nn.Module):
             "l1_max": int(absw.sum(1).max()) if absw.numel() else 0,
             "bias": bias.to(torch.int64) if bias is not None else None,
             "scale": scale,
-            "mult": [s / so for s in scale] if so is not None else None,
+            "requant": Requantizer([[s / so for s in scale]], self.out_quant.grid(), axis=self.channel_axis)
+            if so is not None
+            else None,
         }
         return self._cache
 
@@ -301,10 +303,7 @@ class QuantAffine(Operation, nn.Module):
                 acc = acc + p["bias"].view(self._channel_shape(acc))
             if self.out_quant is None:  # a real output, as configured
                 return acc.to(torch.float64) * self._column(p["scale"], acc)
-            return QTensor(
-                requantize([(acc, p["mult"])], self.out_quant.grid(), self.qname, axis=self.channel_axis),
-                self.out_quant.grid(),
-            )
+            return QTensor(p["requant"]([acc], self.qname), self.out_quant.grid())
         return self._certified(x)
 
     def _channel_shape(self, out: torch.Tensor) -> list[int]:

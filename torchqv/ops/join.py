@@ -28,7 +28,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize
 from ..formats import round_certified
-from ..grid import QTensor, requantize
+from ..grid import QTensor, Requantizer, requantize
 from ..rational import RTensor, combine, fractions, round_fractions
 from .base import Call, Const, Kind, NodeIO, OnGrid, Operation, Real, Ref, Unsupported, is_tensor, register
 
@@ -94,6 +94,14 @@ class _Join(Operation, nn.Module):
         self.qname = name
         self.out_quant = _out_quant(cfg, name)
         self.consts = consts  # which operands are tensors known at build time
+        self._requantizers: dict[tuple, Requantizer] = {}
+
+    def requantizer(self, rates: tuple, out: Any, const: Fraction = Fraction(0)) -> Requantizer:
+        """The requantizer of these rates (built once per combination of grids)."""
+        key = (rates, out, const)
+        if key not in self._requantizers:
+            self._requantizers[key] = Requantizer(list(rates), out, const)
+        return self._requantizers[key]
 
     def out_kind(self, call: Call) -> Kind:
         return OnGrid(call.name) if self.out_quant is not None else Real()
@@ -159,9 +167,11 @@ class QuantAdd(_Join):
                 elementwise = part if elementwise is None else elementwise + part
             else:
                 const += Fraction(v) * coef / out.step
-        if elementwise is not None:
-            elementwise = elementwise + const
-        codes = requantize(terms, out, self.qname, elementwise if elementwise is not None else const)
+        if elementwise is not None:  # constant tensors: built for this call
+            codes = requantize(terms, out, self.qname, elementwise + const)
+        else:
+            requant = self.requantizer(tuple(r for _, r in terms), out, const)
+            codes = requant([k for k, _ in terms], self.qname)
         return QTensor(codes, out)
 
     def _certified(self, operands: list[tuple[Any, Fraction]], out: Any) -> torch.Tensor:
@@ -328,11 +338,12 @@ class QuantMul(_Join):
                 raise Unsupported(
                     f"{self.qname}: products of codes reach 2^62; use formats of at most 31 bits"
                 )
-            codes = requantize([(a.codes * b.codes, a.grid.step * b.grid.step / out.step)], out, self.qname)
+            rate = a.grid.step * b.grid.step / out.step
+            codes = self.requantizer((rate,), out)([a.codes * b.codes], self.qname)
         else:
             c = Fraction(b)
-            mult = a.grid.step / (c * out.step) if self.divide else a.grid.step * c / out.step
-            codes = requantize([(a.codes, mult)], out, self.qname)
+            rate = a.grid.step / (c * out.step) if self.divide else a.grid.step * c / out.step
+            codes = self.requantizer((rate,), out)([a.codes], self.qname)
         return QTensor(codes, out)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
@@ -412,7 +423,7 @@ class QuantCat(_Join):
         if self.out_quant is None:
             return self._join([_real_value(p) for p in parts])
         out = self.out_quant.grid()
-        codes = [requantize([(p.codes, p.grid.step / out.step)], out, self.qname) for p in parts]
+        codes = [self.requantizer((p.grid.step / out.step,), out)([p.codes], self.qname) for p in parts]
         return QTensor(self._join(codes), out)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
