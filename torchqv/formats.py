@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 ROUNDINGS = ("half_away", "half_even", "floor")
+FLAGS = ("signed", "narrow", "binary", "per_channel", "power_of_two")
 OVERFLOWS = ("saturate", "raise")
 MAX_BITS = 32
 # Denominators of stored steps live in int64 buffers.
@@ -118,6 +119,9 @@ class FixedPoint:
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise QuantizationError(f"bits must be an int, got {self.bits!r}")
+        for flag in FLAGS:
+            if not isinstance(getattr(self, flag), bool):
+                raise QuantizationError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not 1 <= self.bits <= MAX_BITS:
             raise QuantizationError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
         if self.rounding not in ROUNDINGS:
@@ -129,6 +133,11 @@ class FixedPoint:
                 raise QuantizationError("binary formats have bits=1 (levels {-1, +1} * step)")
             if self.zero_point != 0:
                 raise QuantizationError("binary formats are symmetric: zero_point must be 0")
+            if not (self.signed and self.narrow):
+                raise QuantizationError(
+                    "binary formats are the levels {-1, +1} * step: signed=False and narrow=False do not "
+                    "apply; use FixedPoint(bits=1, signed=False) for the levels {0, 1} * step"
+                )
         elif self.bits == 1 and self.signed and self.narrow:
             raise QuantizationError(
                 "a signed narrow 1-bit grid has the single level 0; use tq.Binary(step) for "
@@ -137,7 +146,11 @@ class FixedPoint:
         if self.frac_bits is not None:
             if self.step is not None:
                 raise QuantizationError("give either step or frac_bits, not both")
-            if not isinstance(self.frac_bits, int) or not -62 <= self.frac_bits <= 62:
+            if (
+                isinstance(self.frac_bits, bool)
+                or not isinstance(self.frac_bits, int)
+                or not (-62 <= self.frac_bits <= 62)
+            ):
                 raise QuantizationError(f"frac_bits must be an int in [-62, 62], got {self.frac_bits!r}")
         if self.step is not None:
             steps = self.step if isinstance(self.step, (tuple, list)) else (self.step,)
@@ -343,12 +356,27 @@ def checked_fields(cls: type, data: Any) -> dict[str, Any]:
 
 def Binary(step: Any = None, **kwargs: Any) -> FixedPoint:
     """The binary format ``{-1, +1} * step`` (paper 001 sec. 3.3)."""
-    return FixedPoint(bits=1, binary=True, step=step, **kwargs)
+    return _named_grid(
+        "Binary", "{-1, +1}", {"bits": 1, "binary": True, "signed": True, "narrow": True}, step, kwargs
+    )
 
 
 def Ternary(step: Any = None, **kwargs: Any) -> FixedPoint:
     """The ternary format ``{-1, 0, +1} * step`` (a signed narrow 2-bit grid)."""
-    return FixedPoint(bits=2, step=step, **kwargs)
+    return _named_grid(
+        "Ternary", "{-1, 0, +1}", {"bits": 2, "binary": False, "signed": True, "narrow": True}, step, kwargs
+    )
+
+
+def _named_grid(name: str, levels: str, defining: dict[str, Any], step: Any, kwargs: dict) -> FixedPoint:
+    """A format whose levels are fixed by its name: arguments that would change them are errors."""
+    other = {k: kwargs[k] for k in defining if k in kwargs and kwargs[k] != defining[k]}
+    if other:
+        raise QuantizationError(
+            f"{name} is the grid {levels} * step, so {other} does not apply; for another grid use "
+            "FixedPoint(bits=..., signed=..., narrow=...) (bits=2, signed=False: the levels {0, 1, 2, 3})"
+        )
+    return FixedPoint(**{**kwargs, **defining, "step": step})
 
 
 # ------------------------------------------------------------------ certified
