@@ -21,12 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from .fake_quant import FakeQuantize
 from .formats import QuantizationError
 from .grid import QTensor
 from .ops.base import REAL, Kind, NodeIO, OnGrid, Operation, Ref, Several, refs_in, resolve
+from .state_dict import check_state_dict, formats_record
 
 Executor = Callable[[Operation, tuple, dict, NodeIO], Any]
 
@@ -163,6 +165,18 @@ class QuantizedModel(nn.Module):
         out = self.run(inputs, lambda op, a, k, io: op.exact(a, k, io))
         return _map_values(out, lambda v: v.values() if isinstance(v, QTensor) else v)
 
+    # ------------------------------------------------------------------ state dict
+    def get_extra_state(self) -> torch.Tensor:
+        """The format of every quantizer (:mod:`torchqv.state_dict`): loading checks it."""
+        return formats_record(self)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Checked with the rest of the state dict before anything loads (``_load_from_state_dict``)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        check_state_dict(self, state_dict, prefix)  # before this module or any child copies a value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------ presentation
     def summary(self) -> str:
         """A Markdown table: every node, its operation, its inputs and its output format."""
@@ -233,6 +247,21 @@ def float_twin(qmodel: nn.Module) -> QuantizedModel:
     return twin.eval()
 
 
+def training_copy(model: nn.Module, where: str) -> nn.Module:
+    """A copy of ``model`` in training mode: for a quantized model, fake quantization with the
+    straight-through estimator (a differentiable surrogate of the exact simulation).  A frozen
+    model holds integer weights only and has none: an error names ``where`` and the fix."""
+    frozen = [n for n, op in model.named_modules() if getattr(op, "frozen", False)]
+    if frozen:
+        names = ", ".join(frozen[:3]) + (", ..." if len(frozen) > 3 else "")
+        raise QuantizationError(
+            f"{where}: the model is frozen (tq.freeze: integer weights only, in layer(s) {names}), and "
+            "this needs its training mode; pass the model before tq.freeze (freezing does not change "
+            "its eval-mode outputs)"
+        )
+    return copy.deepcopy(model).train()
+
+
 def _real_kind(kind: Kind) -> Kind:
     if isinstance(kind, OnGrid):
         return REAL
@@ -269,4 +298,4 @@ def float_mode(model: nn.Module, observe: bool = False) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-__all__ = ["QNode", "QuantizedModel", "Ref", "float_mode", "float_twin", "quantized_models"]
+__all__ = ["QNode", "QuantizedModel", "Ref", "float_mode", "float_twin", "quantized_models", "training_copy"]

@@ -41,7 +41,7 @@ def quantize(
         raise QuantizationError(f"quantize expects an nn.Module, got {type(model).__name__}")
     if quantized_models(model) or any(isinstance(m, FakeQuantize) for m in model.modules()):
         raise QuantizationError(
-            f"{type(model).__name__} is already quantized; quantize the float model "
+            f"quantize: model ({type(model).__name__}) is already quantized; pass the float model "
             "(tq.float_twin(qm) gives it back)"
         )
     plan = make_plan(config, overrides)
@@ -56,6 +56,11 @@ def quantizers(model: nn.Module) -> list[FakeQuantize]:
 
 def batch_inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
     """The input tensor of each batch (tensors or ``(x, y, ...)`` tuples)."""
+    if isinstance(batches, torch.Tensor) or not isinstance(batches, Iterable):
+        raise QuantizationError(
+            f"batches must be an iterable of batches (tensors or (x, y) tuples), e.g. a DataLoader or "
+            f"[x], got {type(batches).__name__}"
+        )
     for batch in batches:
         yield batch[0] if isinstance(batch, (list, tuple)) else batch
 
@@ -63,6 +68,7 @@ def batch_inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
 def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> nn.Module:
     """Choose every observed step: activations from ``batches`` (tensors or ``(x, y)`` pairs) run
     through the float model, weights from the weights.  Observers are off afterwards."""
+    _quantized(model, "calibrate")
     with float_mode(model, observe=True), torch.no_grad():
         seen = 0
         for x in tqdm(batch_inputs(batches), desc="calibrate", disable=not progress, leave=False):
@@ -89,7 +95,7 @@ def enable_observers(model: nn.Module, enabled: bool = True) -> None:
 def freeze(model: nn.Module) -> nn.Module:
     """Convert in place to integer storage: integer weights (int8/16/32) and integer biases on
     the accumulator grid, next to their exact steps.  A frozen model runs in eval mode only."""
-    for qm in quantized_models(model):
+    for qm in _quantized(model, "freeze"):
         for node, op in qm.operations():
             if isinstance(op, QuantAffine):
                 op.freeze_(qm.io(node).in_quants[0])
@@ -99,10 +105,18 @@ def freeze(model: nn.Module) -> nn.Module:
 def summary(model: nn.Module) -> str:
     """A Markdown table of every node of the quantized graph: operation, inputs, output format
     and steps (real-valued nodes say so)."""
-    graphs = quantized_models(model)
+    return "\n\n".join(g.summary() for g in _quantized(model, "summary"))
+
+
+def _quantized(model: Any, call: str) -> list[QuantizedModel]:
+    """The quantized graphs in ``model``; none is an error naming ``call``."""
+    graphs = quantized_models(model) if isinstance(model, nn.Module) else []
     if not graphs:
-        raise QuantizationError("summary expects a model returned by torchqv.quantize")
-    return "\n\n".join(g.summary() for g in graphs)
+        raise QuantizationError(
+            f"{call} expects a model returned by torchqv.quantize (or one that holds one), got "
+            f"{type(model).__name__}; quantize it first: qm = tq.quantize(model, config)"
+        )
+    return graphs
 
 
 __all__ = [

@@ -231,7 +231,11 @@ def _operation(node: fx.Node, call: Call, root: nn.Module) -> Operation:
     if node.op == "call_module":
         cls = for_module(call.module)
         if cls is None:
-            raise Unsupported(f"no torchqv operation for {type(call.module).__name__} modules")
+            raise Unsupported(
+                f"no torchqv operation for {type(call.module).__name__} modules; write it with supported "
+                "modules and functions (torchqv.ops.registered() lists them), or apply it outside the "
+                "quantized model"
+            )
     elif node.op == "call_method":
         cls = for_method(node.target)
         if cls is None:
@@ -285,7 +289,17 @@ def make_plan(config: QConfig | Mapping[str, Any], overrides: Mapping[str, Any] 
         config = QConfig.from_dict(config)
     if not isinstance(config, QConfig):
         raise QuantizationError(f"config must be a torchqv.QConfig, got {type(config).__name__}")
-    return Plan(
-        config,
-        {k: (QConfig.from_dict(v) if isinstance(v, Mapping) else v) for k, v in (overrides or {}).items()},
-    )
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise QuantizationError(
+            f"overrides must map node-name patterns to QConfigs, got {type(overrides).__name__}"
+        )
+    plan = Plan(config)
+    for pattern, over in (overrides or {}).items():
+        over = QConfig.from_dict(over) if isinstance(over, Mapping) else over
+        if not isinstance(pattern, str) or not (over is None or isinstance(over, QConfig)):
+            raise QuantizationError(
+                f"overrides[{pattern!r}] = {over!r}: overrides map node-name patterns (str) to a QConfig, "
+                "a dict of its fields, or None (keep those nodes real-valued)"
+            )
+        plan.overrides[pattern] = over
+    return plan

@@ -62,9 +62,7 @@ class Input(Operation, nn.Module):
         return "Input" if self.out_quant is None else "Input (quantized)"
 
     def qat(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        x = args[0]
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            check_input(x, self.qname)
+        x = check_input(args[0], self.qname)
         return self.out_quant(x) if self.out_quant is not None else x
 
     def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
