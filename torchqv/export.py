@@ -43,8 +43,10 @@ from .formats import FixedPoint, QuantizationError, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
+from .ops.structure import check_input
 
 OPSET = 17
+MIN_OPSET = 13
 EXACT_F64 = 2**53
 EXACT_F32 = 2**24
 FORMS = ("integer", "qdq")
@@ -353,6 +355,16 @@ def export_onnx(
     """
     if form not in FORMS:
         raise ExportError(f"form must be one of {FORMS}, got {form!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(
+            f"opset must be an int in [{MIN_OPSET}, {newest}] (per-channel QuantizeLinear needs "
+            f"{MIN_OPSET}), got {opset!r}; the default is {OPSET}"
+        )
+    if not Path(path).parent.is_dir():
+        raise ExportError(
+            f"path={str(path)!r}: the folder {Path(path).parent} does not exist; create it first"
+        )
     qm = _graph_of(qmodel)
     em = Emitter(form, _example_shapes(qm, example_input))
     method = f"onnx_{form}"
@@ -400,10 +412,18 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except Exception as exc:
         raise QuantizationError(f"{path}: not a readable ONNX model ({exc})") from exc
+    return check_onnx(model, str(path))
+
+
+def check_onnx(model: onnx.ModelProto, where: str = "the ONNX model") -> onnx.ModelProto:
+    """``onnx.checker`` (full check, shape inference included) on an untrusted model; a failure is a
+    ``QuantizationError`` that names the model and the checker's finding."""
+    if not isinstance(model, onnx.ModelProto):
+        raise QuantizationError(f"{where}: expected an onnx.ModelProto, got {type(model).__name__}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise QuantizationError(f"{path}: fails onnx.checker: {exc}") from exc
+        raise QuantizationError(f"{where}: fails onnx.checker (fix or re-export the model): {exc}") from exc
     return model
 
 
@@ -433,6 +453,7 @@ def check_onnx_parity(
         inputs = torch.cat([torch.as_tensor(t) for t in inputs])
     if not isinstance(inputs, torch.Tensor):
         raise QuantizationError(f"inputs must be a tensor or a list of tensors, got {type(inputs).__name__}")
+    check_input(inputs, "check_onnx_parity: inputs")
     qm = _graph_of(qmodel)
     model = load_onnx(path)
     opts = ort.SessionOptions()
@@ -458,4 +479,13 @@ def _output_step(qm: QuantizedModel) -> float | None:
     return fraction_to_float(q.steps()[0]) if q is not None else None
 
 
-__all__ = ["Emitter", "ExportError", "OVal", "ParityReport", "check_onnx_parity", "export_onnx", "load_onnx"]
+__all__ = [
+    "Emitter",
+    "ExportError",
+    "OVal",
+    "ParityReport",
+    "check_onnx",
+    "check_onnx_parity",
+    "export_onnx",
+    "load_onnx",
+]

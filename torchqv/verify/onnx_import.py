@@ -1,14 +1,15 @@
 """``from_onnx``: an ONNX file as an ordinary ``nn.Module`` (an ``fx.GraphModule``).
 
-The file is treated as untrusted (``torchqv.load_onnx``: parse errors and ``onnx.checker``
-failures are clear errors; unsupported operators, domains and opsets are listed).  Layers with
+The model, a file or an in-memory ``ModelProto``, is treated as untrusted (``torchqv.load_onnx`` and
+``check_onnx``: parse errors and ``onnx.checker`` failures are clear errors; unsupported operators,
+domains and opsets are listed).  Layers with
 constant weights become real modules (``Gemm``/``MatMul`` [+ ``Add``] -> ``nn.Linear``, ``Conv``
 -> ``nn.Conv2d``, ``Relu`` -> ``nn.ReLU``, ``Flatten`` -> ``nn.Flatten``), so the imported network
 can be quantized with ``torchqv.quantize`` and verified, as do ``LeakyRelu`` (``nn.LeakyReLU``) and
 ``Clip`` with constant bounds (``nn.Hardtanh``; ``nn.ReLU`` for ``[0, inf)``); an ``Identity`` of a
 constant is that constant (a Gemm whose weight or bias passes through one is still a layer);
-everything else runs as torch functions with ONNX semantics, which also reads back torchqv's own
-exports (QDQ and integer forms).
+everything else runs as torch functions with ONNX semantics (integer ``Div`` truncates toward zero),
+which also reads back torchqv's own exports (QDQ and integer forms).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import fx, nn
 
-from ..export import load_onnx
+from ..export import check_onnx, load_onnx
 from ..formats import QuantizationError
 
 OPSETS = range(7, 23)
@@ -122,6 +123,18 @@ def _clip(x, lo=None, hi=None):
     return x
 
 
+def _int_div(a, b):
+    """ONNX Div of integers: the quotient truncated toward zero (as C and onnxruntime)."""
+    return torch.div(a, b, rounding_mode="trunc")
+
+
+def _div(a, b):
+    """ONNX Div of values whose type the model does not state: decided by the tensors' dtypes."""
+    if not (torch.as_tensor(a).is_floating_point() or torch.as_tensor(b).is_floating_point()):
+        return _int_div(a, b)
+    return torch.div(a, b)
+
+
 def _mod(a, b, fmod: int):
     return torch.fmod(a, b) if fmod else torch.remainder(a, b)
 
@@ -149,6 +162,11 @@ class _Importer:
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in model.graph.initializer
         }
+        inferred = onnx.shape_inference.infer_shapes(model)
+        self.types: dict[str, int] = {
+            v.name: v.type.tensor_type.elem_type
+            for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+        }
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
             for name in node.input:
@@ -174,6 +192,13 @@ class _Importer:
             return self.env[name]
         raise QuantizationError(f"ONNX graph uses {name!r} before it is defined")
 
+    def is_integer(self, name: str) -> bool | None:
+        """Does the value hold integers (``None``: the model does not say)?"""
+        if name in self.consts:
+            return np.asarray(self.consts[name]).dtype.kind in "iub"
+        dtype = DTYPES.get(self.types.get(name, 0))
+        return None if dtype is None else not dtype.is_floating_point
+
     def module(self, mod: nn.Module, hint: str, x: Any) -> fx.Node:
         name = self.fresh(hint)
         self.root.add_module(name, mod)
@@ -188,18 +213,33 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _linear_from(w: np.ndarray, b: np.ndarray | None) -> nn.Linear:
-    """``y = x @ w (+ b)`` as nn.Linear (weight ``w.T``)."""
+    """``y = x @ w (+ b)`` as nn.Linear (weight ``w.T``; ``b`` a row bias, see :func:`_row_bias`)."""
     lin = nn.Linear(w.shape[0], w.shape[1], bias=b is not None)
     with torch.no_grad():
         lin.weight.copy_(torch.from_numpy(np.array(w.T, dtype=np.float32)))
         if b is not None:
-            lin.bias.copy_(torch.from_numpy(np.array(np.broadcast_to(b, (w.shape[1],)), dtype=np.float32)))
+            lin.bias.copy_(
+                torch.from_numpy(np.array(np.broadcast_to(b.reshape(-1), (w.shape[1],)), dtype=np.float32))
+            )
     return lin
 
 
+def _row_bias(c: np.ndarray, n: int) -> bool:
+    """Is ``c`` the same bias for every row of an ``(M, n)`` result (shape ``()``, ``(1,)``, ``(n,)``,
+    ``(1, 1)`` or ``(1, n)``), so that the product is an ``nn.Linear``?"""
+    return c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1) and c.size in (1, n)
+
+
 def from_onnx(source: str | Path | onnx.ModelProto) -> fx.GraphModule:
-    """Import an ONNX model (checked as untrusted) as a ``torch.fx.GraphModule``."""
-    model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    """Import an ONNX model, a file or a ``ModelProto`` (both checked by ``onnx.checker`` as
+    untrusted input), as a ``torch.fx.GraphModule``."""
+    if not isinstance(source, (str, Path, onnx.ModelProto)):
+        raise QuantizationError(
+            f"from_onnx(source): expected a file path or an onnx.ModelProto, got {type(source).__name__}"
+        )
+    model = (
+        check_onnx(source, "from_onnx(source)") if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    )
     opsets = {o.domain or "": o.version for o in model.opset_import}
     if set(opsets) - {"", "ai.onnx"}:
         raise QuantizationError(f"unsupported operator domains {sorted(set(opsets) - {'', 'ai.onnx'})}")
@@ -236,10 +276,12 @@ def _h_gemm(imp: _Importer, node, rest) -> int:
     c_name = node.input[2] if len(node.input) > 2 else ""
     ta, tb = a.get("transA", 0), a.get("transB", 0)
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-    if w_name in imp.consts and (not c_name or c_name in imp.consts) and not ta:
-        w = imp.consts[w_name]
-        w = (w.T if tb else w) * alpha
-        b = imp.consts[c_name] * beta if c_name else None
+    w_const = imp.consts.get(w_name)
+    n_out = None if w_const is None else w_const.shape[0 if tb else 1]
+    c_const = imp.consts.get(c_name) if c_name else None
+    if w_const is not None and not ta and (not c_name or (c_const is not None and _row_bias(c_const, n_out))):
+        w = (w_const.T if tb else w_const) * alpha
+        b = c_const * beta if c_name else None
         imp.env[node.output[0]] = imp.module(_linear_from(w, b), "gemm", imp.value(x_name))
         return 0
     imp.env[node.output[0]] = imp.call(
@@ -317,6 +359,15 @@ def _simple(fn: Callable, n_in: int | None = None, **fixed: Any) -> Callable:
         return 0
 
     return handler
+
+
+def _h_div(imp, node, rest) -> int:
+    integer = imp.is_integer(node.input[0])
+    if integer is None:
+        integer = imp.is_integer(node.input[1])
+    fn = _div if integer is None else _int_div if integer else torch.div
+    imp.env[node.output[0]] = imp.call(fn, imp.value(node.input[0]), imp.value(node.input[1]))
+    return 0
 
 
 def _h_relu(imp, node, rest) -> int:
@@ -456,7 +507,7 @@ HANDLERS: dict[str, Callable] = {
     "Add": _simple(operator.add),
     "Sub": _simple(operator.sub),
     "Mul": _simple(operator.mul),
-    "Div": _simple(torch.div),
+    "Div": _h_div,
     "Abs": _simple(torch.abs),
     "Sign": _simple(torch.sign),
     "Floor": _simple(torch.floor),
