@@ -55,6 +55,7 @@ from ..quantize import QConfig, quantize
 from .universality import UNIVERSAL, q_format, representability, rounded_codes
 
 MAX_DENSE_PARAMETERS = 20_000_000
+MAX_INPUTS = 2**18  # points of Q_{p,s}^d enumerated (and checked) by the construction
 Target = Mapping[tuple, Any] | Callable[[tuple[Fraction, ...]], Any]
 _MODULES: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -149,15 +150,28 @@ def _target(table: Target, p: int, s: int, d: int | None) -> tuple[list[tuple[Fr
         d = len(next(iter(keys))) if keys else d
         if not keys or d is None or any(len(k) != d for k in keys):
             raise QuantizationError("table keys must be tuples of one length d (points of Q_{p,s}^d)")
+        _check_inputs(p, s, d)
         points = all_inputs(p, s, d)
         missing = [x for x in points if tuple(int(c * s) for c in x) not in keys]
         if missing:
             raise QuantizationError(f"table misses {len(missing)} of {len(points)} inputs, e.g. {missing[0]}")
         return points, [code(keys[tuple(int(c * s) for c in x)], f"f*{x}") for x in points]
-    if d is None or d < 1:
-        raise QuantizationError("a callable f* needs the input dimension d >= 1")
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise QuantizationError(f"a callable f* needs the input dimension d, an int >= 1, got d={d!r}")
+    _check_inputs(p, s, d)
     points = all_inputs(p, s, d)
     return points, [code(table(x), f"f*{x}") for x in points]
+
+
+def _check_inputs(p: int, s: int, d: int) -> None:
+    """Refuse, before enumerating them, more inputs than the construction can visit."""
+    count = (2 ** (p + 1) - 1) ** d
+    if count > MAX_INPUTS:
+        raise QuantizationError(
+            f"Q_{p},{s}^{d} has {count} inputs, more than MAX_INPUTS = {MAX_INPUTS}: the construction visits "
+            "every input (and has one indicator per input where f* differs from its most frequent value); "
+            "use a smaller p or d"
+        )
 
 
 class _Layers:
@@ -197,6 +211,7 @@ def build_representing_network(
             f"Condition 1 holds only with ({cond}); the construction needs alpha = beta = 1"
         )
     points, values = _target(table, p, s, d)
+    d = len(points[0])
     kmax, lattice = 2**p - 1, res.sufficient
     qmax, z, unit = Fraction(kmax, s), cond.z, Fraction(1, s)
     sig = dict(zip(range(-kmax, kmax + 1), rounded_codes(act, p, s), strict=True))  # s [sigma](k/s)
@@ -207,14 +222,18 @@ def build_representing_network(
     for (u, su), (t, st) in itertools.product(sig.items(), repeat=2):
         pairs.setdefault(su - st, (u, t))
     gaps = sorted(g for g in pairs if g > 0)
-    net, out = _Layers(), {}
+    indicators = []  # (point, terms of gamma_v) for every point with gamma_v != 0
     for v, fv in zip(points, values, strict=True):
         gamma = lattice.offset_to(b, Fraction(fv, s))
         if gamma is None:
             raise RuntimeError(f"b = {b} is not a witness of S_b = Q_{p},{s}")
         terms = decompose(int(gamma * s * s), gaps, kmax)
-        if not terms:
-            continue
+        if terms:
+            indicators.append((v, terms))
+    n = len(indicators)
+    _check_size([d, 4 * d * n, 2 * copies * n, 4 * sum(len(t) for _, t in indicators), 1] if n else [d, 1])
+    net, out = _Layers(), {}
+    for v, terms in indicators:
         phi: dict[int, Fraction] = {}
         for i, vi in enumerate(v):  # Eq. 23 (alpha_i = beta_i = v_i)
             phi[net.add(0, {i: Fraction(1)}, z - vi)] = Fraction(-1)
@@ -233,7 +252,7 @@ def build_representing_network(
             out[net.add(2, {}, Fraction(t, s))] = -w
     net.add(3, out, b)
     rows = net.rows if out else [[({}, b)]]  # f* = [b] everywhere: the one-layer network [0 x + b]
-    model = _assemble(rows, module, len(points[0]))
+    model = _assemble(rows, module, d)
     qm = quantize(
         model, QConfig(weight=q_format(p, s), activation=q_format(p, s), input=q_format(p, s))
     ).eval()
@@ -241,11 +260,20 @@ def build_representing_network(
     return qm
 
 
+def _check_size(widths: list[int]) -> None:
+    """Refuse, before any row is built, a network whose dense layers would be too large."""
+    dense = sum(a * c for a, c in itertools.pairwise(widths))
+    if dense > MAX_DENSE_PARAMETERS:
+        raise QuantizationError(
+            f"the network for this f* has layer widths {widths}: {dense} dense weights, more than "
+            f"MAX_DENSE_PARAMETERS = {MAX_DENSE_PARAMETERS}; use a smaller p, s or d, or an f* that differs "
+            "from its most frequent value at fewer inputs (one indicator per such input)"
+        )
+
+
 def _assemble(rows: list, module: nn.Module, d: int) -> nn.Sequential:
     """Dense float64 ``nn.Linear`` layers from the sparse rows, ``module`` between them."""
     widths = [d] + [len(r) for r in rows]
-    if sum(a * c for a, c in itertools.pairwise(widths)) > MAX_DENSE_PARAMETERS:
-        raise QuantizationError(f"layer widths {widths}: too large to build densely; use a smaller p, s or d")
     layers: list[nn.Module] = []
     for n_in, layer in zip(widths, rows, strict=False):
         lin = nn.Linear(n_in, len(layer), dtype=torch.float64)

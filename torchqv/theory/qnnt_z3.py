@@ -22,9 +22,10 @@ it is returned.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import z3
@@ -34,14 +35,52 @@ from ..z3_deadline import Z3Deadline
 from .qnnt import Architecture, Network, Status, TrainResult, check_problem, conflict_bound, z_domain
 
 ENCODINGS = ("pb", "bv", "int")
+OVERRUN_S = 1.0  # past the timeout by more than this, the result says by how much
+
+
+class _BuildTimeout(Exception):
+    """The deadline passed while the formula was being built."""
+
+
+class _Clock:
+    """The encoding's share of the time limit: ``tick()`` between z3 calls raises
+    :class:`_BuildTimeout` once the deadline has passed, so building never runs past it by more
+    than one z3 call (every call below builds one term, or one constraint from a prepared array)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def tick(self) -> None:
+        if time.perf_counter() > self.deadline:
+            raise _BuildTimeout
+
+    def each(self, items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            self.tick()
+            yield item
+
+
+def _asts(exprs: Sequence[z3.ExprRef], clock: _Clock) -> Any:
+    """A C array of the expressions (for z3's C API: no per-argument coercion in Python)."""
+    arr = (z3.Ast * len(exprs))()
+    for i, e in enumerate(exprs):
+        if i % 4096 == 0:
+            clock.tick()
+        arr[i] = e.as_ast()
+    return arr
+
+
+def _and(ctx: z3.Context, a: z3.BoolRef, b: z3.BoolRef) -> z3.BoolRef:
+    return z3.BoolRef(z3.Z3_mk_and(ctx.ref(), 2, (z3.Ast * 2)(a.as_ast(), b.as_ast())), ctx)
 
 
 class _Arithmetic:
     """Weights as integers: bit-vectors wide enough for every sum (``bv``) or integers (``int``)."""
 
-    def __init__(self, arch: Architecture, d: int, kind: str, ctx: z3.Context) -> None:
+    def __init__(self, arch: Architecture, d: int, kind: str, ctx: z3.Context, clock: _Clock) -> None:
         dom = z_domain(d)
         self.d, self.lo, self.hi, self.kind, self.hard, self.ctx = d, dom[0], dom[-1], kind, [], ctx
+        self.clock = clock
         if kind == "bv":
             # |pre-activation| <= fan-in * max|value| * max|weight| + max|bias|
             bound = (max(len(src) for src, _ in arch.plan) * self.hi + 1) * self.hi
@@ -70,25 +109,31 @@ class _Arithmetic:
         return [] if c == 0 else [unknown[0] if c == 1 else c * unknown[0]]
 
     def gate(self, unknown: tuple[z3.ExprRef, z3.ExprRef], g: z3.BoolRef) -> list[z3.ExprRef]:
+        self.clock.tick()
         return [z3.If(g, unknown[0], self.zero)]
 
     def compare(self, terms: list[z3.ExprRef], op: str, k: int) -> z3.BoolRef:
+        self.clock.tick()
         pre = z3.Sum(terms) if terms else self.zero
         return pre >= k if op == ">=" else pre <= k if op == "<=" else pre == k
+
+
+PB = {">=": z3.Z3_mk_pbge, "<=": z3.Z3_mk_pble, "==": z3.Z3_mk_pbeq}
 
 
 class _PseudoBoolean:
     """Weights one-hot: a literal [w = v] per non-zero v of Z_d (at most one true); sums are
     pseudo-Boolean constraints, solved by z3's SAT-based finite-domain solver."""
 
-    def __init__(self, arch: Architecture, d: int, kind: str, ctx: z3.Context) -> None:
-        self.values, self.ctx = [v for v in z_domain(d) if v != 0], ctx
+    def __init__(self, arch: Architecture, d: int, kind: str, ctx: z3.Context, clock: _Clock) -> None:
+        self.values, self.ctx, self.clock = [v for v in z_domain(d) if v != 0], ctx, clock
         self.logic, self.width, self.hard = "QF_FD", 0, []
 
     def unknown(self, name: str) -> list[tuple[z3.BoolRef, int]]:
-        lits = [(z3.Bool(f"{name}={v}", self.ctx), v) for v in self.values]
+        lits = [(z3.Bool(f"{name}={v}", self.ctx), v) for v in self.clock.each(self.values)]
         if len(lits) > 1:
-            self.hard.append(z3.AtMost(*(lit for lit, _ in lits), 1))
+            arr = _asts([lit for lit, _ in lits], self.clock)
+            self.hard.append(z3.BoolRef(z3.Z3_mk_atmost(self.ctx.ref(), len(lits), arr, 1), self.ctx))
         return lits
 
     def decode(self, model: z3.ModelRef, unknown: list[tuple[z3.BoolRef, int]]) -> int:
@@ -98,26 +143,25 @@ class _PseudoBoolean:
         return [(lit, c * v) for lit, v in unknown if c]
 
     def gate(self, unknown: list[tuple[z3.BoolRef, int]], g: z3.BoolRef) -> list[tuple[z3.BoolRef, int]]:
-        return [(z3.And(g, lit), v) for lit, v in unknown]
+        return [(_and(self.ctx, g, lit), v) for lit, v in self.clock.each(unknown)]
 
     def compare(self, terms: list[tuple[z3.BoolRef, int]], op: str, k: int) -> z3.BoolRef:
+        self.clock.tick()
         if not terms:
             return z3.BoolVal(0 >= k if op == ">=" else 0 <= k if op == "<=" else k == 0, self.ctx)
-        return z3.PbGe(terms, k) if op == ">=" else z3.PbLe(terms, k) if op == "<=" else z3.PbEq(terms, k)
-
-
-class _BuildTimeout(Exception):
-    """The deadline passed while the formula was being built."""
+        arr = _asts([lit for lit, _ in terms], self.clock)
+        coeffs = (ctypes.c_int * len(terms))(*(c for _, c in terms))
+        return z3.BoolRef(PB[op](self.ctx.ref(), len(terms), arr, coeffs, k), self.ctx)
 
 
 class _Encoding:
     """The unknowns (weights, biases), their domain constraints ``hard`` and the misfit literal
     of every distinct data point."""
 
-    def __init__(self, arch: Architecture, d: int, counts: Counter, encoding: str, deadline: float) -> None:
+    def __init__(self, arch: Architecture, d: int, counts: Counter, encoding: str, clock: _Clock) -> None:
         self.arch, self.d, self.hi, self.ctx = arch, d, z_domain(d)[-1], z3.Context()
-        self.deadline = deadline
-        self.ops = (_PseudoBoolean if encoding == "pb" else _Arithmetic)(arch, d, encoding, self.ctx)
+        self.clock = clock
+        self.ops = (_PseudoBoolean if encoding == "pb" else _Arithmetic)(arch, d, encoding, self.ctx, clock)
         self.logic, self.width, self.hard = self.ops.logic, self.ops.width, self.ops.hard
         self.w = [self.ops.unknown(f"w_{u}_{v}") for u, v in arch.arcs]
         self.b = [self.ops.unknown(f"b_{v}") for v in arch.non_sources]
@@ -127,8 +171,6 @@ class _Encoding:
 
     def _forward(self, x: tuple[int, ...]) -> list[list[Any]]:
         """Pre-activations (as term lists) of the output neurons on x; hidden values in order encoding."""
-        if time.perf_counter() > self.deadline:
-            raise _BuildTimeout
         arch, ops = self.arch, self.ops
         vals: list[Any] = list(x)  # int for inputs, list of Booleans [a >= k] for hidden neurons
         n_hidden = len(arch.nodes) - len(arch.inputs) - len(arch.outputs)
@@ -201,7 +243,11 @@ def train_exact(
     proved unsat, or the data's conflict bound exceeds ``max_error``).  ``minimize=True`` returns
     OPTIMAL with the minimum error (``max_error``, if given, caps it: INFEASIBLE above the cap).
     Past ``timeout`` seconds (formula construction included) the status is UNKNOWN, carrying the
-    best network z3 had found (minimisation only) and the proven ``lower_bound``.
+    best network z3 had found (minimisation only) and the proven ``lower_bound``.  Building the
+    formula checks the clock between z3 calls and a watchdog interrupts z3's search, so the call
+    returns within about a second of ``timeout``; the one known exception is z3's bit-blasting of
+    large ``encoding="bv"`` formulas, which does not answer interrupts (the reason then says how
+    long z3 took).
     """
     points, cap = check_problem(architecture, data, d, max_error, minimize)
     if encoding not in ENCODINGS:
@@ -220,7 +266,7 @@ def train_exact(
     if floor > cap:
         return result(Status.INFEASIBLE, None, floor, proof="conflict_bound")
     try:
-        enc = _Encoding(architecture, d, Counter(points), encoding, t0 + timeout)
+        enc = _Encoding(architecture, d, Counter(points), encoding, _Clock(t0 + timeout))
     except _BuildTimeout:
         return result(Status.UNKNOWN, None, floor, reason=f"timeout after {timeout} s (while encoding)")
     stats.update(encode_seconds=time.perf_counter() - t0, distinct_points=len(enc.misfits))
@@ -251,6 +297,10 @@ def train_exact(
             best = enc.network(s.model())
         except z3.Z3Exception:
             best = None
-    late = time.perf_counter() >= t0 + timeout
-    reason = f"timeout after {timeout} s" if late else f"z3 answered unknown: {s.reason_unknown()}"
+    elapsed = time.perf_counter() - t0
+    reason = (
+        f"timeout after {timeout} s" if elapsed >= timeout else f"z3 answered unknown: {s.reason_unknown()}"
+    )
+    if elapsed > timeout + OVERRUN_S:
+        reason += f" (z3 answered the interrupt only after {elapsed:.1f} s, in a step it cannot stop in)"
     return result(Status.UNKNOWN, best, floor, reason=reason)
