@@ -9,6 +9,7 @@ layer in execution order, through the quantized model whose earlier layers are a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import atomic
 from ..formats import QuantizationError, fraction_to_float
 from ..graph import QNode, QuantizedModel, float_mode
 from ..grid import QTensor
@@ -48,14 +50,21 @@ class LayerReport:
     solver: str
     seconds: float
     improved_neurons: int
+    time_limited: int = 0  # neurons left at nearest rounding because the time limit was spent
 
 
 @dataclass
 class RoundingReport:
     layers: list[LayerReport] = field(default_factory=list)
+    time_limit: float | None = None
+
+    @property
+    def time_limited(self) -> int:
+        """Neurons left at nearest rounding because ``time_limit`` was spent."""
+        return sum(r.time_limited for r in self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [asdict(r) for r in self.layers]}
+        return {"layers": [asdict(r) for r in self.layers], "time_limit": self.time_limit}
 
     def table(self) -> str:
         """A Markdown table of the report."""
@@ -69,6 +78,11 @@ class RoundingReport:
             rows.append(
                 f"| {r.layer} | {r.neurons} | {r.variables} | {r.nearest:.6g} | {r.objective:.6g} "
                 f"| {ratio:.3f} | {bound} | {r.solver} | {r.seconds:.2f} |"
+            )
+        if self.time_limited:
+            rows.append(
+                f"\n{self.time_limited} neuron(s) kept nearest rounding: the time limit of "
+                f"{self.time_limit:g} s was spent"
             )
         return "\n".join(rows)
 
@@ -139,6 +153,31 @@ def _apply(
         raise QuantizationError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
 
 
+# the least value of each integer option of round_weights
+INT_OPTIONS = {"num_sweeps": 1, "num_reads": 1, "sweeps": 0, "replicas": 1}
+OPTIONS = (*INT_OPTIONS, "seed", "bound", "time_limit")
+
+
+def check_options(**options: Any) -> None:
+    """Raise for a value of one of ``round_weights``' ``OPTIONS`` that it cannot use."""
+    for name, value in options.items():
+        if name not in OPTIONS:
+            raise QuantizationError(f"unknown rounding option {name!r}; valid: {', '.join(OPTIONS)}")
+        if name in INT_OPTIONS or name == "seed":
+            least = INT_OPTIONS.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+                bound = "" if least is None else f" >= {least}"
+                raise QuantizationError(f"{name} must be an int{bound}, got {value!r}")
+        elif name == "bound" and not isinstance(value, bool):
+            raise QuantizationError(f"bound must be True or False, got {value!r}")
+        elif (
+            name == "time_limit"
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf)
+        ):
+            raise QuantizationError(f"time_limit must be a positive number of seconds or None, got {value!r}")
+
+
 def round_weights(
     qmodel: nn.Module,
     calibration_data: Iterable[Any],
@@ -152,6 +191,7 @@ def round_weights(
     seed: int = 0,
     bound: bool = True,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> RoundingReport:
     """Choose the rounding of every weight and bias of a calibrated quantized model, in place
     (grouped and depthwise convolutions: one problem per group).
@@ -165,6 +205,13 @@ def round_weights(
     the float layer on the quantized inputs.  Whatever the solver, each neuron keeps the better
     of its result and nearest rounding.  A layer with more than ``MAX_FAN_IN`` inputs per neuron
     keeps nearest rounding (its report line says so).  Returns a per-layer report.
+
+    ``time_limit`` (seconds, whole call): once spent, the solvers stop where they are (annealing
+    and descent keep their best state so far) and every neuron not reached yet keeps nearest
+    rounding; ``report.time_limited`` counts those.  It is checked between solver steps (a sweep,
+    a flip, a neuron, a layer), so the call overruns it by at most one such step, one pass of the
+    calibration batches and one layer's Gram matrices.  The call is atomic: if it raises (an
+    error, or Ctrl-C), every weight and bias gets its value back and the exception says so.
     """
     if method not in ("qubo", "nearest"):
         raise QuantizationError(f"method must be 'qubo' or 'nearest', got {method!r}")
@@ -172,6 +219,15 @@ def round_weights(
         raise QuantizationError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if target not in TARGETS:
         raise QuantizationError(f"target must be one of {TARGETS}, got {target!r}")
+    check_options(
+        num_sweeps=num_sweeps,
+        num_reads=num_reads,
+        sweeps=sweeps,
+        replicas=replicas,
+        seed=seed,
+        bound=bound,
+        time_limit=time_limit,
+    )
     if method == "nearest":
         solver = "nearest"
     batches = [x for x in batch_inputs(calibration_data)]
@@ -184,54 +240,85 @@ def round_weights(
     layers = _layers(qmodel)
     if not layers:
         raise QuantizationError("round_weights found no quantized layer (QConfig.weight) to round")
-    was_training = qmodel.training
+    deadline = time.perf_counter() + time_limit if time_limit is not None else None
+    settings = _Solve(
+        solver, num_sweeps, num_reads, sweeps, replicas, seed, bound and solver != "nearest", deadline
+    )
+    params = [p for _, m in layers for p in (m.weight, m.bias) if p is not None]
+    with atomic("round_weights", [qmodel], params):
+        report = _round_layers(qmodel, layers, batches, target, settings, progress)
+    report.time_limit = time_limit
+    return report
+
+
+def _round_layers(
+    qmodel: QuantizedModel,
+    layers: list[tuple[QNode, QuantAffine]],
+    batches: list[torch.Tensor],
+    target: str,
+    settings: _Solve,
+    progress: bool,
+) -> RoundingReport:
     float_inputs: dict[str, list[torch.Tensor]] = {}
     with float_mode(qmodel), torch.no_grad():
         for node, _ in layers:
             float_inputs[node.name] = [_inputs(qmodel, node, x) for x in batches]
     report = RoundingReport()
     qmodel.eval()
-    settings = _Solve(solver, num_sweeps, num_reads, sweeps, replicas, seed, bound and solver != "nearest")
-    try:
-        for node, m in tqdm(layers, desc="round weights", disable=not progress):
-            t0 = time.perf_counter()
-            fan_in = m.weight[0].numel()
-            if fan_in + 1 > MAX_FAN_IN:  # its three Gram matrices would not fit in memory
-                log.warning(
-                    "%s: fan-in %d > %d, QUBO rounding skipped (nearest kept)", node.name, fan_in, MAX_FAN_IN
-                )
-                nan = math.nan
-                report.layers.append(
-                    LayerReport(
-                        node.name, m.out_channels_, 0, nan, nan, None, "skipped: fan-in too large", 0.0, 0
-                    )
-                )
-                continue
-            with torch.no_grad():
-                xq = [_inputs(qmodel, node, x) for x in batches]
-            xt = xq if target == "quantized" else float_inputs[node.name]
-            inq = qmodel.io(node).in_quants[0]
-            bias_step = [s * inq.steps()[0] for s in m.weight_steps()] if m.bias is not None and inq else None
-            kw = m.weight_codes().reshape(m.weight.shape[0], -1)
-            kb = m.bias_codes(bias_step) if bias_step is not None else None
-            stats = group_stats([m.patches(x) for x in xq], [m.patches(x) for x in xt], m.groups_)
-            totals = [_round_group(m, g, st, bias_step, kw, kb, settings) for g, st in enumerate(stats)]
-            _apply(m, kw, kb, bias_step)
+    for node, m in tqdm(layers, desc="round weights", disable=not progress):
+        t0 = time.perf_counter()
+        fan_in = m.weight[0].numel()
+        nan = math.nan
+        if settings.spent():
             report.layers.append(
                 LayerReport(
                     node.name,
                     m.out_channels_,
-                    sum(t[0] for t in totals),
-                    sum(t[1] for t in totals),
-                    sum(t[2] for t in totals),
-                    sum(t[3] for t in totals) if settings.bound else None,  # type: ignore[misc]
-                    solver,
-                    time.perf_counter() - t0,
-                    sum(t[4] for t in totals),
+                    0,
+                    nan,
+                    nan,
+                    None,
+                    "nearest: time limit",
+                    0.0,
+                    0,
+                    m.out_channels_,
                 )
             )
-    finally:
-        qmodel.train(was_training)
+            continue
+        if fan_in + 1 > MAX_FAN_IN:  # its three Gram matrices would not fit in memory
+            log.warning(
+                "%s: fan-in %d > %d, QUBO rounding skipped (nearest kept)", node.name, fan_in, MAX_FAN_IN
+            )
+            report.layers.append(
+                LayerReport(
+                    node.name, m.out_channels_, 0, nan, nan, None, "skipped: fan-in too large", 0.0, 0
+                )
+            )
+            continue
+        with torch.no_grad():
+            xq = [_inputs(qmodel, node, x) for x in batches]
+        xt = xq if target == "quantized" else float_inputs[node.name]
+        inq = qmodel.io(node).in_quants[0]
+        bias_step = [s * inq.steps()[0] for s in m.weight_steps()] if m.bias is not None and inq else None
+        kw = m.weight_codes().reshape(m.weight.shape[0], -1)
+        kb = m.bias_codes(bias_step) if bias_step is not None else None
+        stats = group_stats([m.patches(x) for x in xq], [m.patches(x) for x in xt], m.groups_)
+        totals = [_round_group(m, g, st, bias_step, kw, kb, settings) for g, st in enumerate(stats)]
+        _apply(m, kw, kb, bias_step)
+        report.layers.append(
+            LayerReport(
+                node.name,
+                m.out_channels_,
+                sum(t[0] for t in totals),
+                sum(t[1] for t in totals),
+                sum(t[2] for t in totals),
+                sum(t[3] for t in totals) if settings.bound else None,  # type: ignore[misc]
+                settings.solver,
+                time.perf_counter() - t0,
+                sum(t[4] for t in totals),
+                sum(t[5] for t in totals),
+            )
+        )
     return report
 
 
@@ -244,6 +331,10 @@ class _Solve:
     replicas: int
     seed: int
     bound: bool
+    deadline: float | None = None
+
+    def spent(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
 
 def _round_group(
@@ -254,23 +345,16 @@ def _round_group(
     kw: torch.Tensor,
     kb: torch.Tensor | None,
     cfg: _Solve,
-) -> tuple[int, float, float, float | None, int]:
+) -> tuple[int, float, float, float | None, int, int]:
     """Round the output channels of one group: their rows of the codes ``kw`` (and ``kb``) are
     overwritten with the choice; returns (variables, nearest energy, energy, lower bound,
-    improved neurons)."""
+    improved neurons, neurons left at nearest by the time limit)."""
     per = m.out_channels_ // m.groups_
     rows = slice(group * per, (group + 1) * per)
     problem = build_layer_qubo(m, stats, bias_step, rows)
     z_near = _nearest(problem, kw[rows], kb[rows] if kb is not None else None, m.qname)
     e_near = problem.energy(z_near)
-    if cfg.solver == "nearest":
-        z = z_near
-    elif cfg.solver == "exact":
-        z = solvers.exact(problem)
-    elif cfg.solver == "neal":
-        z = solvers.neal(problem, cfg.num_sweeps, cfg.num_reads, cfg.seed)
-    else:
-        z = solvers.solve_auto(problem, cfg.sweeps, cfg.replicas, cfg.seed)
+    z, left = _solve(problem, z_near, cfg)
     z = torch.where(problem.active(), z, z_near)  # inactive variables: no effect, stay nearest
     e = problem.energy(z)
     better = e < e_near
@@ -280,5 +364,24 @@ def _round_group(
     kw[rows] = codes[:-1].T
     if kb is not None and problem.has_bias_var:
         kb[rows] = codes[-1]
-    lb = float(solvers.lower_bound(problem).clamp_min(0).sum()) if cfg.bound else None
-    return int((problem.sigma != 0).sum()), float(e_near.sum()), float(e.sum()), lb, int(better.sum())
+    lb = float(solvers.lower_bound(problem, deadline=cfg.deadline).clamp_min(0).sum()) if cfg.bound else None
+    variables = int((problem.sigma != 0).sum())
+    return variables, float(e_near.sum()), float(e.sum()), lb, int(better.sum()), left
+
+
+def _solve(problem: LayerQUBO, z_near: torch.Tensor, cfg: _Solve) -> tuple[torch.Tensor, int]:
+    """The solver's choice, and how many neurons it did not reach before the deadline (they keep
+    nearest rounding)."""
+    if cfg.solver == "nearest":
+        return z_near, 0
+    if cfg.solver == "exact" or (cfg.solver == "auto" and solvers.enumerable(problem)):
+        return solvers.by_neuron(problem, solvers.exact_neuron, z_near, cfg.deadline)
+    if cfg.solver == "neal":
+        one = functools.partial(
+            solvers.neal_neuron, num_sweeps=cfg.num_sweeps, num_reads=cfg.num_reads, seed=cfg.seed
+        )
+        return solvers.by_neuron(problem, one, z_near, cfg.deadline)
+    try:
+        return solvers.solve_auto(problem, cfg.sweeps, cfg.replicas, cfg.seed, deadline=cfg.deadline), 0
+    except solvers.TimeUp:
+        return z_near, problem.neurons

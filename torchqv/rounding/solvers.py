@@ -15,29 +15,62 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from ..formats import QuantizationError
 from .qubo import LayerQUBO
 
 EXACT_MAX = 24
 
 
+class TimeUp(Exception):
+    """The deadline passed before a solver that works on all neurons at once had a result."""
+
+
+def _spent(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+NeuronSolver = Callable[[LayerQUBO, int], np.ndarray]
+
+
+def by_neuron(
+    problem: LayerQUBO, solve: NeuronSolver, start: torch.Tensor | None = None, deadline: float | None = None
+) -> tuple[torch.Tensor, int]:
+    """Solve neuron by neuron (``solve(problem, c)``: the values of ``problem.free(c)``) until the
+    ``deadline`` (``time.perf_counter()``); the neurons not reached keep ``start`` (zeros if not
+    given).  Returns the solution and how many neurons were not reached."""
+    z = torch.zeros(problem.n, problem.neurons, dtype=torch.float64) if start is None else start.clone()
+    for c in range(problem.neurons):
+        if _spent(deadline):
+            return z, problem.neurons - c
+        free = problem.free(c)
+        if free:
+            z[free, c] = torch.from_numpy(np.asarray(solve(problem, c), dtype=np.float64))
+    return z, 0
+
+
+def exact_neuron(problem: LayerQUBO, c: int) -> np.ndarray:
+    """Exhaustive minimisation of neuron ``c`` (at most ``EXACT_MAX`` free variables)."""
+    free = problem.free(c)
+    if len(free) > EXACT_MAX:
+        raise QuantizationError(
+            f"solver='exact': neuron {c} has {len(free)} free variables, more than EXACT_MAX = {EXACT_MAX} "
+            "(exhaustive search); use solver='auto' or 'neal' for this layer"
+        )
+    Q, _ = problem.neuron(c)
+    return _enumerate(Q[np.ix_(free, free)])
+
+
 def exact(problem: LayerQUBO) -> torch.Tensor:
     """Exhaustive minimisation per neuron (at most ``EXACT_MAX`` free variables each)."""
-    z = torch.zeros(problem.n, problem.neurons, dtype=torch.float64)
-    for c in range(problem.neurons):
-        free = problem.free(c)
-        if len(free) > EXACT_MAX:
-            raise ValueError(f"exact solver: neuron {c} has {len(free)} free variables (max {EXACT_MAX})")
-        if not free:
-            continue
-        Q, _ = problem.neuron(c)
-        best = _enumerate(Q[np.ix_(free, free)])
-        z[free, c] = torch.from_numpy(best.astype(np.float64))
-    return z
+    return by_neuron(problem, exact_neuron)[0]
 
 
 def _enumerate(Q: np.ndarray) -> np.ndarray:
@@ -61,21 +94,25 @@ def _enumerate(Q: np.ndarray) -> np.ndarray:
     return best
 
 
-def neal(problem: LayerQUBO, num_sweeps: int = 1000, num_reads: int = 1, seed: int = 0) -> torch.Tensor:
-    """dwave-neal's SimulatedAnnealingSampler on each neuron's BQM."""
+def neal_neuron(
+    problem: LayerQUBO, c: int, num_sweeps: int = 1000, num_reads: int = 1, seed: int = 0
+) -> np.ndarray:
+    """dwave-neal's SimulatedAnnealingSampler on neuron ``c``'s BQM (seed ``seed + c``)."""
     import neal as dwave_neal
 
+    free = problem.free(c)
+    bqm = problem.bqm(c)
+    bqm.fix_variables({j: 0 for j in range(problem.n) if j not in set(free)})
     sampler = dwave_neal.SimulatedAnnealingSampler()
-    z = torch.zeros(problem.n, problem.neurons, dtype=torch.float64)
-    for c in range(problem.neurons):
-        free = problem.free(c)
-        if not free:
-            continue
-        bqm = problem.bqm(c)
-        bqm.fix_variables({j: 0 for j in range(problem.n) if j not in set(free)})
-        best = sampler.sample(bqm, num_reads=num_reads, num_sweeps=num_sweeps, seed=seed + c).first.sample
-        z[free, c] = torch.tensor([float(best[j]) for j in free], dtype=torch.float64)
-    return z
+    best = sampler.sample(bqm, num_reads=num_reads, num_sweeps=num_sweeps, seed=seed + c).first.sample
+    return np.array([float(best[j]) for j in free])
+
+
+def neal(problem: LayerQUBO, num_sweeps: int = 1000, num_reads: int = 1, seed: int = 0) -> torch.Tensor:
+    """dwave-neal's SimulatedAnnealingSampler on each neuron's BQM."""
+    return by_neuron(
+        problem, functools.partial(neal_neuron, num_sweeps=num_sweeps, num_reads=num_reads, seed=seed)
+    )[0]
 
 
 def _cholesky_upper(G: torch.Tensor) -> torch.Tensor:
@@ -89,8 +126,9 @@ def _cholesky_upper(G: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("Gram matrix could not be factorised")
 
 
-def nearest_plane(problem: LayerQUBO) -> torch.Tensor:
-    """Babai's nearest-plane rounding of the least-squares optimum, all neurons at once."""
+def nearest_plane(problem: LayerQUBO, deadline: float | None = None) -> torch.Tensor:
+    """Babai's nearest-plane rounding of the least-squares optimum, all neurons at once
+    (:class:`TimeUp` if the ``deadline`` passes first)."""
     G, C = problem.stats.G, problem.stats.C
     U = _cholesky_upper(G)
     target = C @ problem.theta_f  # normal equations: G theta* = C theta_f
@@ -100,6 +138,8 @@ def nearest_plane(problem: LayerQUBO) -> torch.Tensor:
     z = torch.zeros_like(theta_star)
     sig, low = problem.sigma, problem.theta_low
     for j in range(n - 1, -1, -1):
+        if _spent(deadline):
+            raise TimeUp
         corr = (U[j, j + 1 :] @ err[j + 1 :]) / U[j, j] if j + 1 < n else 0.0
         want = theta_star[j] - corr
         up = (want - low[j]) * 2 > sig[j]  # closer to theta_low + sigma than to theta_low
@@ -108,8 +148,11 @@ def nearest_plane(problem: LayerQUBO) -> torch.Tensor:
     return z
 
 
-def descent(problem: LayerQUBO, z: torch.Tensor, max_iters: int = 10_000) -> torch.Tensor:
-    """Steepest single-flip descent to a local minimum, all neurons at once."""
+def descent(
+    problem: LayerQUBO, z: torch.Tensor, max_iters: int = 10_000, deadline: float | None = None
+) -> torch.Tensor:
+    """Steepest single-flip descent to a local minimum, all neurons at once (stopped where it
+    is when the ``deadline`` passes: every step lowers the energy)."""
     G, sig = problem.stats.G, problem.sigma
     lin = problem.linear()
     gdiag = torch.diagonal(G).unsqueeze(1)
@@ -118,6 +161,8 @@ def descent(problem: LayerQUBO, z: torch.Tensor, max_iters: int = 10_000) -> tor
     h = G @ (sig * z)
     cols = torch.arange(sig.shape[1])
     for _ in range(max_iters):
+        if _spent(deadline):
+            break
         d = 1 - 2 * z
         delta_e = torch.where(active, d * (lin + 2 * sig * (h - gdiag * sig * z)), 0.0)
         j = delta_e.argmin(0)
@@ -140,8 +185,10 @@ def anneal(
     t_cold: float = 0.02,
     block: int = 64,
     seed: int = 0,
+    deadline: float | None = None,
 ) -> torch.Tensor:
-    """Simulated annealing from ``start``, every neuron and ``replicas`` copies at once.
+    """Simulated annealing from ``start``, every neuron and ``replicas`` copies at once (the
+    sweeps stop when the ``deadline`` passes).
 
     Sweeps visit the active variables in a random order; the field ``h = G (sigma z)`` of a block
     of variables is corrected exactly for the flips made earlier in the block and the whole field
@@ -165,6 +212,8 @@ def anneal(
     cur = np.zeros(z.shape[1])
     best, best_z = cur.copy(), z.copy()
     for s in range(sweeps):
+        if _spent(deadline):
+            break
         temp = scale * (t_hot * (t_cold / t_hot) ** (s / max(1, sweeps - 1)))
         order = rng.permutation(rows)
         # flip iff delta_e < -T log u (Metropolis); inactive variables never flip
@@ -197,26 +246,39 @@ def anneal(
 AUTO_EXACT_MAX = 12
 
 
+def enumerable(problem: LayerQUBO, exact_max: int = AUTO_EXACT_MAX) -> bool:
+    """Does every neuron have at most ``exact_max`` free variables (``solve_auto`` enumerates)?"""
+    return problem.neurons == 0 or int(problem.active().sum(0).max()) <= exact_max
+
+
 def solve_auto(
-    problem: LayerQUBO, sweeps: int = 50, replicas: int = 4, seed: int = 0, exact_max: int = AUTO_EXACT_MAX
+    problem: LayerQUBO,
+    sweeps: int = 50,
+    replicas: int = 4,
+    seed: int = 0,
+    exact_max: int = AUTO_EXACT_MAX,
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """The default solver: exhaustive search when every neuron has at most ``exact_max`` free
     variables (depthwise convolutions, small layers), else nearest-plane warm start, descent,
-    annealing, descent."""
-    if problem.neurons == 0 or int(problem.active().sum(0).max()) <= exact_max:
+    annealing, descent.  With a ``deadline`` the search stops where it is when it passes
+    (:class:`TimeUp` if that is before the warm start exists)."""
+    if enumerable(problem, exact_max):
         return exact(problem)
-    start = descent(problem, nearest_plane(problem))
+    start = descent(problem, nearest_plane(problem, deadline), deadline=deadline)
     if sweeps > 0:
-        start = descent(problem, anneal(problem, start, sweeps, replicas, seed=seed))
+        start = descent(
+            problem, anneal(problem, start, sweeps, replicas, seed=seed, deadline=deadline), deadline=deadline
+        )
     return start
 
 
-def lower_bound(problem: LayerQUBO, steps: int = 300) -> torch.Tensor:
+def lower_bound(problem: LayerQUBO, steps: int = 300, deadline: float | None = None) -> torch.Tensor:
     """Certified lower bound per neuron: the continuous relaxation ``0 <= z <= 1``.
 
     Projected gradient on the convex box QP; for the final iterate ``u`` the bound
     ``E(u) + sum_j min(g_j (0 - u_j), g_j (1 - u_j))`` (convexity, Frank-Wolfe gap) is valid
-    whatever the number of steps.
+    whatever the number of steps (so the ``deadline`` may end them early).
     """
     G, sig = problem.stats.G, problem.sigma
     # with z_j^2 = z_j, E(z) = offset + a.z + (sig z)' G (sig z): convex, and equal to E on {0,1}^n
@@ -234,6 +296,8 @@ def lower_bound(problem: LayerQUBO, steps: int = 300) -> torch.Tensor:
         return offset + (a * u).sum(0) + (su * (G @ su)).sum(0)
 
     for _ in range(steps):
+        if _spent(deadline):
+            break
         u = (u - grad(u) / lip).clamp(0, 1) * free
     g = grad(u)
     return value(u) + torch.minimum(-g * u, g * (1 - u)).sum(0)

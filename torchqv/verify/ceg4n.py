@@ -55,7 +55,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..formats import MAX_BITS, FixedPoint, QuantizationError
-from ..graph import QuantizedModel
+from ..graph import QuantizedModel, quantized_models
 from ..grid import QTensor
 from ..observers import OBSERVERS, step_for_range
 from ..ops.activation import QuantAct
@@ -111,7 +111,8 @@ class BitSearchConfig:
                     f"BitSearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
         for name in ("timeout", "time_limit"):
-            if not getattr(self, name) > 0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise QuantizationError(
                     f"BitSearchConfig.{name} must be > 0 seconds, got {getattr(self, name)}"
                 )
@@ -361,6 +362,8 @@ def _check_inputs(
 ) -> None:
     if not isinstance(f, nn.Module):
         raise QuantizationError(f"f must be an nn.Module, got {type(f).__name__}")
+    if quantized_models(f):
+        raise QuantizationError("search_bits: f is already quantized; pass the float model (tq.float_twin)")
     if not isinstance(points, torch.Tensor) or points.dim() < 2 or len(points) == 0:
         raise QuantizationError("points must be a non-empty batch tensor shaped (n, *input_shape)")
     if not bool(torch.isfinite(points).all()):

@@ -57,7 +57,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import keeps_modes
 from ..formats import QuantizationError, fraction_to_float, is_dyadic
+from ..graph import training_copy
 from ..reference import reference_forward
 from . import bounds as B
 from .branch import INPUT_SPLIT_DIMS, InputBranch, margin_rows, winners
@@ -149,7 +151,7 @@ class _Problem:
         self.shape = shape
         self.d = int(np.prod(shape))
         self.relation, self.eps, self.norm = relation, eps, norm
-        self.surrogate = copy.deepcopy(fq).train()  # differentiable f' (STE) for the search
+        self.surrogate = training_copy(fq, "verify_equivalence(fq)")  # differentiable f' (STE) for the search
         for prm in self.surrogate.parameters():
             prm.requires_grad_(False)
         self.cf = float_chain(f, shape)
@@ -497,6 +499,7 @@ def _grid_distance(grid: Rounding, centre: Any) -> str:
     return f"; the nearest grid point is at L-inf distance {float(far):.6g} from the first such point"
 
 
+@keeps_modes("f", "fq")
 def verify_equivalence(
     f: nn.Module,
     fq: nn.Module,
@@ -530,8 +533,13 @@ def verify_equivalence(
     networks, relations and verdicts is in the module docstring.  Empty regions raise
     ``QuantizationError`` before any solving.
     """
+    for name, model in (("f", f), ("fq", fq)):
+        if not isinstance(model, nn.Module):
+            raise QuantizationError(f"{name} must be an nn.Module, got {type(model).__name__}")
     if relation not in RELATIONS:
         raise QuantizationError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise QuantizationError(f"samples must be an int >= 0 (random points tried first), got {samples!r}")
     if norm not in NORMS:
         raise QuantizationError(f"norm must be one of {NORMS}, got {norm!r}")
     exact_eps = None
