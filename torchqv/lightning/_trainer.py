@@ -19,6 +19,16 @@ from ..graph import QuantizedModel
 from ..quantize import quantizers
 
 
+def check_attr(attr: Any, who: str) -> None:
+    """``attr`` must be a dotted path of attribute names (``"model"``, ``"net.0"``)."""
+    parts = attr.split(".") if isinstance(attr, str) else []
+    if not parts or not all(p.isidentifier() or p.isdigit() for p in parts):
+        raise QuantizationError(
+            f"{who}: attr must name the LightningModule's attribute that holds the network (e.g. 'model', "
+            f"'net.backbone'), got {attr!r}"
+        )
+
+
 def get_network(pl_module: pl.LightningModule, attr: str, who: str) -> nn.Module:
     """The network ``pl_module.<attr>`` (a dotted path) that a callback acts on."""
     try:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..formats import QuantizationError
 from ..quantize import QConfig, calibrate, quantize, quantizers
+from ..tracing import make_plan
 from . import _trainer as T
 
 RECORD_PREFIX = "torchqv_qat_"
@@ -107,14 +108,18 @@ class QuantizationAwareTraining(Callback):
         config = _as_config(config)
         if not isinstance(config, QConfig):
             raise QuantizationError(f"config must be a QConfig or a dict, got {type(config).__name__}")
-        if calibration_batches < 1:
-            raise QuantizationError(f"calibration_batches must be >= 1, got {calibration_batches}")
-        if freeze_observers_epoch is not None and freeze_observers_epoch < 0:
-            raise QuantizationError(
-                f"freeze_observers_epoch must be >= 0 or None, got {freeze_observers_epoch}"
-            )
+        if (
+            isinstance(calibration_batches, bool)
+            or not isinstance(calibration_batches, int)
+            or calibration_batches < 1
+        ):
+            raise QuantizationError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+        epoch = freeze_observers_epoch
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+            raise QuantizationError(f"freeze_observers_epoch must be an int >= 0 or None, got {epoch!r}")
+        T.check_attr(attr, type(self).__name__)
         self.config = config
-        self.overrides = {k: _as_config(v) for k, v in (overrides or {}).items()}
+        self.overrides = make_plan(config, overrides).overrides
         self.attr = attr
         self.calibration_batches = calibration_batches
         self.calibration_data = calibration_data

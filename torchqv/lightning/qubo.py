@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..formats import QuantizationError
-from ..rounding.api import SOLVERS, TARGETS, RoundingReport, round_weights
+from ..rounding.api import SOLVERS, TARGETS, RoundingReport, check_options, round_weights
 from . import _trainer as T
 
 METHODS = ("qubo", "nearest")
@@ -25,8 +25,8 @@ class QUBORounding(Callback):
     Runs at the end of fitting when ``after_fit`` (before the Trainer tears down), or whenever
     :meth:`round` is called.  Calibration: the first ``calibration_batches`` batches of the
     Trainer's training loader (else the data module's).  ``solver``, ``method``, ``target``,
-    ``seed`` and ``options`` (``sweeps``, ``replicas``, ``num_sweeps``, ``num_reads``, ``bound``)
-    go to ``round_weights``.  Per-layer objectives go to the Trainer's loggers
+    ``seed`` and ``options`` (``sweeps``, ``replicas``, ``num_sweeps``, ``num_reads``, ``bound``,
+    ``time_limit``) go to ``round_weights`` (checked here).  Per-layer objectives go to the Trainer's loggers
     (``qubo/<layer>/nearest``, ``.../qubo``, ``.../ratio``) and ``callback.report``.  Rounding runs on
     rank 0 and the weights are copied to every process.  Checkpoints written before rounding hold
     the unrounded weights: give ``checkpoint_path`` to save one afterwards.
@@ -45,20 +45,22 @@ class QUBORounding(Callback):
         checkpoint_path: str | None = None,
         progress: bool | None = None,
     ):
-        if calibration_batches < 1:
-            raise QuantizationError(f"calibration_batches must be >= 1, got {calibration_batches}")
+        if (
+            isinstance(calibration_batches, bool)
+            or not isinstance(calibration_batches, int)
+            or calibration_batches < 1
+        ):
+            raise QuantizationError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
         if solver not in SOLVERS:
             raise QuantizationError(f"solver must be one of {SOLVERS}, got {solver!r}")
         if method not in METHODS:
             raise QuantizationError(f"method must be one of {METHODS}, got {method!r}")
         if target not in TARGETS:
             raise QuantizationError(f"target must be one of {TARGETS}, got {target!r}")
-        unknown = set(options or {}) - {"sweeps", "replicas", "num_sweeps", "num_reads", "bound"}
-        if unknown:
-            raise QuantizationError(
-                f"unknown rounding option(s) {sorted(unknown)}; valid: sweeps, replicas, num_sweeps, "
-                "num_reads, bound"
-            )
+        if "seed" in (options or {}):
+            raise QuantizationError("give the seed as QUBORounding(seed=...), not in options")
+        check_options(seed=seed, **(options or {}))
+        T.check_attr(attr, type(self).__name__)
         self.attr, self.calibration_batches, self.after_fit = attr, calibration_batches, after_fit
         self.solver, self.method, self.target, self.seed = solver, method, target, seed
         self.options = dict(options or {})
