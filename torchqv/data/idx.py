@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +19,44 @@ SPLITS = {
 }
 
 
+def _layout(head: bytes, size: int, path: Path) -> tuple[np.dtype, list[int], int]:
+    """The element type, dimensions and data offset of an IDX file of ``size`` bytes whose first
+    bytes are ``head``; a bad magic number or a size other than the header's is an error that names
+    the file and the fix."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in DTYPES:
+        raise QuantizationError(f"{path}: not an IDX file (bad magic number); replace it with the original")
+    ndim = head[3]
+    offset = 4 + 4 * ndim
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(DTYPES[head[2]])
+    expected = offset + int(np.prod(dims)) * dtype.itemsize
+    if len(head) < offset or size != expected:
+        raise QuantizationError(
+            f"{path}: truncated or corrupt IDX file ({size} bytes, its header {dims} needs {expected}); "
+            "replace it with the original"
+        )
+    return dtype, dims, offset
+
+
+def check_idx(path: str | Path) -> None:
+    """Check an uncompressed IDX file's size against its header without reading the data."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * 255)
+    _layout(head, path.stat().st_size, path)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed); malformed files raise a clear error."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in DTYPES:
-        raise QuantizationError(f"{path}: not an IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(DTYPES[data[2]])
-    if len(data) != header + int(np.prod(dims)) * dtype.itemsize:
-        raise QuantizationError(f"{path}: IDX size does not match its header {dims}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise QuantizationError(f"{path}: unreadable ({exc}); replace it with the original") from exc
+    dtype, dims, offset = _layout(data, len(data), path)
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims)
 
 
 def _find(raw: Path, stem: str) -> Path:

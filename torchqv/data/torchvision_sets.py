@@ -12,9 +12,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import pickle
 import shutil
 import tarfile
 import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torchvision import datasets
+
+from ..formats import QuantizationError
+from .idx import check_idx
 
 
 def _idx_files(prefix: str, train: str, test: str) -> tuple[str, ...]:
@@ -164,9 +171,21 @@ def _write_atomic(src: Any, target: Path, archive: Path) -> None:
         raise
 
 
+@contextmanager
+def _unpacking(archive: Path) -> Iterator[None]:
+    """A truncated or corrupt archive is an error that names it (gzip and tarfile do not)."""
+    try:
+        yield
+    except (EOFError, zlib.error, tarfile.ReadError, gzip.BadGzipFile) as exc:
+        raise QuantizationError(
+            f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); replace it with the "
+            "original (verify_md5=True checks it against torchvision's checksum)"
+        ) from exc
+
+
 def _untar(archive: Path, folder: str, files: tuple[str, ...], dest: Path) -> None:
     """Unpack only the expected members (no path from the archive is trusted)."""
-    with tarfile.open(archive, "r:gz") as tar:
+    with _unpacking(archive), tarfile.open(archive, "r:gz") as tar:
         for name in files:
             try:
                 member = tar.extractfile(f"{folder}/{name}")
@@ -222,7 +241,7 @@ def locate(
                 target = cache / spec.folder / f
                 if not _fresh(target, src):
                     _check_md5(src, md5.get(src.name))
-                    with gzip.open(src, "rb") as stream:
+                    with _unpacking(src), gzip.open(src, "rb") as stream:
                         _write_atomic(stream, target, src)
             return cache
     elif (root / spec.archive).is_file():
@@ -242,13 +261,22 @@ def load_split(name: str, tv_root: str | Path, train: bool, verify_md5: bool = T
     """``(images, labels)``: uint8 ``N x C x H x W`` and int64 tensors read by torchvision's class
     from a root found by :func:`locate`.  EMNIST images are transposed to MNIST's orientation."""
     spec = vision_set(name)
+    folder = Path(tv_root) / spec.folder
     if spec.tv_class is datasets.CIFAR10:
         if verify_md5:
             for f, md5 in spec.file_md5().items():
-                _check_md5(Path(tv_root) / spec.folder / f, md5)
-        ds = _CIFAR10Unverified(str(tv_root), train=train)
+                _check_md5(folder / f, md5)
+        try:
+            ds = _CIFAR10Unverified(str(tv_root), train=train)
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
+            raise QuantizationError(
+                f"{folder}: a CIFAR-10 file is truncated or corrupt ({type(exc).__name__}: {exc}); replace "
+                "it with the original (verify_md5=True names the file)"
+            ) from exc
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
         return images.contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
+    for f in spec.files:
+        check_idx(folder / f)  # torchvision's reader fails on a short file without naming it
     ds = spec.tv_class(str(tv_root), train=train, download=False, **spec.tv_kwargs)
     images = ds.data.transpose(1, 2) if spec.transpose else ds.data
     return images.unsqueeze(1).contiguous(), ds.targets.to(torch.int64)
