@@ -8,6 +8,7 @@ Every job takes its config (a dataclass of :mod:`torchqv.recipes.config` or a co
 DictConfig) and an output folder.
 """
 
+from . import report  # noqa: F401  (registers the torchqv.unique_folder resolver of conf/outputs.yaml)
 from .config import (
     Ceg4nRecipeConfig,
     DatasetConfig,

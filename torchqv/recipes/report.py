@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
@@ -49,14 +50,14 @@ def report_for(recipe: str) -> Report:
 
 
 def write_outputs(
-    out_dir: str | Path, recipe: str, config: Any, rows: list[dict[str, Any]], **extra: Any
+    out_dir: str | Path, recipe: str, config: Any, rows: list[dict[str, Any]], note: str = "", **extra: Any
 ) -> dict[str, Any]:
-    """Write ``results.json``, ``results.md`` and the recipe's plots into ``out_dir``; return the
-    results (``files`` lists what was written)."""
+    """Write ``results.json``, ``results.md`` (ending with ``note``, if any) and the recipe's plots
+    into ``out_dir``; return the results (``files`` lists what was written)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = report_for(recipe)
-    markdown = report.markdown(rows)
+    markdown = report.markdown(rows) + (f"\n\n{note}" if note else "")
     (out / "results.md").write_text(markdown + "\n")
     plots = report.plot(rows, out)
     results = {"recipe": recipe, "config": config, **extra, "rows": rows}
@@ -66,14 +67,20 @@ def write_outputs(
     return results
 
 
+def _job_order(folder: Path) -> tuple[bool, int, str]:
+    return (not folder.name.isdigit(), int(folder.name) if folder.name.isdigit() else 0, folder.name)
+
+
 def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
     """Combine the ``results.json`` of every job folder of a sweep into the sweep folder's own
-    ``results.json``, ``results.md`` and plots."""
+    ``results.json``, ``results.md`` and plots.  Job folders without results (a job that failed,
+    was interrupted or is still running) are listed as ``unfinished``."""
     sweep = Path(sweep_dir)
-    found = [p.parent for p in sweep.glob("*/results.json")]
-    jobs = sorted(found, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    jobs = sorted((p.parent for p in sweep.glob("*/results.json")), key=_job_order)
     if not jobs:
         raise FileNotFoundError(f"no job results (*/results.json) in the sweep folder {sweep}")
+    started = {p.parent for p in sweep.glob("*/.hydra")}
+    unfinished = [d.name for d in sorted(started - set(jobs), key=_job_order)]
     results = [json.loads((job / "results.json").read_text()) for job in jobs]
     overrides = [_overrides(job) for job in jobs]
     common = set.intersection(*(set(o) for o in overrides))  # shared by every job: not a label
@@ -83,7 +90,16 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
         rows += [{**row, "job": [o for o in over if o not in common]} for row in res["rows"]]
     if len(recipes) != 1:
         raise ValueError(f"the jobs in {sweep} come from different recipes: {sorted(recipes)}")
-    return write_outputs(sweep, recipes.pop(), {"sweep": str(sweep)}, rows, jobs=summary)
+    note = f"Jobs without results (failed, interrupted or running): {', '.join(unfinished)}."
+    return write_outputs(
+        sweep,
+        recipes.pop(),
+        {"sweep": str(sweep)},
+        rows,
+        note if unfinished else "",
+        jobs=summary,
+        unfinished=unfinished,
+    )
 
 
 def _overrides(job: Path) -> list[str]:
@@ -92,10 +108,38 @@ def _overrides(job: Path) -> list[str]:
 
 
 class SweepReport(Callback):
-    """Hydra callback (``hydra.callbacks``): when a multirun ends, :func:`aggregate` its sweep folder."""
+    """Hydra callback (``hydra.callbacks``): after every job of a multirun, :func:`aggregate` its
+    sweep folder, so the combined report always holds the jobs that finished (a failed or
+    interrupted sweep keeps it)."""
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        aggregate(config.hydra.sweep.dir)
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep = Path(config.hydra.sweep.dir)
+        if any(sweep.glob("*/results.json")):
+            aggregate(sweep)
+        else:
+            log.warning("no job of the sweep in %s has finished yet: no combined report", sweep)
+
+
+def unique_folder(base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... when taken: the first free one, created here (an
+    atomic ``mkdir``), so two runs never share an output folder, even when started in the same
+    second.  Registered as the OmegaConf resolver ``torchqv.unique_folder`` (cached: one folder per
+    run), which conf/outputs.yaml wraps around Hydra's run and sweep folders."""
+    path = Path(base)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, i = path, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            i += 1
+            candidate = path.with_name(f"{path.name}_{i}")
+
+
+OmegaConf.register_new_resolver("torchqv.unique_folder", unique_folder, use_cache=True, replace=True)
 
 
 # ------------------------------------------------------------------------------ helpers
