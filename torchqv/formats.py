@@ -380,7 +380,7 @@ def round_certified(
         flat_idx = uncertain.flatten().nonzero().flatten().tolist()
         exact = exact_codes(flat_idx)
         flat = codes.flatten().clone()
-        flat[flat_idx] = torch.tensor([float(k) for k in exact], dtype=codes.dtype)
+        flat[flat_idx] = torch.tensor([float(k) for k in exact], dtype=codes.dtype, device=codes.device)
         codes = flat.view_as(codes)
     return codes
 
@@ -412,10 +412,10 @@ def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0
     if len(steps) > 1:
         shape[axis] = len(steps)
     if all(is_dyadic(s) for s in steps):
-        s = torch.tensor([fraction_to_float(x) for x in steps], dtype=torch.float64)
+        s = torch.tensor([fraction_to_float(x) for x in steps], dtype=torch.float64, device=codes.device)
         return codes * s.view(shape) if len(steps) > 1 else codes * s
-    num = torch.tensor([float(x.numerator) for x in steps], dtype=torch.float64)
-    den = torch.tensor([float(x.denominator) for x in steps], dtype=torch.float64)
+    num = torch.tensor([float(x.numerator) for x in steps], dtype=torch.float64, device=codes.device)
+    den = torch.tensor([float(x.denominator) for x in steps], dtype=torch.float64, device=codes.device)
     if len(steps) > 1:
         num, den = num.view(shape), den.view(shape)
     return (codes * num) / den
