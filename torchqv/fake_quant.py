@@ -31,6 +31,7 @@ from .formats import (
     round_certified,
 )
 from .grid import Grid
+from .kernels import fake_quantize_parts
 from .observers import Observer, ObserverConfig
 
 # Relative error of one float64 division x / step (plus margin).
@@ -41,20 +42,13 @@ CHUNK = 1 << 22  # elements per chunk of the exact quantization of large tensors
 class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, step, fmt, kmin, kmax, grad_scale):  # type: ignore[override]
-        t = x / step
-        if fmt.binary:
-            kc = fmt.round_tensor(t)
-            inside = t.abs() <= 1
-        else:
-            k = fmt.round_tensor(t)
-            kc = torch.clamp(k, kmin, kmax)
-            inside = kc == k  # t rounds into the grid (the STE's pass-through range)
+        y, t, kc, inside = fake_quantize_parts(x, step, fmt, kmin, kmax)  # one fused pass if compiled
         ctx.grad_scale = grad_scale
         if ctx.needs_input_grad[1]:
             ctx.save_for_backward(inside, t, kc, step)
         else:
             ctx.save_for_backward(inside)
-        return kc * step
+        return y
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
