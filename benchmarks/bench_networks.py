@@ -7,7 +7,8 @@ CIFAR ResNet-20, and the small test networks) at 3x32x32 (their own shapes for t
 * float eval and exact eval (``qm.eval()(x)``): median time per batch, the peak resident memory
   of the process during the eval calls (``VmHWM`` after resetting it with ``/proc/self/clear_refs``;
   each measured in its own process, after building the model) and the eval's working memory (that
-  peak minus the resident memory just before the calls: what the eval itself allocates);
+  peak minus the resident memory once the float model is built: for the exact eval it includes the
+  quantized model's own state, its integer weights and caches);
 * the integer reference (``tq.reference_forward``): seconds per image;
 * ONNX export (integer and QDQ form): seconds and file size;
 * ``round_weights`` at 4 bits: seconds (``solver="auto"``; the annealer is skipped, ``solver="nearest"``,
@@ -72,6 +73,8 @@ def measure_eval(name: str, mode: str, batch: int, reps: int) -> dict:
 
     model, shape = _build(name)
     x = torch.randn(batch, *shape)
+    gc.collect()
+    built = _status_kib("VmRSS")  # the float model built: what both modes start from
     if mode == "exact":
         qm = tq.quantize(model, W8)
         tq.calibrate(qm, [torch.randn(8, *shape)], progress=False)
@@ -85,7 +88,6 @@ def measure_eval(name: str, mode: str, batch: int, reps: int) -> dict:
     gc.collect()
     times = []
     _reset_peak()
-    before = _status_kib("VmRSS")
     with torch.no_grad():
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -93,7 +95,7 @@ def measure_eval(name: str, mode: str, batch: int, reps: int) -> dict:
             times.append(time.perf_counter() - t0)
     peak = _status_kib("VmHWM")
     seconds = statistics.median(times)
-    return {"seconds": seconds, "peak_mib": peak / 1024, "working_mib": (peak - before) / 1024}
+    return {"seconds": seconds, "peak_mib": peak / 1024, "working_mib": (peak - built) / 1024}
 
 
 def measure_stages(name: str, batch: int) -> dict:
