@@ -6,8 +6,10 @@ torchvision resnet18 and mobilenet_v2 on 3x32x32, batch 32), 8-bit per-channel w
 activations and input:
 
 * training step (forward, backward, SGD step): float, torch.ao QAT (``prepare_qat_fx`` with the
-  default x86 qconfig), torchqv QAT (fake quantization, STE);
-* eval forward: float, torch.ao int8 (``convert_fx``), torchqv's exact simulation;
+  default x86 qconfig), torchqv QAT (fake quantization, STE), eager and with
+  ``tq.use_compiled_kernels(True)`` (each fake quantization one fused kernel);
+* eval forward: float, torch.ao int8 (``convert_fx``), torchqv's exact simulation, eager and
+  compiled;
 * onnxruntime (CPU, one thread): float ONNX (``torch.onnx.export``), torchqv's QDQ form and its
   integer form (bit-exact).
 
@@ -138,6 +140,9 @@ def measure(name: str, repeats: int) -> dict:
     row["train_float"] = timed(train_step(model.train(), x, y), repeats)
     row["train_ao"] = timed(train_step(ao_qat, x, y), repeats)
     row["train_torchqv"] = timed(train_step(qm.train(), x, y), repeats)
+    tq.use_compiled_kernels(True)
+    row["train_torchqv_compiled"] = timed(train_step(qm, x, y), repeats)
+    tq.use_compiled_kernels(False)
     model.eval()
     qm.eval()
     with torch.no_grad():
@@ -177,18 +182,19 @@ def main() -> None:
     best = lambda r: min(r["eval_torchqv"], r["eval_torchqv_compiled"])  # noqa: E731
     print()
     print(
-        "| model (batch) | float step | torch.ao QAT | torchqv QAT | vs torch.ao | float eval "
+        "| model (batch) | float step | torch.ao QAT | torchqv QAT | compiled | vs torch.ao | float eval "
         "| torch.ao int8 | torchqv exact | compiled | vs float | vs torch.ao "
         "| ONNX float | ONNX QDQ | ONNX integer | int vs QDQ |"
     )
-    print("|---|" + "---|" * 14)
+    print("|---|" + "---|" * 15)
     for r in rows:
         cells = [
             f"{r['model']} ({r['batch']})",
             ms(r["train_float"]),
             ms(r["train_ao"]),
             ms(r["train_torchqv"]),
-            f"{r['train_torchqv'] / r['train_ao']:.2f}x",
+            ms(r["train_torchqv_compiled"]),
+            f"{min(r['train_torchqv'], r['train_torchqv_compiled']) / r['train_ao']:.2f}x",
             ms(r["eval_float"]),
             ms(r["eval_ao_int8"]),
             ms(r["eval_torchqv"]),
@@ -202,7 +208,7 @@ def main() -> None:
         ]
         print("| " + " | ".join(cells) + " |")
     print(
-        "\n(milliseconds, median; compiled: tq.use_compiled_kernels(True); the eval ratios use the faster "
+        "\n(milliseconds, median; compiled: tq.use_compiled_kernels(True); the ratios use the faster "
         "of the two; the simulation equals tq.reference_forward bit for bit either way)"
     )
 
