@@ -4,9 +4,11 @@ For each network (torchvision resnet18, mobilenet_v2, squeezenet1_1, vgg11_bn wi
 CIFAR ResNet-20, and the small test networks) at 3x32x32 (their own shapes for the small ones),
 8-bit per-channel weights, 8-bit activations and input:
 
-* float eval and exact eval (``qm.eval()(x)``): median time per batch, and the peak resident memory
-  of the eval call (``VmHWM`` after resetting it with ``/proc/self/clear_refs``; each measured in
-  its own process, after building the model, so the ratio compares the two evals' footprints);
+* float eval and exact eval (``qm.eval()(x)``): median time per batch, the peak resident memory
+  of the process during the eval calls (``VmHWM`` after resetting it with ``/proc/self/clear_refs``;
+  each measured in its own process, after building the model) and the eval's working memory (that
+  peak minus the resident memory once the float model is built: for the exact eval it includes the
+  quantized model's own state, its integer weights and caches);
 * the integer reference (``tq.reference_forward``): seconds per image;
 * ONNX export (integer and QDQ form): seconds and file size;
 * ``round_weights`` at 4 bits: seconds (``solver="auto"``; the annealer is skipped, ``solver="nearest"``,
@@ -44,9 +46,9 @@ MODELS = [
 BIG = {"resnet18", "mobilenet_v2", "vgg11_bn"}
 
 
-def _peak_kib() -> int:
+def _status_kib(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
 
@@ -71,6 +73,8 @@ def measure_eval(name: str, mode: str, batch: int, reps: int) -> dict:
 
     model, shape = _build(name)
     x = torch.randn(batch, *shape)
+    gc.collect()
+    built = _status_kib("VmRSS")  # the float model built: what both modes start from
     if mode == "exact":
         qm = tq.quantize(model, W8)
         tq.calibrate(qm, [torch.randn(8, *shape)], progress=False)
@@ -89,7 +93,9 @@ def measure_eval(name: str, mode: str, batch: int, reps: int) -> dict:
             t0 = time.perf_counter()
             run(x)
             times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "peak_mib": _peak_kib() / 1024}
+    peak = _status_kib("VmHWM")
+    seconds = statistics.median(times)
+    return {"seconds": seconds, "peak_mib": peak / 1024, "working_mib": (peak - built) / 1024}
 
 
 def measure_stages(name: str, batch: int) -> dict:
@@ -180,9 +186,10 @@ def main() -> None:
     print()
     print(
         "| model | float eval (ms) | exact eval (ms) | ratio | float peak (MiB) | exact peak (MiB) | ratio | "
-        "reference (s/image) | ONNX int (s, MB) | ONNX QDQ (s, MB) | round_weights 4-bit (s) |"
+        "working float / exact (MiB) | ratio | reference (s/image) | ONNX int (s, MB) | ONNX QDQ (s, MB) "
+        "| round_weights 4-bit (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|" + "---|" * 12)
     for r in rows:
         f, e = r["float"], r["exact"]
         cells = [
@@ -193,6 +200,8 @@ def main() -> None:
             f"{f['peak_mib']:.0f}",
             f"{e['peak_mib']:.0f}",
             f"{e['peak_mib'] / f['peak_mib']:.2f}x",
+            f"{f['working_mib']:.0f} / {e['working_mib']:.0f}",
+            f"{e['working_mib'] / max(f['working_mib'], 1):.2f}x",
             f"{r['reference_s_per_image']:.2f}",
             f"{r['onnx_integer_s']:.1f}, {r['onnx_integer_mb']:.1f}",
             f"{r['onnx_qdq_s']:.1f}, {r['onnx_qdq_mb']:.1f}",

@@ -12,17 +12,28 @@ calibrated on 2048 points of the normalised input box; eps-equivalence (L-inf, e
 
 ``--network mnist-net_256x6`` (or 256x4) runs the same on the deeper nets of the family; the
 summary line gives the slowest region against the timeout (the time limit's overrun).
+``--workers N`` (N > 1) verifies the same regions again with ``workers=N`` (a local pool of N
+processes, started per delta and included in the time): wall times, their ratio, and whether
+every result (verdict, reason, counterexample) is the serial one.
+
+``shipping``: how f and f' reach the workers, on a warm pool of ``--workers`` processes and
+``--images`` regions of mnist-net_256x2 at ``--delta`` (cheap regions, so the overhead shows):
+one region per task with the problem built once per worker (the default), one region per task
+built again for every task, and one chunk of regions per worker.
 
 Usage: python benchmarks/bench_verify.py mnist [--images 15] [--deltas 0.005 0.01 0.02] [--plain 15]
-                                         [--network mnist-net_256x2] [--timeout 60]
+                                         [--network mnist-net_256x2] [--timeout 60] [--workers 2]
        python benchmarks/bench_verify.py acas [--points 5] [--deltas 0.01 0.05 0.1] [--bits 8 6]
+       python benchmarks/bench_verify.py shipping [--images 15] [--delta 0.005] [--workers 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -30,6 +41,8 @@ import torch
 
 import torchqv as tq
 from torchqv.data import load_mnist
+from torchqv.verify import engine
+from torchqv.verify.parallel import check_workers, process_pool
 
 ROOT = Path(os.environ.get("TORCHQV_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OUT = Path(__file__).resolve().parent / "results"
@@ -42,8 +55,16 @@ def _row(r: tq.verify.Result) -> dict:
     return {"verdict": r.verdict, "method": r.stats["method"], "seconds": round(r.stats["seconds"], 2)}
 
 
-def mnist(args: argparse.Namespace) -> list[dict]:
-    f = tq.from_onnx(ROOT / "onnx" / f"{args.network}.onnx")
+def signature(r: tq.verify.Result) -> tuple:
+    """A result without its times: what must not depend on the executor."""
+    exact = None if r.counterexample_exact is None else r.counterexample_exact.tolist()
+    cex = None if r.counterexample is None else r.counterexample.tolist()
+    return r.verdict, r.reason, r.stats.get("method"), cex, exact
+
+
+def mnist_pair(network: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """The network, its 8-bit copy (calibrated on 1024 training images) and the test images."""
+    f = tq.from_onnx(ROOT / "onnx" / f"{network}.onnx")
     xtr, _ = load_mnist(ROOT, "train")
     xte, _ = load_mnist(ROOT, "test")
     xtr, xte = xtr.reshape(-1, 784, 1), xte.reshape(-1, 784, 1)
@@ -54,10 +75,22 @@ def mnist(args: argparse.Namespace) -> list[dict]:
     )
     fq = tq.quantize(f, cfg)
     tq.calibrate(fq, [xtr[:1024]], progress=False)
-    rows = []
+    return f, fq, xte
+
+
+def mnist(args: argparse.Namespace) -> list[dict]:
+    f, fq, xte = mnist_pair(args.network)
+    rows, walls = [], {}
     for delta in args.deltas:
         common = dict(relation="top1", domain=(0.0, 1.0), timeout=args.timeout)
+        t0 = time.perf_counter()
         ours = tq.verify_equivalence(f, fq, xte[: args.images], delta, **common)
+        walls[delta] = [time.perf_counter() - t0]
+        pooled = []
+        if args.workers > 1:
+            t0 = time.perf_counter()
+            pooled = tq.verify_equivalence(f, fq, xte[: args.images], delta, **common, workers=args.workers)
+            walls[delta].append(time.perf_counter() - t0)
         plain = (
             tq.verify_equivalence(f, fq, xte[: args.plain], delta, samples=0, use_bounds=False, **common)
             if args.plain
@@ -65,6 +98,12 @@ def mnist(args: argparse.Namespace) -> list[dict]:
         )
         for i, r in enumerate(ours):
             row = {"delta": delta, "image": i, **_row(r)}
+            if pooled:
+                row.update(
+                    workers_verdict=pooled[i].verdict,
+                    workers_seconds=round(pooled[i].stats["seconds"], 2),
+                    same=signature(pooled[i]) == signature(r),
+                )
             if i < len(plain):
                 row.update(plain_verdict=plain[i].verdict, plain_seconds=round(plain[i].stats["seconds"], 2))
             rows.append(row)
@@ -86,6 +125,65 @@ def mnist(args: argparse.Namespace) -> list[dict]:
             f"{args.timeout:g} s, overrun {max(0.0, slowest - args.timeout):.1f} s), "
             f"plain z3 {plain_decided}/{min(len(sel), args.plain)}"
         )
+    if args.workers > 1:
+        print(f"\n| delta | serial wall (s) | workers={args.workers} wall (s) | ratio ", end="")
+        print("| same verdicts | same results |\n|---|---|---|---|---|---|")
+        for delta in args.deltas:
+            sel = [r for r in rows if r["delta"] == delta]
+            serial, pooled = walls[delta]
+            verdicts = sum(r["verdict"] == r["workers_verdict"] for r in sel)
+            same = sum(r["same"] for r in sel)
+            print(
+                f"| {delta} | {serial:.1f} | {pooled:.1f} | {serial / pooled:.2f} | {verdicts}/{len(sel)} "
+                f"| {same}/{len(sel)} |"
+            )
+            rows.append({"delta": delta, "serial_wall": round(serial, 2), "workers_wall": round(pooled, 2)})
+        serial, pooled = (sum(w[k] for w in walls.values()) for k in (0, 1))
+        ratio = serial / pooled
+        print(f"all deltas: serial {serial:.1f} s, workers={args.workers} {pooled:.1f} s, ratio {ratio:.2f}")
+    return rows
+
+
+def shipping(args: argparse.Namespace) -> list[dict]:
+    """Wall time of the same regions per way of shipping the problem, on a warm pool."""
+    f, fq, xte = mnist_pair("mnist-net_256x2")
+    pts = xte[: args.images]
+    common = dict(relation="top1", domain=(0.0, 1.0), timeout=60.0)
+    strategies = {
+        "serial (this process)": None,
+        "1 region per task, problem built once per worker": (1, 2),
+        "1 region per task, problem built for every task": (1, 0),
+        f"{math.ceil(args.images / args.workers)} regions per task (one chunk per worker)": (
+            math.ceil(args.images / args.workers),
+            2,
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in strategies}
+    reference = [signature(r) for r in tq.verify_equivalence(f, fq, pts, args.delta, **common)]
+    t0 = time.perf_counter()
+    with process_pool(args.workers) as pool:
+        list(pool.map(check_workers, [1] * args.workers))  # start the workers (imports torchqv)
+        start = time.perf_counter() - t0
+        tq.verify_equivalence(f, fq, pts[: args.workers], args.delta, **common, executor=pool)  # warm
+        for _ in range(args.repeats):
+            for name, plan in strategies.items():
+                if plan is not None:
+                    engine.REGIONS_PER_TASK, engine.PROBLEMS_PER_WORKER = plan
+                t0 = time.perf_counter()
+                res = tq.verify_equivalence(
+                    f, fq, pts, args.delta, **common, executor=None if plan is None else pool
+                )
+                times[name].append(time.perf_counter() - t0)
+                assert [signature(r) for r in res] == reference, name
+    engine.REGIONS_PER_TASK, engine.PROBLEMS_PER_WORKER = 1, 2
+    print(f"pool of {args.workers} spawned workers started in {start:.1f} s")
+    print(f"\n| {args.images} regions, delta {args.delta} | median wall (s) | runs (s) |")
+    print("|---|---|---|")
+    rows = []
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.2f} | {', '.join(f'{v:.2f}' for v in t)} |")
+        rows.append({"strategy": name, "median": statistics.median(t), "runs": t})
+    rows.append({"pool_start": start})
     return rows
 
 
@@ -150,6 +248,12 @@ def main() -> None:
     m.add_argument("--plain", type=int, default=15)
     m.add_argument("--timeout", type=float, default=60.0)
     m.add_argument("--network", default="mnist-net_256x2", choices=[f"mnist-net_256x{k}" for k in (2, 4, 6)])
+    m.add_argument("--workers", type=int, default=1, help="also verify with workers=N and compare")
+    sh = sub.add_parser("shipping")
+    sh.add_argument("--images", type=int, default=15)
+    sh.add_argument("--delta", type=float, default=0.005)
+    sh.add_argument("--workers", type=int, default=2)
+    sh.add_argument("--repeats", type=int, default=3)
     a = sub.add_parser("acas")
     a.add_argument("--points", type=int, default=5)
     a.add_argument("--deltas", type=float, nargs="+", default=[0.01, 0.05, 0.1])
@@ -159,12 +263,14 @@ def main() -> None:
     a.add_argument("--networks", nargs="+", choices=ACAS, default=list(ACAS))
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = mnist(args) if args.bench == "mnist" else acas(args)
+    rows = {"mnist": mnist, "acas": acas, "shipping": shipping}[args.bench](args)
     print(f"total {time.perf_counter() - t0:.0f} s")
     OUT.mkdir(exist_ok=True)
-    name = args.bench if args.bench == "mnist" else f"acas_{args.mode}"
+    name = f"acas_{args.mode}" if args.bench == "acas" else args.bench
     if args.bench == "mnist" and args.network != "mnist-net_256x2":
         name += "_" + args.network.split("_")[-1]
+    if args.bench == "mnist" and args.workers > 1:
+        name += f"_workers{args.workers}"
     if args.bench == "acas" and args.networks != list(ACAS):
         name += "_" + "_".join(args.networks)
     (OUT / f"verify_{name}.json").write_text(json.dumps(rows, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from fractions import Fraction
 
 import pytest
@@ -23,6 +24,7 @@ from torchqv.verify.ceg4n import (
     _Evaluator,
     _layers,
     _round_bias,
+    _verify_region,
     quantize_bits,
     search_bits,
 )
@@ -192,6 +194,43 @@ def test_time_and_iteration_limits(iris):
     # the search of test_minimal_cost_against_brute_force needs 3 rounds
     r = search_bits(f, points, 0.1, bits=(2, 6), config=BitSearchConfig(max_iterations=2), progress=False)
     assert (r.status, r.iterations, len(r.counterexamples)) == ("TO", 2, 2) and "iteration limit" in r.reason
+
+
+def test_workers_give_the_serial_search(iris):
+    """``workers=2``: the regions of each round run two at a time on a process pool and are read
+    in the serial order, so the search (rounds, counterexamples, answer) is the serial one."""
+    f, points, _ = iris
+
+    def rounds(r: BitSearchResult) -> list:
+        drop = ("seconds",)
+        return [
+            {
+                **{k: v for k, v in h.items() if k not in drop and k != "regions"},
+                "regions": [{k: v for k, v in g.items() if k not in drop} for g in h["regions"]],
+            }
+            for h in r.history
+        ]
+
+    serial = search_bits(f, points, 0.1, bits=(2, 6), domain=(0.0, 1.0), progress=False)
+    cfg = BitSearchConfig(workers=2)
+    pooled = search_bits(f, points, 0.1, bits=(2, 6), domain=(0.0, 1.0), config=cfg, progress=False)
+    assert (pooled.status, pooled.bits, pooled.iterations, pooled.cost) == ("SQ", (4, 3), 3, 100)
+    assert (serial.status, serial.bits, serial.iterations) == (pooled.status, pooled.bits, pooled.iterations)
+    assert [x.tolist() for x in pooled.counterexamples] == [x.tolist() for x in serial.counterexamples]
+    assert rounds(pooled) == rounds(serial)
+    with pytest.raises(QuantizationError, match=r"BitSearchConfig.workers must be an int >= 1.*got 0"):
+        BitSearchConfig(workers=0)
+
+
+def test_a_region_starts_with_the_time_left_to_the_search_deadline(iris):
+    """A round's region (run here or sent to a worker) takes its budget when it starts: none once
+    the search's deadline has passed (the round then ends with TO), else at most ``timeout``."""
+    f, points, _ = iris
+    fq = quantize_bits(f, (8, 8))
+    region = (f, fq, points[:1], 0.01, "top1", None, "inf", (0.0, 1.0))
+    assert _verify_region(*region, time.time() - 1.0, 10.0, 0, 0) is None
+    res = _verify_region(*region, time.time() + 600.0, 10.0, 0, 0)
+    assert res is not None and res.verdict == "EQUIVALENT"
 
 
 def exact_net() -> nn.Module:

@@ -219,3 +219,21 @@ def test_fake_quant_saturates_and_passes_gradients_exactly(xs, bits, frac_bits, 
         k = fmt.round_exact(Fraction(xi) / step)
         assert Fraction(yi) == fmt.saturate_exact(k) * step
         assert gi == (1.0 if fmt.qmin <= k <= fmt.qmax else 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rounding", ["half_away", "half_even", "floor"])
+def test_round_tensor_is_round_exact_on_ties_and_their_neighbours(dtype, rounding):
+    """Every tensor rounding equals the exact rational rounding of the float it is given: at the
+    ties j + 1/2 and one ulp either side, over every magnitude of the dtype, both signs."""
+    fmt = tq.FixedPoint(bits=8, rounding=rounding)
+    info = torch.finfo(dtype)
+    ties = [j + 0.5 for j in range(0, 40)] + [2.0**e + 0.5 for e in range(5, info.bits)]
+    base = torch.tensor(ties + [2.0**e for e in range(-30, info.bits + 2)], dtype=torch.float64).to(dtype)
+    near = torch.cat([base, torch.nextafter(base, base * 0), torch.nextafter(base, base * 4)])
+    near = near[torch.isfinite(near)]  # float16 ends at 65504
+    t = torch.cat([near, -near, torch.zeros(1, dtype=dtype)])
+    got = fmt.round_tensor(t)
+    assert got.dtype == dtype
+    for value, k in zip(t.tolist(), got.tolist(), strict=True):
+        assert k == fmt.round_exact(Fraction(value)), (value, k)

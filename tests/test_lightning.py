@@ -363,6 +363,40 @@ def test_equivalence_check_refutes_and_replays_counterexamples() -> None:
         EquivalenceCheck(delta=delta, points=points[:1], domain=(0.0, 1.0), timeout=5).check(module)
 
 
+def test_equivalence_check_on_workers_gives_the_serial_report(tmp_path: Path) -> None:
+    """``workers=2``: the check after fit runs its regions on two processes; the report is the one
+    a serial check of the same network gives (verdicts, reasons, counterexamples; the delta is
+    wide enough for refuted regions next to proved ones)."""
+    module, dm = Classifier(), iris()
+    check = EquivalenceCheck(delta=0.2, points=6, domain=(0.0, 1.0), timeout=20, workers=2)
+    make_trainer(tmp_path, [QuantizationAwareTraining(CFG, calibration_batches=2), check]).fit(
+        module, datamodule=dm
+    )
+    points = torch.cat([x for x, _ in dm.val_dataloader()])[:6]
+    serial = EquivalenceCheck(delta=0.2, points=points, domain=(0.0, 1.0), timeout=20).check(module)
+
+    def rows(report):
+        return [
+            (
+                r.index,
+                r.verdict,
+                r.reason,
+                r.method,
+                None if r.counterexample is None else r.counterexample.tolist(),
+            )
+            for r in report.regions
+        ]
+
+    assert rows(check.report) == rows(serial)
+    assert {"EQUIVALENT", "NOT_EQUIVALENT"} <= {r.verdict for r in serial.regions}
+    with pytest.raises(QuantizationError, match=r"EquivalenceCheck: workers must be an int >= 1.*got 0"):
+        EquivalenceCheck(workers=0)
+    with pytest.raises(QuantizationError, match=r"EquivalenceCheck: workers must be an int >= 1.*got '2'"):
+        EquivalenceCheck(workers="2")
+    with pytest.raises(QuantizationError, match="executor must be"):
+        EquivalenceCheck(executor="dask")
+
+
 def test_missing_network_attribute_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(QuantizationError, match="attr='<its name>'"):
         make_trainer(tmp_path, [QuantizationAwareTraining(CFG, attr="net")]).fit(

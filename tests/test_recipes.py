@@ -274,12 +274,14 @@ def test_unknown_keys_and_bad_types_are_composition_errors() -> None:
         ("run", ["quant.bits=1"], r"set quant.activation_bits to an int >= 2 or null"),
         ("run", ["model=cnn", "dataset=iris"], r"model.kind='cnn' needs images; dataset 'iris' is tabular"),
         ("run", ["verify.relation=eps"], r"verify.relation='eps' needs verify.eps > 0"),
+        ("run", ["verify.workers=0"], r"verify.workers must be an int >= 1 .*got 0"),
         (
             "ceg4n",
             ["networks=[iris_5x2]"],
             r"ceg4n.networks must be one of \[.*'iris_4x2'.*\], got 'iris_5x2'",
         ),
         ("ceg4n", ["search.mode=fast"], r"BitSearchConfig.mode must be one of"),
+        ("ceg4n", ["search.workers=0"], r"BitSearchConfig.workers must be an int >= 1 .*got 0"),
         ("degradation", ["regression.bits=[3,0]"], r"bits"),
     ],
 )
@@ -304,3 +306,24 @@ def test_multirun_sweep_writes_a_combined_report(tmp_path: Path, monkeypatch: py
         assert (tmp_path / job / ".hydra" / "overrides.yaml").exists()
         (one,) = json.loads((tmp_path / job / "results.json").read_text())["rows"]
         assert r["accuracy"] == one["accuracy"] and r["bits"] == one["bits"]
+
+
+def test_joblib_launcher_sweep_runs_the_jobs_in_processes_with_the_same_verdicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-m hydra/launcher=joblib``: the two jobs of a sweep run in two joblib (loky) processes;
+    one of them decides its regions on 2 worker processes of its own (``verify.workers=2``, which
+    needs the spawn start method restored inside a loky worker) and gets the serial job's verdicts."""
+    argv = [
+        "recipes/run.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+preset=tiny",
+        "rounding=nearest", "quant.bits=8", "verify.points=4", "verify.delta=0.02", "verify.workers=1,2",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.sweep.dir={tmp_path}"])
+    runpy.run_path(str(REPO / "recipes" / "run.py"), run_name="__main__")
+    combined = json.loads((tmp_path / "results.json").read_text())
+    serial, pooled = combined["rows"]
+    assert (serial["job"], pooled["job"]) == (["verify.workers=1"], ["verify.workers=2"])
+    assert pooled["verdicts"] == serial["verdicts"]
+    assert {"EQUIVALENT", "NOT_EQUIVALENT"} <= {v["verdict"] for v in serial["verdicts"]}
+    for job in ("0", "1"):
+        assert (tmp_path / job / "results.json").exists()

@@ -11,6 +11,7 @@ from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
 from .fake_quant import FakeQuantize, fake_quantize
 from .formats import Binary, FixedPoint, OverflowToGridError, QuantizationError, Ternary
 from .graph import QuantizedModel, float_twin
+from .kernels import use_compiled_kernels
 from .observers import ObserverConfig
 from .ops.activation import QuantAct
 from .ops.affine import QuantAffine, QuantBatchNorm, QuantConv, QuantLinear
@@ -65,6 +66,7 @@ __all__ = [
     "round_weights",
     "search_bits",
     "summary",
+    "use_compiled_kernels",
     "verify_equivalence",
 ]
 __version__ = "0.1.0"

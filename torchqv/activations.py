@@ -64,6 +64,9 @@ class Activation:
     lipschitz: float = 1.0
     piecewise_linear: bool = False
     rational_everywhere: bool = False  # ``rational`` never returns None (piecewise rational)
+    # ``sigma(x) = min(max(x, lo), hi)`` (``None``: unbounded on that side), for ReLU, ReLU6,
+    # Hardtanh and the identity; ``None`` for every other activation
+    clamp: tuple[Fraction | None, Fraction | None] | None = None
 
     def __reduce__(self) -> tuple:
         """Pickle by name and parameters (the functions are rebuilt by the factory)."""
@@ -94,7 +97,12 @@ def round_activation(act: Activation, fmt: FixedPoint, x: Fraction, step: Fracti
 
 
 def _pwl(
-    name: str, exact: Callable[[Fraction], Fraction], f: Callable, lip: float = 1.0, params: tuple = ()
+    name: str,
+    exact: Callable[[Fraction], Fraction],
+    f: Callable,
+    lip: float = 1.0,
+    params: tuple = (),
+    clamp: tuple[Fraction | None, Fraction | None] | None = None,
 ) -> Activation:
     return Activation(
         name,
@@ -105,6 +113,7 @@ def _pwl(
         lipschitz=lip,
         piecewise_linear=True,
         rational_everywhere=True,
+        clamp=clamp,
     )
 
 
@@ -113,11 +122,11 @@ def _zero_at_zero(x: Fraction) -> Fraction | None:
 
 
 def relu() -> Activation:
-    return _pwl("relu", lambda x: max(x, Fraction(0)), torch.relu)
+    return _pwl("relu", lambda x: max(x, Fraction(0)), torch.relu, clamp=(Fraction(0), None))
 
 
 def identity() -> Activation:
-    return _pwl("identity", lambda x: x, lambda x: x)
+    return _pwl("identity", lambda x: x, lambda x: x, clamp=(None, None))
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Activation:
@@ -141,6 +150,7 @@ def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
         lambda x: F.hardtanh(x, min_val, max_val),
         1.0,
         (("min_val", min_val), ("max_val", max_val)),
+        (lo, hi),
     )
 
 

@@ -181,7 +181,10 @@ class Emitter:
         """Saturated codes of ``t = sum_i k_i r_i + c`` (the integer form of
         :func:`torchqv.grid.requantize`): ``N = sum_i k_i (r_i L) + c L`` over the common
         denominator ``L`` (per channel along ``channel_shape``), exact in float64 while
-        ``sum_i max|k_i| |r_i L| + |c L| < 2^53`` (``terms`` carry that bound of ``|k_i|``)."""
+        ``sum_i max|k_i| |r_i L| + |c L| < 2^53`` (``terms`` carry that bound of ``|k_i|``).
+        Below ``2^52`` the rounding is decided from ``fl(N / L)`` as in
+        :class:`torchqv.grid.Requantizer` (one division and the format's rounding); up to
+        ``2^53`` by the exact remainder (:meth:`round_ratio`)."""
         self.check_format(out, where)
         g = self.g
         rows = [list(r) for _, r, _ in terms]
@@ -210,6 +213,8 @@ class Emitter:
                 "steps"
             )
         den = g.const(np.array(common, dtype=np.float64).reshape(shape))
+        if bound < EXACT_F64 // 2:  # one correctly rounded division decides (see grid.Requantizer)
+            return self.clip(self.round_float64(g.op("Div", [num, den]), out.fmt), out)  # type: ignore[list-item]
         return self.clip(self.round_ratio(num, den, out.fmt), out)  # type: ignore[arg-type]
 
     def quantize_real(self, x: str, grid: Grid, where: str) -> str:

@@ -31,6 +31,7 @@ from .formats import (
     round_certified,
 )
 from .grid import Grid
+from .kernels import fake_quantize_parts
 from .observers import Observer, ObserverConfig
 
 # Relative error of one float64 division x / step (plus margin).
@@ -41,20 +42,13 @@ CHUNK = 1 << 22  # elements per chunk of the exact quantization of large tensors
 class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, step, fmt, kmin, kmax, grad_scale):  # type: ignore[override]
-        t = x / step
-        if fmt.binary:
-            kc = fmt.round_tensor(t)
-            inside = t.abs() <= 1
-        else:
-            k = fmt.round_tensor(t)
-            kc = torch.clamp(k, kmin, kmax)
-            inside = kc == k  # t rounds into the grid (the STE's pass-through range)
+        y, t, kc, inside = fake_quantize_parts(x, step, fmt, kmin, kmax)  # one fused pass if compiled
         ctx.grad_scale = grad_scale
         if ctx.needs_input_grad[1]:
             ctx.save_for_backward(inside, t, kc, step)
         else:
             ctx.save_for_backward(inside)
-        return kc * step
+        return y
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -93,12 +87,16 @@ def fake_quantize(
     ):
         if step.numel() == 1:
             return torch.fake_quantize_per_tensor_affine(
-                x, step.reshape(()).float(), torch.zeros((), dtype=torch.int32), int(kmin), int(kmax)
+                x,
+                step.reshape(()).float(),
+                torch.zeros((), dtype=torch.int32, device=x.device),
+                int(kmin),
+                int(kmax),
             )
         return torch.fake_quantize_per_channel_affine(
             x,
             step.flatten().float(),
-            torch.zeros(step.numel(), dtype=torch.int32),
+            torch.zeros(step.numel(), dtype=torch.int32, device=x.device),
             axis,
             int(kmin),
             int(kmax),
@@ -277,32 +275,51 @@ class FakeQuantize(nn.Module):
     def exact_codes(self, x: torch.Tensor) -> torch.Tensor:
         """Saturated centered codes of ``round(x / step)`` decided exactly (float64 tensor).
 
-        Large tensors go in chunks of ``CHUNK`` elements (per-channel steps along axis 0), so the
-        float64 temporaries stay small whatever the layer's size."""
+        float32 (or narrower) values with steps ``p / q`` whose odd parts are small are decided
+        directly in float64: ``x = m 2^e`` with ``|m| < 2^24``, so ``x q`` is exact and ``x q / p``
+        is one correctly rounded division of ``M 2^-a`` (``|M| < 2^52``) by ``p``; a value off a
+        rounding boundary is at least ``1 / (2 p 2^a)`` from it, more than the division's error,
+        and a tie is found exactly.  Other values take the certified path (float64 with an error
+        bound, exact rationals near boundaries).  Large tensors go in chunks of ``CHUNK`` elements
+        (per-channel steps along axis 0), so the float64 temporaries stay small."""
         steps = self.steps()
         kmin, kmax = self.code_range()
-        if len(steps) > 1 and self.axis != 0:
-            x = x.movedim(self.axis, 0)
-        flat = x.detach().reshape(-1)
+        moved = len(steps) > 1 and self.axis != 0
+        flat = (x.movedim(self.axis, 0) if moved else x).detach().reshape(-1)
         inner = max(flat.numel() // len(steps), 1)
-        sf = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64, device=flat.device)
-        out = torch.empty(flat.numel(), dtype=torch.float64, device=flat.device)
+        odd = lambda n: n >> ((n & -n).bit_length() - 1)  # noqa: E731
+        direct = flat.dtype in (torch.float32, torch.float16, torch.bfloat16) and all(
+            odd(s.denominator) < 2**28 and odd(s.numerator) < 2**52 for s in steps
+        )
+        dev = flat.device
+        num = torch.tensor([float(s.denominator) for s in steps], dtype=torch.float64, device=dev)
+        den = torch.tensor([float(s.numerator) for s in steps], dtype=torch.float64, device=dev)
+        sf = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64, device=dev)
+        out = torch.empty(flat.numel(), dtype=torch.float64, device=dev)
         for start in range(0, flat.numel(), CHUNK):
             part = flat[start : start + CHUNK].to(torch.float64)
-            if len(steps) > 1:
-                s = sf[torch.arange(start, start + part.numel(), device=flat.device) // inner]
+            rows = torch.arange(start, start + part.numel(), device=dev) // inner if len(steps) > 1 else 0
+            if direct:
+                if not bool(torch.isfinite(part).all()):
+                    raise QuantizationError(
+                        f"{self.qname or 'tensor'}: NaN or infinite value reached quantization; check the "
+                        "input data and the model parameters"
+                    )
+                k = self.fmt.round_tensor(part * num[rows] / den[rows])
             else:
-                s = sf[0]
-            t_hat = part / s
+                t_hat = part / sf[rows]
 
-            def exact(idx: list[int], part: torch.Tensor = part, start: int = start) -> list[int]:
-                step_of = (lambda i: steps[(start + i) // inner]) if len(steps) > 1 else (lambda i: steps[0])
-                return [self.fmt.round_exact(Fraction(part[i].item()) / step_of(i)) for i in idx]
+                def exact(idx: list[int], part: torch.Tensor = part, start: int = start) -> list[int]:
+                    step_of = (
+                        (lambda i: steps[(start + i) // inner]) if len(steps) > 1 else (lambda i: steps[0])
+                    )
+                    return [self.fmt.round_exact(Fraction(part[i].item()) / step_of(i)) for i in idx]
 
-            k = round_certified(self.fmt, t_hat, t_hat.abs() * DIV_ERR, exact, self.qname)
+                k = round_certified(self.fmt, t_hat, t_hat.abs() * DIV_ERR, exact, self.qname)
             out[start : start + part.numel()] = self.fmt.saturate_tensor(k, kmin, kmax, self.qname)
-        codes = out.view(x.shape)
-        return codes.movedim(0, self.axis) if len(steps) > 1 and self.axis != 0 else codes
+        shape = x.movedim(self.axis, 0).shape if moved else x.shape
+        codes = out.view(shape)
+        return codes.movedim(0, self.axis) if moved else codes
 
     def quantize_exact(self, x: torch.Tensor) -> torch.Tensor:
         """Grid values (float64, each the double nearest to ``k * step``)."""
@@ -312,7 +329,8 @@ class FakeQuantize(nn.Module):
         """Recover the centered codes of values this quantizer produced (float64 codes)."""
         steps = self.steps()
         x64 = x.to(torch.float64)
-        s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).view(self._shape(x64))
+        s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64, device=x.device)
+        s = s.view(self._shape(x64))
         t = x64 / s
         k = torch.round(t)
         if bool(((t - k).abs() > k.abs() * 2.0**-45 + 2.0**-45).any()):

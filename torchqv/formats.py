@@ -81,6 +81,18 @@ def fraction_to_float(x: Fraction) -> float:
     return x.numerator / x.denominator
 
 
+_PRED_HALF: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _pred_half(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The largest float below 1/2 in ``dtype`` (a 0-d tensor on ``device``), cached."""
+    key = (dtype, device)
+    if key not in _PRED_HALF:
+        half = torch.tensor(0.5, dtype=dtype, device=device)
+        _PRED_HALF[key] = torch.nextafter(half, torch.zeros_like(half))
+    return _PRED_HALF[key]
+
+
 @dataclass(frozen=True)
 class FixedPoint:
     """A fixed-point (integer-grid) number format.
@@ -274,10 +286,13 @@ class FixedPoint:
             return torch.floor(t)
         if self.rounding == "half_even":
             return torch.round(t)
-        mag = t.abs()
-        whole = mag.floor()
-        whole = whole + ((mag - whole) >= 0.5)  # mag - whole is exact: no off-by-one below 1/2
-        return whole.copysign(t)
+        # half away from zero: trunc(t + sign(t) * pred(1/2)), with pred(1/2) the largest float
+        # below 1/2 in t's dtype.  Exact in round-to-nearest arithmetic: for |t| = j + f, f < 1/2,
+        # the sum stays below j + 1 (it is at most j + 1 - ulp/2 and rounds down or to a float
+        # below j + 1); at f = 1/2 it is j + 1 - u with u below half an ulp of j + 1, so it rounds
+        # up to j + 1; for f > 1/2 it exceeds j + 1; whole |t| >= 2^p (p the mantissa width) gain
+        # less than half an ulp and stay.  (Adding 1/2 itself would round 1/2 - u up to 1.)
+        return torch.trunc(t + torch.copysign(_pred_half(t.dtype, t.device), t))
 
     def round_ratio(self, num: torch.Tensor, den: torch.Tensor | int) -> torch.Tensor:
         """``round_exact(num / den)`` for integer tensors (int64, ``den > 0``), in integer arithmetic.
@@ -408,7 +423,7 @@ def round_certified(
         flat_idx = uncertain.flatten().nonzero().flatten().tolist()
         exact = exact_codes(flat_idx)
         flat = codes.flatten().clone()
-        flat[flat_idx] = torch.tensor([float(k) for k in exact], dtype=codes.dtype)
+        flat[flat_idx] = torch.tensor([float(k) for k in exact], dtype=codes.dtype, device=codes.device)
         codes = flat.view_as(codes)
     return codes
 
@@ -440,10 +455,10 @@ def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0
     if len(steps) > 1:
         shape[axis] = len(steps)
     if all(is_dyadic(s) for s in steps):
-        s = torch.tensor([fraction_to_float(x) for x in steps], dtype=torch.float64)
+        s = torch.tensor([fraction_to_float(x) for x in steps], dtype=torch.float64, device=codes.device)
         return codes * s.view(shape) if len(steps) > 1 else codes * s
-    num = torch.tensor([float(x.numerator) for x in steps], dtype=torch.float64)
-    den = torch.tensor([float(x.denominator) for x in steps], dtype=torch.float64)
+    num = torch.tensor([float(x.numerator) for x in steps], dtype=torch.float64, device=codes.device)
+    den = torch.tensor([float(x.denominator) for x in steps], dtype=torch.float64, device=codes.device)
     if len(steps) > 1:
         num, den = num.view(shape), den.view(shape)
     return (codes * num) / den

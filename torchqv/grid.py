@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .formats import FixedPoint, dequantize_f64, fits_int64
+from .kernels import requantize_float
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,11 @@ class Grid:
 
 @dataclass
 class QTensor:
-    """Centered integer codes (int64) on ``grid``: the real values are ``codes * grid.step``."""
+    """Centered integer codes on ``grid``: the real values are ``codes * grid.step``.
+
+    The codes are whole numbers held exactly: float32 when the grid's codes stay below ``2^24``
+    (every format of at most 24 bits; convolutions and matrix products take them as they are),
+    int64 otherwise (:func:`code_dtype`)."""
 
     codes: torch.Tensor
     grid: Grid
@@ -74,6 +79,28 @@ class QTensor:
         return QTensor(codes, self.grid)
 
 
+F32_EXACT = 2**24
+F64_EXACT = 2**52  # integer sums below this, divided by denominators, round exactly in float64
+
+
+def code_dtype(grid: Grid) -> torch.dtype:
+    """How codes of ``grid`` are stored: float32 (exact below 2^24), else int64."""
+    return torch.float32 if grid.max_abs_code < F32_EXACT else torch.int64
+
+
+def as_codes(codes: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Whole-number codes in the storage dtype of ``grid``."""
+    return codes.to(code_dtype(grid))
+
+
+def tensor_max_abs(t: torch.Tensor) -> int:
+    """``max |t|`` of whole numbers, as a Python int (one pass: ``aminmax``)."""
+    if not t.numel():
+        return 0
+    lo, hi = torch.aminmax(t.detach())
+    return int(max(-lo.item(), hi.item()))
+
+
 def saturate(codes: torch.Tensor, grid: Grid, where: str) -> torch.Tensor:
     kmin, kmax = grid.code_range
     return grid.fmt.saturate_tensor(codes, kmin, kmax, where)
@@ -87,9 +114,16 @@ class Requantizer:
     a rational constant (or one per channel, or an object array of them broadcastable against the
     codes, with per-tensor rates), in units of ``out.step``.  With ``L`` the common denominator of
     every rate and constant (per channel), ``t = N / L`` for the integer tensor
-    ``N = sum k_i (r_i L) + c L``, which ``FixedPoint.round_ratio`` rounds in int64 when
-    ``2|N| + L < 2^62`` (checked from the codes' actual maxima at each call); otherwise Python
-    integers decide.
+    ``N = sum k_i (r_i L) + c L`` (bounded at each call from the codes' actual maxima), rounded:
+
+    * in float64 when ``|N| < 2^52``: every product and partial sum is then an exact integer, and
+      ``fl(N / L)`` decides the rounding exactly -- a value off a boundary ``(2j+1)/2`` (or ``j``
+      for ``floor``) is at least ``1/(2L)`` from it while ``fl(N/L)`` errs by less than
+      ``2^-53 |N| / L < 1/(2L)``, and a value on it is a representable double, found exactly;
+    * else by ``FixedPoint.round_ratio`` in int64 when ``2|N| + L < 2^62``;
+    * else with Python integers.
+
+    The result has the output grid's code dtype (:func:`code_dtype`).
     """
 
     def __init__(
@@ -129,6 +163,7 @@ class Requantizer:
             else None
         )
         self.mult_max = [max(map(abs, m)) for m in self.term_ints]
+        self.float_ok = all(m < F64_EXACT for m in self.mult_max) and max(self.common) < F64_EXACT
         if self.c_elem is None:
             self.const_max = max(map(abs, self.c_ints))
         else:
@@ -142,41 +177,56 @@ class Requantizer:
         return shape
 
     def _tensors(
-        self, device: torch.device, ndim: int
+        self, device: torch.device, ndim: int, dtype: torch.dtype
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        key = (device, ndim)
+        key = (device, ndim, dtype)
         if key not in self._columns:
             shape = self._shape(ndim)
 
             def column(values: list[int]) -> torch.Tensor:
-                t = torch.tensor(values, dtype=torch.int64, device=device)
+                t = torch.tensor(values, dtype=dtype, device=device)
                 return t.view(shape) if self.channels > 1 else t.reshape(())
 
             const = column(self.c_ints)
             if self.c_elem is not None:
-                const = const + torch.tensor(self.c_elem.astype(np.int64), device=device)
+                const = const + torch.tensor(self.c_elem.astype(np.int64), device=device).to(dtype)
             self._columns[key] = ([column(m) for m in self.term_ints], const, column(self.common))
         return self._columns[key]
 
-    def __call__(self, codes: Sequence[torch.Tensor], where: str) -> torch.Tensor:
-        bound = sum(
-            (int(k.abs().max()) if k.numel() else 0) * m for k, m in zip(codes, self.mult_max, strict=True)
-        )
+    def __call__(
+        self, codes: Sequence[torch.Tensor], where: str, clip: tuple[int | None, int | None] = (None, None)
+    ) -> torch.Tensor:
+        """The codes on the output grid; ``clip``: bounds on the rounded codes applied before
+        saturation (``None``: unbounded).  Rounding is monotone, so ``round(min(max(t, a), b))
+        = min(max(round(t), round(a)), round(b))``: an activation that clamps its input (ReLU,
+        Hardtanh) fuses into the requantization with ``clip = (round(a), round(b))``."""
+        bound = sum(tensor_max_abs(k) * m for k, m in zip(codes, self.mult_max, strict=True))
+        device = codes[0].device if codes else torch.device("cpu")
+        ndim = max((k.dim() for k in codes), default=1)
+        kmin, kmax = self.out.code_range
+        fmt = self.out.fmt
+        if self.float_ok and bound + self.const_max < F64_EXACT:  # exact in float64 (see above)
+            mults, const, den = self._tensors(device, ndim, torch.float64)
+            if fmt.overflow == "saturate" or fmt.binary:  # saturation is one more clamp
+                lo, hi = (kmin if clip[0] is None else max(kmin, clip[0])), (
+                    kmax if clip[1] is None else min(kmax, clip[1])
+                )
+                return requantize_float(codes, mults, const, den, fmt, (lo, hi), code_dtype(self.out))
+            k = requantize_float(codes, mults, const, den, fmt, clip, torch.float64)
+            return as_codes(saturate(k, self.out, where), self.out)
         if not fits_int64(2 * (bound + self.const_max) + max(self.common)):
             parts = list(zip(codes, self.term_ints, strict=True))
             base = self.c_elem if self.c_elem is not None else self.c_ints
-            ndim = max((k.dim() for k in codes), default=1)
             shape = self._shape(ndim)
-            return saturate(
-                _python_requantize(parts, base, self.common, shape, self.channels, self.out.fmt),
-                self.out,
-                where,
-            )
-        device = codes[0].device if codes else torch.device("cpu")
-        mults, num, den = self._tensors(device, max((k.dim() for k in codes), default=1))
-        for k, m in zip(codes, mults, strict=True):
-            num = num + k * m
-        return saturate(self.out.fmt.round_ratio(num, den), self.out, where)
+            k = _python_requantize(parts, base, self.common, shape, self.channels, fmt).to(device)
+        else:
+            mults, num, den = self._tensors(device, ndim, torch.int64)
+            for k, m in zip(codes, mults, strict=True):
+                num = num + k.to(torch.int64) * m
+            k = fmt.round_ratio(num, den)
+        if clip != (None, None):
+            k = k.clamp(*clip)
+        return as_codes(saturate(k, self.out, where), self.out)
 
 
 def requantize(
@@ -191,7 +241,7 @@ def requantize(
 
 
 def _python_requantize(
-    parts: list[tuple[torch.Tensor, list[int]]],
+    parts: list[tuple[torch.Tensor, list[int]]],  # codes of any whole-number dtype
     c_ints: list[int] | np.ndarray,
     common: list[int],
     shape: list[int],
@@ -215,7 +265,12 @@ def _python_requantize(
         obj[:] = [int(v) for v in k.flatten().tolist()]
         num = num + obj.reshape(tuple(k.shape)) * col(ints)
     den = np.broadcast_to(col(common), num.shape)
-    out = [fmt.round_exact(Fraction(int(a), int(b))) for a, b in zip(num.flat, den.flat, strict=True)]
+    # clipped beyond every centered code range of the format: saturation (or its error) comes after
+    low, high = fmt.qmin - fmt.qmax - 1, fmt.qmax - fmt.qmin + 1
+    out = [
+        min(max(fmt.round_exact(Fraction(int(a), int(b))), low), high)
+        for a, b in zip(num.flat, den.flat, strict=True)
+    ]
     return torch.tensor(out, dtype=torch.int64).reshape(tuple(full))
 
 
@@ -226,13 +281,18 @@ def requantize_quotient(
     ``den > 0`` (e.g. a window's sum of codes over its element count): with ``mult = P / Q``,
     ``t = (num P) / (den Q)``, rounded once in int64 when it fits, else with Python integers."""
     p, q = mult.numerator, mult.denominator
-    n_max = int(num.abs().max()) if num.numel() else 0
+    n_max = tensor_max_abs(num)
     d_max = int(den.max()) if den.numel() else 1
+    if n_max * abs(p) < F64_EXACT and d_max * q < F64_EXACT:  # exact in float64 (see Requantizer)
+        t = (num.to(torch.float64) * p) / (den.to(torch.float64) * q)
+        return as_codes(saturate(out.fmt.round_tensor(t), out, where), out)
     if fits_int64(2 * n_max * abs(p) + d_max * q):
-        return saturate(out.fmt.round_ratio(num * p, den * q), out, where)
+        return as_codes(saturate(out.fmt.round_ratio(num * p, den * q), out, where), out)
     den = torch.broadcast_to(den, num.shape)
+    low, high = out.fmt.qmin - out.fmt.qmax - 1, out.fmt.qmax - out.fmt.qmin + 1  # beyond any code range
     flat = [
-        out.fmt.round_exact(Fraction(int(a) * p, int(b) * q))
+        min(max(out.fmt.round_exact(Fraction(int(a) * p, int(b) * q)), low), high)
         for a, b in zip(num.flatten().tolist(), den.flatten().tolist(), strict=True)
     ]
-    return saturate(torch.tensor(flat, dtype=torch.int64, device=num.device).reshape(num.shape), out, where)
+    exact = torch.tensor(flat, dtype=torch.int64, device=num.device).reshape(num.shape)
+    return as_codes(saturate(exact, out, where), out)

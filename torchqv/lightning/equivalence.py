@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from ..formats import QuantizationError
 from ..graph import float_twin
 from ..verify.engine import NORMS, RELATIONS, verify_equivalence
+from ..verify.parallel import check_executor
 from . import _trainer as T
 
 FAILURE_MODES = ("warn", "raise")
@@ -102,7 +104,10 @@ class EquivalenceCheck(Callback):
     the report with the counterexamples (each replayed on the concrete models) to the logger's
     folder (``<log_dir>/equivalence-epoch<E>.json``) and keeps it as ``callback.report``.  A
     refuted region is a failure: ``on_failure="warn"`` warns, ``"raise"`` raises
-    ``QuantizationError``.
+    ``QuantizationError``.  ``workers``: the regions are decided on a local pool of that many
+    processes, started for each check (1: in the Trainer's process); ``executor``: any
+    ``concurrent.futures.Executor`` or Dask ``client.get_executor()`` to run them on instead (see
+    ``tq.verify_equivalence``; the results are the same either way).
     """
 
     def __init__(
@@ -120,7 +125,10 @@ class EquivalenceCheck(Callback):
         after_fit: bool = True,
         every_n_epochs: int | None = None,
         seed: int = 0,
+        workers: int = 1,
+        executor: Executor | Any | None = None,
     ):
+        check_executor(executor, workers, f"{type(self).__name__}: ")
         if relation not in RELATIONS:
             raise QuantizationError(f"relation must be one of {RELATIONS}, got {relation!r}")
         if norm not in NORMS:
@@ -138,6 +146,7 @@ class EquivalenceCheck(Callback):
         self.eps, self.norm = eps, norm
         self.domain = tuple(domain) if domain is not None else None
         self.after_fit, self.every_n_epochs, self.seed = after_fit, every_n_epochs, seed
+        self.workers, self.executor = workers, executor
         self.report: EquivalenceReport | None = None
 
     def _reference(self, pl_module: pl.LightningModule, fq: nn.Module) -> nn.Module:
@@ -191,6 +200,8 @@ class EquivalenceCheck(Callback):
                     domain=self.domain,
                     timeout=self.timeout,
                     seed=self.seed,
+                    workers=self.workers,
+                    executor=self.executor,
                 )
             finally:
                 fq.train(was_training)

@@ -21,7 +21,7 @@ from torch import nn
 from .. import activations as A
 from ..fake_quant import DIV_ERR, FakeQuantize
 from ..formats import QuantizationError, fraction_to_float, is_dyadic, round_certified
-from ..grid import Grid, QTensor
+from ..grid import Grid, QTensor, Requantizer, as_codes
 from ..rational import RTensor, as_ints, saturate
 from .base import Call, Kind, NodeIO, OnGrid, Operation, Real, Unsupported, register
 
@@ -58,6 +58,7 @@ class QuantAct(Operation, nn.Module):
             else None
         )
         self._tables: dict[tuple[Grid, Grid], torch.Tensor] = {}
+        self._requantizers: dict[tuple[Grid, Grid], tuple[Requantizer, tuple]] = {}
 
     @classmethod
     def build(cls, call: Call) -> Operation:
@@ -88,16 +89,30 @@ class QuantAct(Operation, nn.Module):
         if self.out_quant is None:  # a real output, as configured
             return self.act.f64(x.values() if isinstance(x, QTensor) else x.to(torch.float64))
         out = self.out_quant.grid()
+        if isinstance(x, QTensor) and self.act.clamp is not None:
+            return QTensor(self._clamped(x, out), out)
         if isinstance(x, QTensor):
             kmin, kmax = x.grid.code_range
             if kmax - kmin < MAX_TABLE:
-                table = self.table(x.grid, out)
-                return QTensor(table[x.codes - kmin], out)
+                table = self.table(x.grid, out).to(x.codes.device)
+                return QTensor(table[(x.codes - kmin).long()], out)
             return QTensor(self._certified(x.values(), x.codes, x.grid.step, out), out)
         return QTensor(self._certified(x.to(torch.float64), None, None, out), out)
 
+    def _clamped(self, x: QTensor, out: Grid) -> torch.Tensor:
+        """ReLU, ReLU6, Hardtanh, identity: ``round(min(max(x, a), b)) = min(max(round(x),
+        round(a)), round(b))`` (rounding is monotone), one fused requantization of the codes."""
+        key = (x.grid, out)
+        if key not in self._requantizers:
+            lo, hi = self.act.clamp  # type: ignore[misc]
+            clip = tuple(None if v is None else out.fmt.round_exact(v / out.step) for v in (lo, hi))
+            self._requantizers = {key: (Requantizer([x.grid.step / out.step], out), clip)}  # keep one
+        requant, clip = self._requantizers[key]
+        return requant([x.codes], self.qname, clip)
+
     def table(self, inp: Grid, out: Grid) -> torch.Tensor:
-        """Output codes for every input code ``kmin..kmax`` (int64, saturated), cached."""
+        """Output codes for every input code ``kmin..kmax`` (saturated, the output's code dtype),
+        cached."""
         key = (inp, out)
         if key not in self._tables:
             kmin, kmax = inp.code_range
@@ -139,7 +154,7 @@ class QuantAct(Operation, nn.Module):
             self.qname,
         )
         kmin, kmax = out.code_range
-        return fmt.saturate_tensor(k, kmin, kmax, self.qname).to(torch.int64)
+        return as_codes(fmt.saturate_tensor(k, kmin, kmax, self.qname), out)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]

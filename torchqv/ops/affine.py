@@ -31,7 +31,7 @@ from torch import nn
 
 from ..fake_quant import DIV_ERR, FakeQuantize, fake_quantize
 from ..formats import QuantizationError, dequantize_f64, fraction_to_float, round_certified
-from ..grid import Grid, QTensor, Requantizer
+from ..grid import Grid, QTensor, Requantizer, as_codes, tensor_max_abs
 from ..rational import (
     INT64_SAFE,
     RTensor,
@@ -268,40 +268,45 @@ class QuantAffine(Operation, nn.Module):
             "l1_max": int(absw.sum(1).max()) if absw.numel() else 0,
             "bias": bias.to(torch.int64) if bias is not None else None,
             "scale": scale,
-            "requant": Requantizer([[s / so for s in scale]], self.out_quant.grid(), axis=self.channel_axis)
-            if so is not None
-            else None,
         }
+        if so is not None:  # t = (A + B) s_w s_x / s_out: the bias codes enter as per-channel constants
+            mult = [s / so for s in scale]
+            const = [int(b) * m for b, m in zip(bias.tolist(), mult, strict=True)] if bias is not None else 0
+            self._cache["requant"] = Requantizer(
+                [mult], self.out_quant.grid(), const or Fraction(0), self.channel_axis
+            )
         return self._cache
 
     def accumulate(self, xk: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
-        """``A = linear_map(k_x, k_w)`` exactly (int64), computed in floating point blocks whose
-        partial sums are provably exact integers."""
-        x_max = int(xk.abs().max()) if xk.numel() else 0
+        """``A = linear_map(k_x, k_w)`` exactly, computed in floating point where every partial
+        sum is provably an exact integer: float32 below ``2^24`` (one product, or blocks of the
+        reduction summed in float64), float64 below ``2^53``, else int64 kernels.  The result
+        holds whole numbers (float32, float64 or int64)."""
+        x_max = tensor_max_abs(xk)
         if p["l1_max"] * x_max < F32_EXACT:
-            return self.linear_map(xk.to(torch.float32), p["codes"].to(torch.float32)).to(torch.int64)
+            return self.linear_map(xk.to(torch.float32), p["codes"].to(torch.float32))
         per = max(p["w_max"] * x_max, 1)
-        for dtype, limit in ((torch.float32, F32_EXACT), (torch.float64, F64_EXACT)):
-            chunk = (limit - 1) // (per * self.fan_in_unit())
-            blocks = self.split_inputs(xk, p["codes"], chunk) if chunk >= 1 else []
-            if blocks:
-                acc = None
-                for xb, wb in blocks:
-                    part = self.linear_map(xb.to(dtype), wb.to(dtype)).to(torch.int64)
-                    acc = part if acc is None else acc + part
-                return acc  # type: ignore[return-value]
+        chunk = (F32_EXACT - 1) // (per * self.fan_in_unit())
+        blocks = self.split_inputs(xk, p["codes"], chunk) if chunk >= 1 else []
+        if blocks and p["l1_max"] * x_max < F64_EXACT:  # float32 blocks, summed exactly in float64
+            acc = None
+            for xb, wb in blocks:
+                part = self.linear_map(xb.to(torch.float32), wb.to(torch.float32)).to(torch.float64)
+                acc = part if acc is None else acc + part
+            return acc  # type: ignore[return-value]
         if p["l1_max"] * x_max < F64_EXACT:
-            return self.linear_map(xk.to(torch.float64), p["codes"].to(torch.float64)).to(torch.int64)
-        return self.linear_map(xk, p["codes"].to(torch.int64))  # int64 kernels (CPU)
+            return self.linear_map(xk.to(torch.float64), p["codes"].to(torch.float64))
+        return self.linear_map(xk.to(torch.int64), p["codes"].to(torch.int64))  # int64 kernels (CPU)
 
     def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         (x,) = args
         if isinstance(x, QTensor) and self.quantized:
             p = self._integer_params(x.grid.step)
             acc = self.accumulate(x.codes, p)
-            if p["bias"] is not None:
-                acc = acc + p["bias"].view(self._channel_shape(acc))
             if self.out_quant is None:  # a real output, as configured
+                acc = acc.to(torch.int64)
+                if p["bias"] is not None:
+                    acc = acc + p["bias"].view(self._channel_shape(acc))
                 return acc.to(torch.float64) * self._column(p["scale"], acc)
             return QTensor(p["requant"]([acc], self.qname), self.out_quant.grid())
         return self._certified(x)
@@ -366,7 +371,7 @@ class QuantAffine(Operation, nn.Module):
         )
         grid = self.out_quant.grid()
         kmin, kmax = grid.code_range
-        return QTensor(fmt.saturate_tensor(codes, kmin, kmax, self.qname).to(torch.int64), grid)
+        return QTensor(as_codes(fmt.saturate_tensor(codes, kmin, kmax, self.qname), grid), grid)
 
     # ------------------------------------------------------------ integer reference
     def reference_map(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -492,6 +497,29 @@ class QuantAffine(Operation, nn.Module):
         """The QDQ form's float32 map of values ``x`` by (dequantized) weights ``w``."""
         raise NotImplementedError
 
+    def onnx_int8_operands(self, em: Any, x: Any, kw: np.ndarray) -> tuple[str, str, str, str] | None:
+        """The operands of ``MatMulInteger`` / ``ConvInteger`` (int32 accumulators, as integer
+        hardware) when the codes fit 8 bits: input codes spanning at most 256 values, shifted by
+        ``-kmin`` to uint8 with zero point ``-kmin`` (every grid holds 0, so ``-kmin`` is in
+        ``[0, 255]``), and weight codes in ``[-128, 127]`` shifted by 128 to uint8 with zero point
+        128.  Both operands unsigned: onnxruntime's uint8 x int8 kernels may saturate 16-bit
+        partial sums on CPUs without VNNI, its uint8 x uint8 kernels do not.  Every raw partial sum
+        stays below ``255 * 255 * fan_in < 2^31``.  The names of the operator's four inputs
+        ``(input, weights, input zero point, weight zero point)``, or ``None`` when they do not fit.
+        ``kw`` is laid out as the operator wants it (``MatMulInteger``: ``(in, out)``)."""
+        kmin_x, kmax_x = x.grid.code_range
+        fan_in = kw.size // max(self.out_channels_, 1)
+        if (
+            kmax_x - kmin_x > 255
+            or (kw.size and (int(kw.max()) > 127 or int(kw.min()) < -128))
+            or 255 * 255 * fan_in >= 2**31
+        ):
+            return None
+        g = em.g
+        xu = g.op("Cast", [g.op("Sub", [x.name, g.const(float(kmin_x))])], to=TensorProto.UINT8)
+        wu = g.const((kw.astype(np.int64) + 128).astype(np.uint8), dtype=np.uint8)
+        return xu, wu, g.const(np.uint8(-kmin_x), dtype=np.uint8), g.const(np.uint8(128), dtype=np.uint8)
+
     def onnx_integer(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = em.need_grid(args[0], self.qname)
         if not self.quantized:
@@ -585,10 +613,15 @@ class QuantLinear(QuantAffine):
         return np.tensordot(x, w, axes=([x.ndim - 1], [1]))
 
     def onnx_accumulate(self, em, x, kw, t_max):
+        g = em.g
+        operands = self.onnx_int8_operands(em, x, np.ascontiguousarray(kw.T))
+        if operands is not None:
+            out = g.op("MatMulInteger", list(operands))
+            return g.op("Cast", [out], to=TensorProto.DOUBLE)
         if t_max >= 2**53:
             raise Unsupported(f"{self.qname}: accumulators reach {t_max:.3g} >= 2^53 (not exact in float64)")
-        wt = em.g.op("Cast", [em.g.const(kw.T, dtype=_onnx_int(kw))], to=TensorProto.DOUBLE)
-        return em.g.op("MatMul", [x.name, wt])
+        wt = g.op("Cast", [g.const(kw.T, dtype=_onnx_int(kw))], to=TensorProto.DOUBLE)
+        return g.op("MatMul", [x.name, wt])
 
     def onnx_float_map(self, em, x, w, ndim):
         return em.g.op("MatMul", [x, em.g.op("Transpose", [w], perm=[1, 0])])
@@ -650,15 +683,10 @@ class QuantConv(QuantAffine):
 
     def linear_map(self, x, w, b=None):
         conv = F.conv1d if self.dims == 1 else F.conv2d
-        return conv(
-            self._pad(x),
-            w.to(x.dtype),
-            None if b is None else b.to(x.dtype),
-            self.stride,
-            0,
-            self.dilation,
-            self.groups,
-        )
+        symmetric = self.padding_mode == "zeros" and all(a == b for a, b in self.pads)
+        x, padding = (x, [a for a, _ in self.pads]) if symmetric else (self._pad(x), 0)
+        bias = None if b is None else b.to(x.dtype)
+        return conv(x, w.to(x.dtype), bias, self.stride, padding, self.dilation, self.groups)
 
     def split_inputs(self, x, w, chunk):
         if self.groups != 1 or chunk >= self.in_channels:
@@ -708,15 +736,11 @@ class QuantConv(QuantAffine):
 
     def onnx_accumulate(self, em, x, kw, t_max):
         g = em.g
-        kmin_x, kmax_x = x.grid.code_range
-        if kmax_x - kmin_x <= 255 and float(np.abs(kw).max()) <= 127:
-            # ConvInteger: uint8 codes shifted by -kmin, int8 weights, exact int32 accumulators;
-            # every grid holds 0, so kmin <= 0 and the shifted zero point -kmin is in [0, 255]
-            xu = g.op("Cast", [g.op("Sub", [x.name, g.const(float(kmin_x))])], to=TensorProto.UINT8)
+        operands = self.onnx_int8_operands(em, x, kw)
+        if operands is not None:
+            xu, w, x_zp, w_zp = operands
             xu, attrs = self._onnx_attrs(em, xu)
-            zp = g.const(-kmin_x, dtype=np.uint8)
-            w = g.const(kw, dtype=np.int8)
-            out = g.op("ConvInteger", [xu, w, zp, g.const(np.int8(0), dtype=np.int8)], **attrs)
+            out = g.op("ConvInteger", [xu, w, x_zp, w_zp], **attrs)
             return g.op("Cast", [out], to=TensorProto.DOUBLE)
         if t_max >= 2**24:
             raise Unsupported(

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize
 from ..formats import round_certified
-from ..grid import QTensor, Requantizer, requantize
+from ..grid import QTensor, Requantizer, as_codes, requantize
 from ..rational import RTensor, combine, fractions, round_fractions
 from .base import Call, Const, Kind, NodeIO, OnGrid, Operation, Real, Ref, Unsupported, is_tensor, register
 
@@ -202,7 +202,7 @@ class QuantAdd(_Join):
 
         k = round_certified(out.fmt, t_hat, err, exact, self.qname)
         kmin, kmax = out.code_range
-        return out.fmt.saturate_tensor(k, kmin, kmax, self.qname).to(torch.int64)
+        return as_codes(out.fmt.saturate_tensor(k, kmin, kmax, self.qname), out)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         operands = self._operands(args, kwargs)
@@ -339,7 +339,7 @@ class QuantMul(_Join):
                     f"{self.qname}: products of codes reach 2^62; use formats of at most 31 bits"
                 )
             rate = a.grid.step * b.grid.step / out.step
-            codes = self.requantizer((rate,), out)([a.codes * b.codes], self.qname)
+            codes = self.requantizer((rate,), out)([a.codes.long() * b.codes.long()], self.qname)
         else:
             c = Fraction(b)
             rate = a.grid.step / (c * out.step) if self.divide else a.grid.step * c / out.step

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize
 from ..formats import FixedPoint, round_by_comparison, round_certified
-from ..grid import Grid, QTensor
+from ..grid import Grid, QTensor, as_codes
 from ..rational import RTensor, as_ints, saturate
 from .base import Call, Kind, NodeIO, OnGrid, Operation, Real, Unsupported, register
 
@@ -115,7 +115,7 @@ class QuantLayerNorm(Operation, nn.Module):
         if self.out_quant is None:
             return self._float(x.values() if isinstance(x, QTensor) else x.to(torch.float64))
         out = self.out_quant.grid()
-        k = self._groups(x.codes)
+        k = self._groups(x.codes).to(torch.int64)
         n, s = self.n, x.grid.step
         total = k.sum(1, keepdim=True)
         d = n * k - total  # exact integers
@@ -149,7 +149,7 @@ class QuantLayerNorm(Operation, nn.Module):
 
         codes = round_certified(out.fmt, t_hat, err, exact, self.qname)
         kmin, kmax = out.code_range
-        codes = out.fmt.saturate_tensor(codes, kmin, kmax, self.qname).to(torch.int64)
+        codes = as_codes(out.fmt.saturate_tensor(codes, kmin, kmax, self.qname), out)
         return QTensor(codes.reshape(x.codes.shape), out)
 
     # ------------------------------------------------------------ integer reference

@@ -95,7 +95,9 @@ class MaxPool(Operation):
 
     def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]
-        if isinstance(x, QTensor):  # float64 holds the codes exactly; the maximum is exact
+        if isinstance(x, QTensor):  # float codes are exact whole numbers; the maximum is exact
+            if x.codes.is_floating_point():
+                return x.with_codes(self.pool(x.codes))
             return x.with_codes(self.pool(x.codes.to(torch.float64)).to(torch.int64))
         return self.pool(x)
 

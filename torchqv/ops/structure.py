@@ -21,7 +21,7 @@ from torch import nn
 
 from ..fake_quant import FakeQuantize
 from ..formats import QuantizationError
-from ..grid import QTensor
+from ..grid import QTensor, as_codes
 from ..rational import RTensor, fractions, round_fractions
 from .base import PY, Call, Const, Kind, NodeIO, OnGrid, Operation, Real
 
@@ -69,7 +69,8 @@ class Input(Operation, nn.Module):
         x = check_input(args[0], self.qname)
         if self.out_quant is None:
             return x.to(torch.float64)
-        return QTensor(self.out_quant.exact_codes(x).to(torch.int64), self.out_quant.grid())
+        grid = self.out_quant.grid()
+        return QTensor(as_codes(self.out_quant.exact_codes(x), grid), grid)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]

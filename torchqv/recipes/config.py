@@ -32,6 +32,7 @@ from ..theory.degradation_mnist import MnistDegradationConfig
 from ..theory.universality import PAPER_ACTIVATIONS
 from ..verify.ceg4n import BitSearchConfig
 from ..verify.engine import NORMS, RELATIONS
+from ..verify.parallel import check_workers
 
 # The activations a recipe's model can use, by name (also what ``model.activation`` accepts).
 FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -213,9 +214,11 @@ class VerifyConfig:
     """``tq.verify_equivalence`` of the float network f and each rounded f' (dense networks) on
     the L-infinity balls of radius ``delta`` (inside ``domain``) around the first ``points`` test
     inputs as f' sees them (rounded to its input grid when it quantizes its input, so that every
-    ball holds grid points); ``timeout`` in seconds per ball.  Whether or not ``enabled``, the
-    exact simulation is checked against ``tq.reference_forward`` on the first ``reference_points``
-    test inputs (when activations and input are quantized: bit-exact only on grids)."""
+    ball holds grid points); ``timeout`` in seconds per ball.  ``workers``: the balls are decided
+    on a local pool of that many processes, started once per job (1: in the job's process; the
+    verdicts are the same).  Whether or not ``enabled``, the exact simulation is checked against
+    ``tq.reference_forward`` on the first ``reference_points`` test inputs (when activations and
+    input are quantized: bit-exact only on grids)."""
 
     enabled: bool = True
     relation: str = "top1"
@@ -226,9 +229,11 @@ class VerifyConfig:
     timeout: float = 10.0
     domain: list[float] | None = field(default_factory=lambda: [0.0, 1.0])
     reference_points: int = 32
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _choice("verify", "relation", self.relation, RELATIONS)
+        check_workers(self.workers, "verify.workers")
         _choice("verify", "norm", self.norm, NORMS)
         _positive("verify", timeout=self.timeout, points=self.points, eps=self.eps)
         if not (math.isfinite(self.delta) and self.delta >= 0):

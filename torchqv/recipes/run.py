@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from ..reference import reference_forward
 from ..rounding import round_weights
 from ..verify import verify_equivalence
 from ..verify.network import float_chain, quant_chain
+from ..verify.parallel import optional_pool
 from .config import QuantConfig, RunConfig, as_config
 from .networks import Data, accuracy, build_model, fit, load_data, load_model, tensors
 from .report import (
@@ -148,17 +150,18 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
     rows = []
     jobs = len(cfg.quant.bits) * len(cfg.rounding.method)
     bar = tqdm(total=jobs, desc="bits x rounding", disable=not cfg.trainer.progress)
-    for bits in cfg.quant.bits:
-        trained = _qat(f, cfg, bits, data, out) if cfg.quant.mode == "qat" else None
-        for method in cfg.rounding.method:
-            bar.set_postfix(bits=bits, method=method)
-            if trained is None:
-                qm = _ptq(f, cfg, bits, method, inputs["calibration"])
-            else:
-                qm = copy.deepcopy(trained)
-            measured = _measure(f, qm, cfg, bits, method, data, float_acc, inputs)
-            rows.append({"dataset": data.name, "model": arch, **measured})
-            bar.update()
+    with optional_pool(v.workers if v.enabled else 1) as pool:  # one pool for every verification
+        for bits in cfg.quant.bits:
+            trained = _qat(f, cfg, bits, data, out) if cfg.quant.mode == "qat" else None
+            for method in cfg.rounding.method:
+                bar.set_postfix(bits=bits, method=method)
+                if trained is None:
+                    qm = _ptq(f, cfg, bits, method, inputs["calibration"])
+                else:
+                    qm = copy.deepcopy(trained)
+                measured = _measure(f, qm, cfg, bits, method, data, float_acc, inputs, pool)
+                rows.append({"dataset": data.name, "model": arch, **measured})
+                bar.update()
     bar.close()
     return write_outputs(
         out, "run", asdict(cfg), rows, float_accuracy=float_acc, train_seconds=train_seconds,
@@ -190,6 +193,7 @@ def _measure(
     data: Data,
     float_acc: float,
     inputs: dict[str, torch.Tensor | None],
+    pool: Executor | None = None,
 ) -> dict[str, Any]:
     r, v, q = cfg.rounding, cfg.verify, cfg.quant
     t0 = time.perf_counter()
@@ -226,7 +230,7 @@ def _measure(
         domain = tuple(v.domain) if v.domain is not None else None
         results = verify_equivalence(
             f, qm, centres, v.delta, v.relation, eps=v.eps, norm=v.norm, domain=domain, timeout=v.timeout,
-            seed=cfg.trainer.seed,
+            seed=cfg.trainer.seed, executor=pool,
         )  # fmt: skip
         verdicts = [res.verdict for res in results]
         row |= {

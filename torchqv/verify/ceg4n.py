@@ -41,12 +41,14 @@ parameters share its width):
 
 from __future__ import annotations
 
+import collections
 import copy
 import glob
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -62,8 +64,9 @@ from ..ops.activation import QuantAct
 from ..ops.affine import QuantLinear
 from ..qconfig import QConfig
 from ..quantize import calibrate, quantize
-from .engine import NORMS, RELATIONS, holds, verify_equivalence
+from .engine import NORMS, RELATIONS, Result, holds, verify_equivalence
 from .network import float_chain
+from .parallel import check_workers, optional_pool
 
 MODES = ("weights", "full")
 COSTS = ("weight_bits", "sum_bits")
@@ -84,7 +87,12 @@ class BitSearchConfig:
     full mode (``None``: the input stays real).  ``on_unknown``: what an undecided region does:
     ``"vf"`` stops with status VF, ``"skip"`` drops the candidate and goes on (the answer is then
     the cheapest *proved* vector among those not skipped; ``BitSearchResult.skipped`` lists them).
-    ``samples`` and ``seed`` go to ``verify_equivalence``.
+    ``samples`` and ``seed`` go to ``verify_equivalence``.  ``workers``: the regions of a
+    candidate are verified on a local pool of that many processes (started once per search; 1:
+    in this process): they go out in the serial search's order, ``workers`` at a time, and are
+    read in that order, so the first refutation (or the first undecided region) is the serial
+    search's and so is the answer; a refutation ends the round, and regions still running then
+    finish in the background, their results unused.
     """
 
     mode: str = "weights"
@@ -98,8 +106,10 @@ class BitSearchConfig:
     on_unknown: str = "vf"
     samples: int = 256
     seed: int = 0
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        check_workers(self.workers, "BitSearchConfig.workers")
         for name, allowed in (
             ("mode", MODES),
             ("cost", COSTS),
@@ -449,38 +459,39 @@ def search_bits(
             history=history,
         )
 
-    while True:
-        # bit search: the cheapest vector that agrees with f on every counterexample so far
+    with optional_pool(cfg.workers) as pool:  # one pool for the whole search
         while True:
-            if left() <= 0:
-                return result("TO", f"time limit of {cfg.time_limit} s reached during the bit search")
-            item = lattice.pop()
-            if item is None and skipped:
-                return result("VF", f"no bit vector in {tuple(bits)} proved; undecided: {skipped}")
-            if item is None:
-                return result("QF", f"every bit vector in {tuple(bits)} fails on a counterexample")
-            c, b = item
-            bar.update()
-            if s.passes(b):
-                break
-        if len(history) == cfg.max_iterations:
-            return result("TO", f"iteration limit of {cfg.max_iterations} reached")
-        fq = s.model(b)
-        last = (b, c, fq)
-        bar.set_postfix(bits=",".join(map(str, b)), cex=len(s.found))
-        entry = {"iteration": len(history) + 1, "bits": list(b), "cost": c, "candidates": s.checked}
-        history.append(entry)
-        # equivalence verification
-        outcome, why = s.verify(fq, entry, left)
-        if outcome == "refuted":
-            continue
-        if outcome == "proved":
-            return result("SQ", "every region proved equivalent")
-        if outcome == "timeout" or left() <= 0:
-            return result("TO", f"time limit of {cfg.time_limit} s reached during verification {why}")
-        if cfg.on_unknown == "vf":
-            return result("VF", why)
-        skipped.append(b)
+            # bit search: the cheapest vector that agrees with f on every counterexample so far
+            while True:
+                if left() <= 0:
+                    return result("TO", f"time limit of {cfg.time_limit} s reached during the bit search")
+                item = lattice.pop()
+                if item is None and skipped:
+                    return result("VF", f"no bit vector in {tuple(bits)} proved; undecided: {skipped}")
+                if item is None:
+                    return result("QF", f"every bit vector in {tuple(bits)} fails on a counterexample")
+                c, b = item
+                bar.update()
+                if s.passes(b):
+                    break
+            if len(history) == cfg.max_iterations:
+                return result("TO", f"iteration limit of {cfg.max_iterations} reached")
+            fq = s.model(b)
+            last = (b, c, fq)
+            bar.set_postfix(bits=",".join(map(str, b)), cex=len(s.found))
+            entry = {"iteration": len(history) + 1, "bits": list(b), "cost": c, "candidates": s.checked}
+            history.append(entry)
+            # equivalence verification
+            outcome, why = s.verify(fq, entry, left, pool)
+            if outcome == "refuted":
+                continue
+            if outcome == "proved":
+                return result("SQ", "every region proved equivalent")
+            if outcome == "timeout" or left() <= 0:
+                return result("TO", f"time limit of {cfg.time_limit} s reached during verification {why}")
+            if cfg.on_unknown == "vf":
+                return result("VF", why)
+            skipped.append(b)
 
 
 class _Search:
@@ -543,30 +554,22 @@ class _Search:
         self.failures[region] += 1
         self.evaluator.forget()
 
-    def verify(self, fq: nn.Module, entry: dict[str, Any], left: Callable[[], float]) -> tuple[str, str]:
+    def verify(
+        self, fq: nn.Module, entry: dict[str, Any], left: Callable[[], float], pool: Executor | None = None
+    ) -> tuple[str, str]:
         """``verify_equivalence`` region by region, regions that refuted earlier candidates first,
         up to the first counterexample (proofs of the other regions would be wasted on a refuted
-        candidate).  Outcome: ``"refuted"``, ``"proved"``, ``"undecided"`` or ``"timeout"``."""
+        candidate); on ``pool``, ``workers`` regions at a time, read in the same order.  Outcome:
+        ``"refuted"``, ``"proved"``, ``"undecided"`` or ``"timeout"``."""
         t0, regions, undecided = time.perf_counter(), [], ""
         entry["regions"] = regions
+        order = sorted(range(len(self.points)), key=lambda j: -self.failures[j])
+        deadline = time.time() + left()  # wall clock: the same in the pool's processes
+        results = self._results(fq, order, deadline, pool)
         try:
-            for i in sorted(range(len(self.points)), key=lambda j: -self.failures[j]):
-                budget = min(self.cfg.timeout, left())
-                if budget <= 0:
+            for i, res in results:
+                if res is None:
                     return "timeout", f"(before region {i})"
-                (res,) = verify_equivalence(
-                    self.f,
-                    fq,
-                    self.points[i : i + 1],
-                    self.delta,
-                    self.relation,
-                    eps=self.eps,
-                    norm=self.norm,
-                    domain=self.domain,
-                    timeout=budget,
-                    samples=self.cfg.samples,
-                    seed=self.cfg.seed,
-                )
                 regions.append({"region": i, "verdict": res.verdict, "reason": res.reason, **res.stats})
                 if res.verdict == "NOT_EQUIVALENT":
                     self.add(i, res.counterexample, fq)
@@ -576,4 +579,59 @@ class _Search:
                     undecided = f"region {i} undecided: {res.reason}"
             return ("undecided", undecided) if undecided else ("proved", "")
         finally:
+            results.close()  # a pooled round cancels the regions it has not sent to a worker
             entry["seconds"] = time.perf_counter() - t0
+
+    def _results(
+        self, fq: nn.Module, order: list[int], deadline: float, pool: Executor | None
+    ) -> Generator[tuple[int, Result | None], None, None]:
+        """``(region, result)`` in ``order`` (``None``: the time was spent before the region
+        started).  On ``pool``, up to ``workers`` regions are on their way at a time; closing the
+        generator cancels those not started (one already running finishes in its worker, its
+        result unused; the next regions' budgets still end at ``deadline``)."""
+        f, pts, spec = self.f, self.points, (self.delta, self.relation, self.eps, self.norm, self.domain)
+        opts = deadline, self.cfg.timeout, self.cfg.samples, self.cfg.seed
+        if pool is None:
+            for i in order:
+                yield i, _verify_region(f, fq, pts[i : i + 1], *spec, *opts)
+            return
+        sent: collections.deque[tuple[int, Future]] = collections.deque()
+        try:
+            for i in order:
+                sent.append((i, pool.submit(_verify_region, f, fq, pts[i : i + 1], *spec, *opts)))
+                if len(sent) == self.cfg.workers:
+                    j, fut = sent.popleft()
+                    yield j, fut.result()
+            while sent:
+                j, fut = sent.popleft()
+                yield j, fut.result()
+        finally:
+            for _, fut in sent:
+                fut.cancel()
+
+
+def _verify_region(
+    f: nn.Module,
+    fq: nn.Module,
+    point: torch.Tensor,
+    delta: float,
+    relation: str,
+    eps: float | None,
+    norm: str,
+    domain: tuple[float, float] | None,
+    deadline: float,
+    timeout: float,
+    samples: int,
+    seed: int,
+) -> Result | None:
+    """The region around ``point`` (shape ``(1, ...)``) of a CEG4N round, verified with
+    ``min(timeout, time left to deadline)`` seconds counted from now (wherever it runs: in the
+    search's process or a worker; ``deadline`` on the wall clock); ``None`` when none is left."""
+    budget = min(timeout, deadline - time.time())
+    if budget <= 0:
+        return None
+    (res,) = verify_equivalence(
+        f, fq, point, delta, relation,
+        eps=eps, norm=norm, domain=domain, timeout=budget, samples=samples, seed=seed,
+    )  # fmt: skip
+    return res

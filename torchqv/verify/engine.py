@@ -32,6 +32,15 @@ Semantics (one exact meaning for every stage of the engine):
 * **Time.** ``timeout`` seconds per region: every stage checks the deadline (z3 through a hard
   watchdog, HiGHS through its own time limit, encodings per neuron); a region may overrun by the
   time of one step that cannot be interrupted (one LP solve past its limit, one exact replay).
+* **Determinism.** Region ``i`` draws its random points from its own generator, seeded from
+  ``(seed, i)``: its result depends on f, f', the region, the options and ``i`` only, never on the
+  other regions or on the order in which they run.  With ``workers=N`` or an ``executor`` the
+  regions run elsewhere (:mod:`torchqv.verify.parallel`) and the results are those of the serial
+  run, in the input order, except where time decides: the quick z3 pass and the LP search give
+  each disjunct a share of the time left, and z3 runs to the deadline, so a region that reaches
+  those stages may end otherwise on a machine with another load (another counterexample, another
+  open disjunct, UNKNOWN instead of a verdict), serial runs included; regions decided by
+  falsification or bounds, and any region whose stages finish within their shares, do not.
 
 The engine, per region:
 
@@ -48,7 +57,14 @@ The engine, per region:
 from __future__ import annotations
 
 import copy
+import hashlib
+import numbers
+import pickle
+import threading
 import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -65,6 +81,7 @@ from . import bounds as B
 from .branch import INPUT_SPLIT_DIMS, InputBranch, margin_rows, winners
 from .encode import Query, queries
 from .network import Affine, Chain, Rounding, float_chain, quant_chain
+from .parallel import check_executor, in_order, optional_pool
 from .queries import QuerySolver
 from .region import Box, Point, exact_number, exact_values, float32_within, grid_box
 
@@ -72,6 +89,8 @@ RELATIONS = ("strict", "top1", "eps")
 NORMS = ("inf", "l1")
 CONFIRM = 4  # exact replays per batch of screened candidates
 REFERENCE_WEIGHTS = 20_000  # up to this many weights replays also run reference_forward (slow: ~40 us each)
+REGIONS_PER_TASK = 1  # regions per executor task (BENCHMARKS: the best for regions of uneven cost)
+PROBLEMS_PER_WORKER = 2  # problems a worker process keeps built (a problem is rebuilt per task at 0)
 
 
 @dataclass
@@ -154,6 +173,9 @@ class _Problem:
         self.surrogate = training_copy(fq, "verify_equivalence(fq)")  # differentiable f' (STE) for the search
         for prm in self.surrogate.parameters():
             prm.requires_grad_(False)
+        for module in self.surrogate.modules():  # its steps stay f''s whatever it sees (no state
+            if hasattr(module, "observer_enabled"):  # carried from one region to the next)
+                module.observer_enabled = False
         self.cf = float_chain(f, shape)
         self.cq = quant_chain(fq, shape)
         if self.cf.out_features != self.cq.out_features:
@@ -516,6 +538,9 @@ def verify_equivalence(
     boxes: tuple[torch.Tensor, torch.Tensor] | None = None,
     branching: float = 0.5,
     input_split: int = INPUT_SPLIT_DIMS,
+    *,
+    executor: Executor | Any | None = None,
+    workers: int = 1,
 ) -> list[Result]:
     """Check ``f(x) ~ fq(x)`` for every input within ``delta`` (L-infinity) of each point.
 
@@ -529,9 +554,24 @@ def verify_equivalence(
     region; ``branching``: the share of it that branch and bound may use before z3 gets the rest.
     Regions with at most ``input_split`` free input coordinates are first branched by splitting
     the box; then the LP search on the MILP encoding takes over.  ``use_bounds=False`` skips bounds
-    and branching (the plain z3 encoding, for comparison).  The exact semantics of regions,
-    networks, relations and verdicts is in the module docstring.  Empty regions raise
-    ``QuantizationError`` before any solving.
+    and branching (the plain z3 encoding, for comparison).  ``samples``: random points per region
+    for falsification, drawn from region ``i``'s own generator seeded from ``(seed, i)``.  The
+    exact semantics of regions, networks, relations and verdicts is in the module docstring.
+    Empty regions raise ``QuantizationError`` before any solving.
+
+    Many regions at once: ``workers=N`` (N > 1) decides them on a local pool of N processes
+    (started for this call and ended before it returns, also on an error or Ctrl-C);
+    ``executor``: any ``concurrent.futures.Executor`` or object with ``submit(fn, *args)`` (a Dask
+    ``distributed.Client`` or its ``client.get_executor()``, a process pool you reuse across
+    calls, e.g. :func:`torchqv.verify.parallel.process_pool`) decides them wherever it runs its
+    tasks.  f and fq must then be picklable (torchqv's quantized models and ONNX imports are;
+    classes defined at module level); they are pickled once per call and built into the
+    verifier's chains once per worker process.  The results are the serial run's (same verdicts,
+    reasons and counterexamples, time-boxed stages aside: see "Determinism"), in the input order;
+    ``timeout`` holds per region in the workers (from the moment a worker starts the region); an
+    exception raised while deciding a region is raised here with its type and message (the first
+    one in input order; regions not started are then cancelled).  Regions in one process run one
+    at a time (z3's context is per process), so a thread pool gives no speed-up.
     """
     for name, model in (("f", f), ("fq", fq)):
         if not isinstance(model, nn.Module):
@@ -554,29 +594,133 @@ def verify_equivalence(
         raise QuantizationError(f"timeout must be > 0 seconds, got {timeout!r}")
     if not 0 <= branching <= 1:
         raise QuantizationError(f"timeout must be > 0 and branching in [0, 1], got {timeout}, {branching}")
+    for name, value, least in (
+        ("samples", samples, 0),
+        ("input_split", input_split, 0),
+        ("seed", seed, None),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or (least is not None and value < least)
+        ):
+            at_least = "" if least is None else f" >= {least}"
+            raise QuantizationError(f"{name} must be an int{at_least}, got {value!r}")
+    check_executor(executor, workers)
     p = _Problem(f, fq, _input_shape(points, boxes), relation, exact_eps, norm)
     _, regions = _regions(points, delta, domain, boxes, p.grid)
-    gen = torch.Generator().manual_seed(seed)
-    results = []
-    for box in regions:
-        t0 = time.perf_counter()
-        stats: dict[str, Any] = {
-            "solver_calls": 0,
-            "replays": 0,
-            "neurons_fixed": 0,
-            "neurons": 0,
-            "nodes": 0,
-            "use_bounds": use_bounds,
-            "grid_points": box.points(),
-        }
+    opts = _Options(
+        float(timeout), float(branching), int(samples), int(seed), bool(use_bounds), int(input_split)
+    )
+    if executor is None and (workers == 1 or len(regions) <= 1):
+        results = []
+        for i, box in enumerate(regions):
+            with _SOLVING:
+                results.append(_solve_region(p, box, i, opts))
+        return results
+    job = _Job(f, fq, p, opts)
+    per_task = max(1, REGIONS_PER_TASK)
+    numbered = list(enumerate(regions))
+    tasks = [(job, numbered[k : k + per_task]) for k in range(0, len(numbered), per_task)]
+    _PROBLEMS[job.token] = p  # an executor running tasks in this process uses the problem built here
+    try:
+        with optional_pool(min(workers, len(tasks))) as pool:
+            chunks = in_order(executor if executor is not None else pool, _solve_chunk, tasks)
+    finally:
+        _PROBLEMS.pop(job.token, None)
+    return [res for chunk in chunks for res in chunk]
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The per-region options of ``verify_equivalence``."""
+
+    timeout: float
+    branching: float
+    samples: int
+    seed: int
+    use_bounds: bool
+    input_split: int
+
+
+def region_generator(seed: int, index: int) -> torch.Generator:
+    """The random generator of region ``index``: seeded from ``(seed, index)`` alone (a hash, the
+    same on every machine), so that a region's points do not depend on where or after what it runs."""
+    key = f"torchqv.verify region {int(seed)} {int(index)}".encode()
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+_SOLVING = threading.Lock()  # one region at a time per process: z3's context and watchdog are per process
+
+
+def _solve_region(p: _Problem, box: Box, index: int, opts: _Options) -> Result:
+    """Decide region ``index`` (the caller holds ``_SOLVING``); its ``timeout`` starts now."""
+    t0 = time.perf_counter()
+    stats: dict[str, Any] = {
+        "solver_calls": 0,
+        "replays": 0,
+        "neurons_fixed": 0,
+        "neurons": 0,
+        "nodes": 0,
+        "use_bounds": opts.use_bounds,
+        "grid_points": box.points(),
+    }
+    gen = region_generator(opts.seed, index)
+    deadline, bab_deadline = t0 + opts.timeout, t0 + opts.branching * opts.timeout
+    try:
+        res = _decide(p, box, deadline, bab_deadline, opts.samples, gen, stats, opts.input_split)
+    except OracleMismatch as err:
+        res = Result("UNKNOWN", None, str(err), stats)
+    del res.stats["use_bounds"]
+    res.stats["seconds"] = time.perf_counter() - t0
+    return res
+
+
+class _Job:
+    """What a worker needs to decide regions: f and f' pickled once (in the caller), the input
+    shape, the relation and the options.  ``token`` names the job: a worker process builds its
+    problem (the exact chains) at its first task and keeps it for the next ones."""
+
+    def __init__(self, f: nn.Module, fq: nn.Module, p: _Problem, opts: _Options):
         try:
-            res = _decide(p, box, t0 + timeout, t0 + branching * timeout, samples, gen, stats, input_split)
-        except OracleMismatch as err:
-            res = Result("UNKNOWN", None, str(err), stats)
-        del res.stats["use_bounds"]
-        res.stats["seconds"] = time.perf_counter() - t0
-        results.append(res)
-    return results
+            self.blob = pickle.dumps((f, fq), protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise QuantizationError(
+                f"f and f' must be picklable to be sent to workers ({type(err).__name__}: {err}); define "
+                "their classes at module level (not inside a function), or verify with workers=1 and "
+                "no executor"
+            ) from err
+        self.token = uuid.uuid4().hex
+        self.shape, self.relation, self.eps, self.norm = p.shape, p.relation, p.eps, p.norm
+        self.opts = opts
+        self.keep = PROBLEMS_PER_WORKER > 0
+
+    def problem(self) -> _Problem:
+        """This process's problem for the job (built at the first call unless it is kept)."""
+        p = _PROBLEMS.get(self.token)
+        if p is not None:
+            _PROBLEMS.move_to_end(self.token)
+            return p
+        f, fq = pickle.loads(self.blob)
+        p = _Problem(f, fq, self.shape, self.relation, self.eps, self.norm)
+        if self.keep:
+            _PROBLEMS[self.token] = p
+            while len(_PROBLEMS) > max(PROBLEMS_PER_WORKER, 1):
+                _PROBLEMS.popitem(last=False)
+        return p
+
+
+_PROBLEMS: OrderedDict[str, _Problem] = OrderedDict()  # built problems by job token (per process)
+
+
+def _solve_chunk(job: _Job, chunk: list[tuple[int, Box]]) -> list[Result]:
+    """An executor task: the regions ``chunk`` (index, region) of ``job``."""
+    out = []
+    for index, box in chunk:
+        with _SOLVING:
+            out.append(_solve_region(job.problem(), box, index, job.opts))
+    return out
 
 
 def _input_shape(points: Any, boxes: Any) -> tuple[int, ...]:

@@ -85,6 +85,14 @@ def _conv_integer(x, w, xz, wz, strides, pads, dilations, group):
     return F.conv2d(xd, wd, None, strides, pad, dilations, group).to(torch.int32)
 
 
+def _matmul_integer(a, b, az=None, bz=None):
+    """MatMulInteger: exact integer product of (a - a_zero) and (b - b_zero), in int32 (float64
+    products and sums of 8-bit codes are exact)."""
+    ad = a.to(torch.float64) - (az.to(torch.float64) if az is not None else 0)
+    bd = b.to(torch.float64) - (bz.to(torch.float64) if bz is not None else 0)
+    return (ad @ bd).to(torch.int32)
+
+
 def _symmetric_pads(pads: list[int]) -> list[int]:
     half = len(pads) // 2
     if list(pads[:half]) != list(pads[half:]):
@@ -533,6 +541,7 @@ HANDLERS: dict[str, Callable] = {
     "DequantizeLinear": _h_quant(_dequantize_linear),
     "MaxPool": _h_maxpool,
     "ConvInteger": _h_conv_integer,
+    "MatMulInteger": _simple(_matmul_integer),
     "GlobalAveragePool": _simple(_global_avgpool),
     "AveragePool": _h_attrs(
         _avgpool, ("kernel_shape", None), ("strides", None), ("pads", [0, 0, 0, 0]), ("ceil_mode", 0)
