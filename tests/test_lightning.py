@@ -201,8 +201,16 @@ def test_checkpoint_test_and_load_cycle_with_folded_batchnorm(tmp_path: Path) ->
     assert_same_state(loaded.state_dict(), module.state_dict())
 
     four_bit = replace(CFG, weight=tq.FixedPoint(bits=4, per_channel=True))
-    with pytest.raises(QuantizationError, match="other quantization settings"):
+    # the network's own state dict records its formats: refused before anything is loaded
+    with pytest.raises(
+        QuantizationError, match=r"another quantization configuration: model.0.weight_quant: saved int8"
+    ):
         make_trainer(tmp_path, [QuantizationAwareTraining(four_bit)]).test(
+            Classifier(batchnorm=True), datamodule=dm, ckpt_path=ckpt.last_model_path
+        )
+    # the same formats, other settings (an observer): the callback's record refuses it
+    with pytest.raises(QuantizationError, match="other quantization settings"):
+        make_trainer(tmp_path, [QuantizationAwareTraining(replace(CFG, weight_observer="mse"))]).test(
             Classifier(batchnorm=True), datamodule=dm, ckpt_path=ckpt.last_model_path
         )
     with pytest.raises(QuantizationError, match="ckpt_path"):

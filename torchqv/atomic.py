@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def tell(exc: BaseException, message: str) -> None:
+def _tell(exc: BaseException, message: str) -> None:
     """Attach ``message`` to ``exc`` (shown under its traceback, Python 3.11+); an interrupt, or
     any exception before Python 3.11, is also logged."""
     if hasattr(exc, "add_note"):
@@ -46,7 +46,9 @@ def atomic(call: str, modules: Iterable[nn.Module], tensors: Iterable[torch.Tens
             for t, value in saved:
                 t.copy_(value)
         what = "weights and modes" if saved else "modes"
-        tell(exc, f"{call} stopped ({type(exc).__name__}): the model is unchanged (its {what} were restored)")
+        _tell(
+            exc, f"{call} stopped ({type(exc).__name__}): the model is unchanged (its {what} were restored)"
+        )
         raise
     finally:
         for m, training in modes:
