@@ -129,3 +129,26 @@ def test_clamping_activations_fuse_into_the_requantization(rounding, bits, steps
             v = min(v, Fraction(hi))
         want = min(max(fmt_out.round_exact(v / steps[1]), kmin), kmax)
         assert int(g) == want, (k, v, want, g)
+
+
+def test_compiled_kernels_compute_the_same_codes_and_fake_quantization():
+    """``tq.use_compiled_kernels(True)``: the exact simulation (== the integer reference) and
+    the training forward are the eager ones, value for value (torch.compile fuses exact steps)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    fmt = tq.FixedPoint(bits=6)
+    cfg = tq.QConfig(weight=tq.FixedPoint(bits=4, per_channel=True), activation=fmt, input=fmt)
+    qm = tq.quantize(model, cfg)
+    x = torch.randn(5, 2, 4, 4)
+    tq.calibrate(qm, [x], progress=False)
+    eager_eval, eager_train = qm.eval()(x), qm.train()(x)
+    tq.use_compiled_kernels(True)
+    try:
+        compiled_eval, compiled_train = qm.eval()(x), qm.train()(x)
+    finally:
+        tq.use_compiled_kernels(False)
+    assert torch.equal(compiled_eval, eager_eval)
+    assert torch.equal(compiled_eval, tq.reference_forward(qm, x))
+    assert torch.equal(compiled_train, eager_train)

@@ -23,6 +23,7 @@ import torch
 
 from .formats import FixedPoint
 
+RECOMPILE_LIMIT = 64
 _state: dict[str, object] = {"compiled": False}
 _compiled: dict[str, Callable] = {}
 
@@ -65,6 +66,10 @@ def _kernel(fn: Callable) -> Callable:
     if not _state["compiled"]:
         return fn
     if fn.__name__ not in _compiled:
+        # one specialisation per rank, number of terms, rounding rule and dtype: a network has
+        # a few dozen, more than dynamo's default of 8 per function (beyond it, it runs eager)
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
     return _compiled[fn.__name__]
 
