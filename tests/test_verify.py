@@ -171,6 +171,7 @@ def test_lp_search_decides_regions_on_its_own():
 
 def test_equivalent_by_construction_is_proved():
     """Integer weights, integer inputs and a wide integer output grid: f' computes f exactly."""
+    torch.manual_seed(0)  # (unseeded, one draw in many ran out of time under a loaded full suite)
     f = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with torch.no_grad():
         for lin in (f[0], f[2]):
