@@ -6,7 +6,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import pickle
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -412,8 +415,13 @@ def test_missing_network_attribute_is_a_clear_error(tmp_path: Path) -> None:
         )
 
 
-def test_ddp_two_cpu_processes_stay_in_sync_and_checkpoint_loads(tmp_path: Path, monkeypatch) -> None:
-    dm = iris()
+def ddp_fit(tmp_path: Path) -> None:
+    """Two ``ddp_fork`` processes train with the QAT callback and record their states.
+
+    Run in a fresh interpreter (see the test): a process that already ran autograd on worker
+    threads (any earlier test of the same pytest worker may) cannot fork autograd users, and a
+    forked child hangs in GNU OpenMP if it uses the parent's thread pool, so every process
+    computes on one thread."""
     callbacks = [
         QuantizationAwareTraining(CFG, calibration_batches=2),
         RankRecorder(str(tmp_path)),
@@ -423,17 +431,21 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_checkpoint_loads(tmp_path: Path,
     trainer = make_trainer(
         tmp_path, callbacks, devices=2, strategy="ddp_fork", max_epochs=2, enable_checkpointing=True
     )
-    # ddp_fork (ddp_spawn's launcher without re-importing torch in every process, seconds instead
-    # of a minute): a forked child hangs in GNU OpenMP if it uses the parent's thread pool, so
-    # every process computes on one thread
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("MASTER_PORT", raising=False)  # Lightning picks a free port and sets it here
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        trainer.fit(Classifier(), datamodule=dm)
-    finally:
-        torch.set_num_threads(threads)
+    trainer.fit(Classifier(), datamodule=iris())
+
+
+def test_ddp_two_cpu_processes_stay_in_sync_and_checkpoint_loads(tmp_path: Path) -> None:
+    # ddp_fork (ddp_spawn's launcher without re-importing torch in every process: seconds instead
+    # of a minute), started from a fresh interpreter that imports this module
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "MASTER_PORT"} | {"OMP_NUM_THREADS": "1"}
+    code = f"import pathlib, tests.test_lightning as t; t.ddp_fit(pathlib.Path({str(tmp_path)!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    dm = iris()
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert_same_state(rank0, rank1)  # weights and steps identical on both processes
