@@ -33,31 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from bench_qat import cnn, mlp  # the models of the first QAT benchmark
 from torch import nn
 
 import torchqv as tq
 from torchqv.models import resnet20
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)
-    )
-
-
-def cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 10),
-    )
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {

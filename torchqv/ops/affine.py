@@ -797,11 +797,7 @@ class QuantBatchNorm(QuantAffine):
     def groups_(self) -> int:
         return self.out_channels_
 
-    def row_of(self, flat, out_shape):
-        n_ch = out_shape[1]
-        spatial = int(math.prod(out_shape[2:]))
-        c = (flat // spatial) % n_ch
-        return c, (flat // (n_ch * spatial)) * spatial + flat % spatial
+    row_of = QuantConv.row_of  # channels on axis 1, as a convolution's output
 
     def reference_map(self, x, w):
         return x * w.reshape([1, -1] + [1] * (x.ndim - 2))
