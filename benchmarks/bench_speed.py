@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from bench_qat import cnn, mlp  # the models of the first QAT benchmark
+from bench_qat import cnn, mlp, timed  # the first QAT benchmark's models and median timing
 from torch import nn
 
 import torchqv as tq
@@ -51,18 +51,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
 }
 A8 = tq.FixedPoint(bits=8)
 CFG = tq.QConfig(weight=tq.FixedPoint(bits=8, per_channel=True), activation=A8, input=A8)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
