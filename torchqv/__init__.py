@@ -5,11 +5,25 @@ the steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward
 reference (paper 001 Eq. 7 semantics: one rounding after every operation that leaves the grid).
 """
 
-from . import ops
+from . import errors, ops
 from .batchnorm import fold_batchnorm
+from .errors import (
+    CalibrationError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    FormatError,
+    OverflowToGridError,
+    QuantizationError,
+    RoundingError,
+    TheoryInputError,
+    UnsupportedModelError,
+    VerificationInputError,
+)
 from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
 from .fake_quant import FakeQuantize, fake_quantize
-from .formats import Binary, FixedPoint, OverflowToGridError, QuantizationError, Ternary
+from .formats import Binary, FixedPoint, Ternary
 from .graph import QuantizedModel, float_twin
 from .kernels import use_compiled_kernels
 from .observers import ObserverConfig
@@ -18,11 +32,13 @@ from .ops.affine import QuantAffine, QuantBatchNorm, QuantConv, QuantLinear
 from .qconfig import QConfig
 from .quantize import calibrate, enable_observers, freeze, quantize, summary
 from .reference import reference_forward
-from .rounding import RoundingReport, round_weights
-from .tracing import UnsupportedModelError
+from .rounding import RoundingConfig, RoundingReport, round_weights
 from .verify import (
     BitSearchConfig,
     BitSearchResult,
+    SearchStatus,
+    Verdict,
+    VerifyConfig,
     from_onnx,
     quantize_bits,
     search_bits,
@@ -33,8 +49,14 @@ __all__ = [
     "Binary",
     "BitSearchConfig",
     "BitSearchResult",
+    "CalibrationError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ExportError",
     "FakeQuantize",
     "FixedPoint",
+    "FormatError",
     "ObserverConfig",
     "OverflowToGridError",
     "ParityReport",
@@ -46,12 +68,20 @@ __all__ = [
     "QuantLinear",
     "QuantizationError",
     "QuantizedModel",
+    "RoundingConfig",
+    "RoundingError",
     "RoundingReport",
+    "SearchStatus",
     "Ternary",
+    "TheoryInputError",
     "UnsupportedModelError",
+    "Verdict",
+    "VerificationInputError",
+    "VerifyConfig",
     "calibrate",
     "check_onnx_parity",
     "enable_observers",
+    "errors",
     "export_onnx",
     "fake_quantize",
     "float_twin",

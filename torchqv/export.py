@@ -39,7 +39,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .formats import FixedPoint, QuantizationError, fraction_to_float, is_dyadic
+from .errors import ExportError, QuantizationError
+from .formats import FixedPoint, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
@@ -50,10 +51,6 @@ MIN_OPSET = 13
 EXACT_F64 = 2**53
 EXACT_F32 = 2**24
 FORMS = ("integer", "qdq")
-
-
-class ExportError(QuantizationError):
-    """The model cannot be written in the requested ONNX form (the message says why and what to do)."""
 
 
 def int_dtype(codes: np.ndarray) -> Any:

@@ -26,20 +26,14 @@ from typing import Any
 
 import torch
 
+from .errors import OverflowToGridError, QuantizationError
+
 ROUNDINGS = ("half_away", "half_even", "floor")
 FLAGS = ("signed", "narrow", "binary", "per_channel", "power_of_two")
 OVERFLOWS = ("saturate", "raise")
 MAX_BITS = 32
 # Denominators of stored steps live in int64 buffers.
 MAX_STEP_DEN = 2**62
-
-
-class QuantizationError(ValueError):
-    """Raised for invalid formats, configurations or data (always names the culprit)."""
-
-
-class OverflowToGridError(QuantizationError):
-    """A value fell outside the grid of a format whose ``overflow`` is ``"raise"``."""
 
 
 def as_step(value: Any, what: str = "step") -> Fraction:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.torchvision_sets import default_root
+from ..jobconfig import plain
 from ..verify import from_onnx
 from ..verify.ceg4n import search_bits
+from ..verify.verdicts import SearchStatus
 from .config import Ceg4nRecipeConfig, DatasetConfig, as_config
 from .networks import accuracy, load_data, tensors
 from .report import Column, Report, job_label, rows_table, save_figure, write_outputs
@@ -138,7 +140,7 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
         torch.set_num_threads(cfg.threads)
     rows = []
     for name in tqdm(cfg.networks, desc="networks", disable=not cfg.progress):
-        base = {"network": name, "mode": cfg.search.mode, "relation": cfg.relation}
+        base = {"network": name, "mode": cfg.search.mode, "relation": str(cfg.search.verify.relation)}
         try:
             p = prepare(name, cfg)
         except FileNotFoundError as e:
@@ -149,11 +151,11 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
         acc_f = accuracy(p.f, p.test)
         for delta in cfg.deltas:
             r = search_bits(
-                p.f, p.points, delta, cfg.relation, (cfg.bits[0], cfg.bits[1]), domain=(0.0, 1.0),
+                p.f, p.points, delta, (cfg.bits[0], cfg.bits[1]), domain=(0.0, 1.0),
                 config=cfg.search, calibration=p.calibration, progress=False,
             )  # fmt: skip
             result = r.to_dict()
-            sq = r.status == "SQ"
+            sq = r.status is SearchStatus.SQ
             rows.append(
                 {
                     **base,
@@ -177,7 +179,7 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
                 r.bits,
                 r.seconds,
             )
-    return write_outputs(out_dir, "ceg4n", asdict(cfg), rows, seconds=time.perf_counter() - start)
+    return write_outputs(out_dir, "ceg4n", plain(cfg), rows, seconds=time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------ report

@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
 from ..graph import QuantizedModel
+from ..jobconfig import plain
 from ..lightning.qat import QuantizationAwareTraining
 from ..quantize import QConfig, calibrate, quantize
 from ..reference import reference_forward
@@ -164,7 +164,7 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
                 bar.update()
     bar.close()
     return write_outputs(
-        out, "run", asdict(cfg), rows, float_accuracy=float_acc, train_seconds=train_seconds,
+        out, "run", plain(cfg), rows, float_accuracy=float_acc, train_seconds=train_seconds,
         seconds=time.perf_counter() - start,
     )  # fmt: skip
 
@@ -198,8 +198,7 @@ def _measure(
     r, v, q = cfg.rounding, cfg.verify, cfg.quant
     t0 = time.perf_counter()
     report = round_weights(
-        qm, inputs["rounding"].split(CHUNK), method=method, solver=r.solver, target=r.target,
-        sweeps=r.sweeps, replicas=r.replicas, seed=r.seed, bound=r.bound, progress=False,
+        qm, inputs["rounding"].split(CHUNK), r.job(method), progress=False,
     )  # fmt: skip
     row: dict[str, Any] = {
         "mode": q.mode,
@@ -227,10 +226,8 @@ def _measure(
     elif v.enabled:
         t0 = time.perf_counter()
         centres = region_centres(qm, inputs["verify"], v.domain)
-        domain = tuple(v.domain) if v.domain is not None else None
         results = verify_equivalence(
-            f, qm, centres, v.delta, v.relation, eps=v.eps, norm=v.norm, domain=domain, timeout=v.timeout,
-            seed=cfg.trainer.seed, executor=pool,
+            f, qm, centres, config=v.job().updated(seed=cfg.trainer.seed, workers=1), executor=pool,
         )  # fmt: skip
         verdicts = [res.verdict for res in results]
         row |= {
