@@ -186,8 +186,9 @@ class QuantConfig:
 
 @dataclass
 class RoundingConfig:
-    """``method``: ``nearest``, ``qubo`` (paper 004) or a list of both; ``solver``, ``target``,
-    ``sweeps``, ``replicas``, ``seed``, ``bound`` (certified lower bound, slower) go to
+    """``method``: ``nearest``, ``qubo`` (Muñiz Subiñas et al., "Optimization of the quantization of dense
+    neural networks from an exact QUBO formulation") or a list of both; ``solver``, ``target``, ``sweeps``,
+    ``replicas``, ``seed``, ``bound`` (certified lower bound, slower) go to
     ``tq.round_weights``; ``calibration_samples``: training examples of the layer objectives."""
 
     method: Any = field(default_factory=lambda: ["nearest", "qubo"])
@@ -290,13 +291,14 @@ class RunConfig:
 # ------------------------------------------------------------------------- other recipes
 @dataclass
 class Ceg4nRecipeConfig:
-    """``recipes/ceg4n.py`` (paper 003, Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of
-    ``networks`` (names in :data:`torchqv.recipes.ceg4n.NETWORKS`) and each of ``deltas``, with
-    ``search`` (a :class:`~torchqv.verify.ceg4n.BitSearchConfig`; sweep ``search.mode`` for the
-    full fixed-point mode).  Networks of the embedded sets are trained full batch (``epochs``,
-    ``lr``, ``seed``); critical points: one correctly classified test point per class
-    (``points``: ``margin``, the largest logit margin, or ``first``).  ONNX networks are read from
-    ``<data_root>/onnx`` and their points taken from MNIST's test split under ``data_root``
+    """``recipes/ceg4n.py`` (Matos Júnior, "An automated method for neural network quantization refinement"
+    (PhD thesis, UFAM, 2025), Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of ``networks`` (names in
+    :data:`torchqv.recipes.ceg4n.NETWORKS`) and each of ``deltas``, with ``search`` (a
+    :class:`~torchqv.verify.ceg4n.BitSearchConfig`; sweep ``search.mode`` for the full fixed-point mode).
+    Networks of the embedded sets are trained full batch (``epochs``, ``lr``, ``seed``); critical points: one
+    correctly classified test point per class (``points``: ``margin``, the largest logit margin, or
+    ``first``).  ONNX networks are read from ``<data_root>/onnx`` and their points taken from MNIST's test
+    split under ``data_root``
     (``None``: ``$TORCHQV_DATA``, else ``./data``); a missing file skips the network."""
 
     networks: list[str] = field(
@@ -335,7 +337,8 @@ class Ceg4nRecipeConfig:
 
 @dataclass
 class DegradationRecipeConfig:
-    """``recipes/degradation.py`` (paper 000 sec. 4): ``experiment`` ``regression`` (sec. 4.1,
+    """``recipes/degradation.py`` (Anonymous, "On the expressive power of weight quantization in deep neural
+    networks" (ICLR submission), sec. 4): ``experiment`` ``regression`` (sec. 4.1,
     :func:`~torchqv.theory.degradation.run_regression`) or ``mnist`` (sec. 4.2,
     :func:`~torchqv.theory.degradation_mnist.run_mnist`), configured by ``regression`` / ``mnist``."""
 
@@ -349,7 +352,8 @@ class DegradationRecipeConfig:
 
 @dataclass
 class RepresentabilityRecipeConfig:
-    """``recipes/representability.py`` (paper 001 sec. 3): the verdict of every activation, ``p``
+    """``recipes/representability.py`` (Park, Park & Hwang, "On expressive power of quantized neural networks
+    under fixed-point arithmetic", sec. 3): the verdict of every activation, ``p``
     in ``ps`` and admissible ``s`` (:func:`~torchqv.theory.universality.representability_table`)."""
 
     activations: list[str] = field(default_factory=lambda: list(PAPER_ACTIVATIONS))
