@@ -100,21 +100,30 @@ class FixedPoint:
 
     Parameters
     ----------
-    bits: total bits, 1 to 32.  Signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` is Park et al.'s
+    bits
+        Total bits, 1 to 32.  Signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` is Park et al.'s
         ``Q_{p,s}`` with ``p = bits - 1`` and ``step = 1/s``.
-    step: the grid step; ``None`` lets an observer choose it at calibration.  An exact rational
+    step
+        The grid step; ``None`` lets an observer choose it at calibration.  An exact rational
         (``Fraction`` or ``"p/q"``) or a float (taken at its exact binary value).  A tuple gives
         one step per output channel.
-    frac_bits: shorthand for ``step = 2**-frac_bits``.
-    signed / narrow: signed narrow (default), signed full range (``narrow=False``) or unsigned
+    frac_bits
+        Shorthand for ``step = 2**-frac_bits``.
+    signed, narrow
+        Signed narrow (default), signed full range (``narrow=False``) or unsigned
         ``[0, 2^b-1]`` (``signed=False``).
-    binary: the two-level grid ``{-1, +1} * step`` (Park et al., sec. 3.3); requires ``bits=1``.
-    zero_point: the affine offset (activations only); ``None`` lets the observer choose it.
-    rounding: ``"half_away"`` (Park et al., default), ``"half_even"`` (torch.round, ONNX) or
-        ``"floor"``.
-    overflow: ``"saturate"`` to the end of the grid (default) or ``"raise"``.
-    per_channel: one step per output channel (weights).
-    power_of_two: observers round the step up to a power of two.
+    binary
+        The two-level grid ``{-1, +1} * step`` (Park et al., sec. 3.3); requires ``bits=1``.
+    zero_point
+        The affine offset (activations only); ``None`` lets the observer choose it.
+    rounding
+        ``"half_away"`` (Park et al., default), ``"half_even"`` (torch.round, ONNX) or ``"floor"``.
+    overflow
+        ``"saturate"`` to the end of the grid (default) or ``"raise"``.
+    per_channel
+        One step per output channel (weights).
+    power_of_two
+        Observers round the step up to a power of two.
     """
 
     bits: int = 8
