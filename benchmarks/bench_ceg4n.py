@@ -1,4 +1,5 @@
-"""CEG4N on the thesis' Iris and Seeds networks (paper 003, ch. 4, Tables 2 and 3).
+"""CEG4N on the thesis' Iris and Seeds networks (Matos Júnior, "An automated method for neural network
+quantization refinement" (PhD thesis, UFAM, 2025), ch. 4, Tables 2 and 3).
 
 Networks trained here with fixed seeds (full-batch Adam, features scaled to [0, 1] by
 ``torchqv.data.train_test``): Iris 4-h-h-3 (h = 4, 10, 15) and Seeds 7-h-3 (h = 4, 6, 10, 15),

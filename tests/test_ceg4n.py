@@ -1,4 +1,5 @@
-"""CEG4N bit search (paper 003, Algorithm 1): optimality against brute force, statuses, errors."""
+"""CEG4N bit search (Matos Júnior, "An automated method for neural network quantization refinement" (PhD
+thesis, UFAM, 2025), Algorithm 1): optimality against brute force, statuses, errors."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 ``quantize(model, QConfig(...))`` traces the model into a quantized graph, ``calibrate`` chooses
 the steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward`` the integer
-reference (paper 001 Eq. 7 semantics: one rounding after every operation that leaves the grid).
+reference (Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point
+arithmetic", Eq. 7 semantics: one rounding after every operation that leaves the grid).
 """
 
 from . import errors, ops

@@ -2,7 +2,8 @@
 
 The export interprets the quantized graph like every other executor: each operation emits its
 own nodes (``onnx_integer`` / ``onnx_qdq`` methods of :mod:`torchqv.ops`), helped by the
-:class:`Emitter` below.  Two forms of the same network (paper 001 Eq. 7 semantics):
+:class:`Emitter` below.  Two forms of the same network (Park, Park & Hwang, "On expressive power of quantized
+neural networks under fixed-point arithmetic", Eq. 7 semantics):
 
 ``form="integer"`` (default): every tensor between operations holds integer codes (in float64,
 exact below 2^53).  Linear maps are double ``MatMul`` on codes, convolutions ``ConvInteger`` (int32

@@ -1,5 +1,6 @@
 """``EquivalenceCheck``: verify the quantized network f' against the float network f around
-validation points (paper 003's local equivalence, by ``tq.verify_equivalence``)."""
+validation points (the local equivalence of Matos Júnior, "An automated method for neural network
+quantization refinement", PhD thesis, 2025; by ``tq.verify_equivalence``)."""
 
 from __future__ import annotations
 

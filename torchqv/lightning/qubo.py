@@ -1,4 +1,5 @@
-"""``QUBORounding``: round a quantized network's weights with the QUBO method (paper 004) when
+"""``QUBORounding``: round a quantized network's weights with the QUBO method (Muñiz Subiñas et al.,
+"Optimization of the quantization of dense neural networks from an exact QUBO formulation") when
 fitting ends, or on demand, from calibration batches of the training data."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The ``ceg4n`` recipe (``recipes/ceg4n.py``): paper 003's counterexample-guided bit-width search
-(:func:`torchqv.verify.ceg4n.search_bits`) on the networks of the thesis' tables.
+"""The ``ceg4n`` recipe (``recipes/ceg4n.py``): the counterexample-guided bit-width search
+(:func:`torchqv.verify.ceg4n.search_bits`) of Matos Júnior, "An automated method for neural network
+quantization refinement" (PhD thesis, UFAM, 2025), on the networks of the thesis' tables.
 
 * Tables 2 and 3 (sec. 4.3.2): Iris 4-h-h-3 (h = 4, 10, 15) and Seeds 7-h-3 (h = 4, 6, 10, 15),
   ReLU, trained here full batch with Adam (fixed seed) on the embedded sets (features in [0, 1]);

@@ -283,15 +283,16 @@ class RunConfig:
 # ------------------------------------------------------------------------- other recipes
 @dataclass
 class Ceg4nRecipeConfig:
-    """``recipes/ceg4n.py`` (paper 003, Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of
+    """``recipes/ceg4n.py`` (Matos Júnior, "An automated method for neural network quantization
+    refinement" (PhD thesis, UFAM, 2025), Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of
     ``networks`` (names in :data:`torchqv.recipes.ceg4n.NETWORKS`) and each of ``deltas``, with
     ``search`` (a :class:`~torchqv.verify.ceg4n.BitSearchConfig`; sweep ``search.mode`` for the
     full fixed-point mode; ``search.verify`` says what "equivalent" means and how each region is
     verified: ``search.verify.relation``, ``.timeout``, ``.workers``...; inputs stay in [0, 1]).
-    Networks of the embedded sets are trained full batch (``epochs``,
-    ``lr``, ``seed``); critical points: one correctly classified test point per class
-    (``points``: ``margin``, the largest logit margin, or ``first``).  ONNX networks are read from
-    ``<data_root>/onnx`` and their points taken from MNIST's test split under ``data_root``
+    Networks of the embedded sets are trained full batch (``epochs``, ``lr``, ``seed``); critical
+    points: one correctly classified test point per class (``points``: ``margin``, the largest
+    logit margin, or ``first``).  ONNX networks are read from ``<data_root>/onnx`` and their points
+    taken from MNIST's test split under ``data_root``
     (``None``: ``$TORCHQV_DATA``, else ``./data``); a missing file skips the network."""
 
     networks: list[str] = field(
@@ -328,7 +329,8 @@ class Ceg4nRecipeConfig:
 
 @dataclass
 class DegradationRecipeConfig:
-    """``recipes/degradation.py`` (paper 000 sec. 4): ``experiment`` ``regression`` (sec. 4.1,
+    """``recipes/degradation.py`` (Anonymous, "On the expressive power of weight quantization in deep neural
+    networks" (ICLR submission), sec. 4): ``experiment`` ``regression`` (sec. 4.1,
     :func:`~torchqv.theory.degradation.run_regression`) or ``mnist`` (sec. 4.2,
     :func:`~torchqv.theory.degradation_mnist.run_mnist`), configured by ``regression`` / ``mnist``."""
 
@@ -342,7 +344,8 @@ class DegradationRecipeConfig:
 
 @dataclass
 class RepresentabilityRecipeConfig:
-    """``recipes/representability.py`` (paper 001 sec. 3): the verdict of every activation, ``p``
+    """``recipes/representability.py`` (Park, Park & Hwang, "On expressive power of quantized neural networks
+    under fixed-point arithmetic", sec. 3): the verdict of every activation, ``p``
     in ``ps`` and admissible ``s`` (:func:`~torchqv.theory.universality.representability_table`)."""
 
     activations: list[str] = field(default_factory=lambda: list(PAPER_ACTIVATIONS))

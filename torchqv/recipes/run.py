@@ -6,13 +6,16 @@ For every weight width ``b`` in ``quant.bits`` and rounding method in ``rounding
 1. **quantize**: post-training (``tq.quantize`` + ``tq.calibrate`` on the first
    ``quant.calibration_samples`` training examples) or quantization-aware (one Lightning fit of
    ``quant.qat_epochs`` with the ``QuantizationAwareTraining`` callback per width, shared by the
-   rounding methods); paper 001 Eq. 7 semantics, ``b = 1`` is ``tq.Binary``;
-2. **round** the weights (``tq.round_weights``): to nearest, or by the QUBO method of paper 004
-   (each layer's output error before the activation, per neuron);
+   rounding methods); Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point
+   arithmetic", Eq. 7 semantics, ``b = 1`` is ``tq.Binary``;
+2. **round** the weights (``tq.round_weights``): to nearest, or by the QUBO method of Muñiz Subiñas et al.,
+   "Optimization of the quantization of dense neural networks from an exact QUBO formulation" (each layer's
+   output error before the activation, per neuron);
 3. **measure** the test accuracy of the exact fixed-point simulation, and check it against the
    integer reference (``tq.reference_forward``) bit for bit on the first test inputs;
-4. **verify** (``tq.verify_equivalence``, paper 003) the float network f against f' around the
-   first test inputs: proved, refuted (a replayed counterexample) or unknown.
+4. **verify** (``tq.verify_equivalence``, Matos Júnior, "An automated method for neural network quantization
+   refinement" (PhD thesis, UFAM, 2025)) the float network f against f' around the first test inputs: proved,
+   refuted (a replayed counterexample) or unknown.
 
 Outputs (:mod:`torchqv.recipes.report`): ``results.json`` (one row per width and method),
 ``results.md`` (nearest vs QUBO accuracy, then the details), ``accuracy.png`` (accuracy against

@@ -1,4 +1,5 @@
-"""Post-training rounding as an exact QUBO per output neuron (paper 004).
+"""Post-training rounding as an exact QUBO per output neuron (Muñiz Subiñas et al., "Optimization of the
+quantization of dense neural networks from an exact QUBO formulation").
 
 ``qubo`` builds the objective (the loss), ``solvers`` minimises it (the optimisers), ``api``
 collects the calibration data and rounds a model layer by layer; ``config.RoundingConfig``

@@ -1,4 +1,5 @@
-"""Equivalence verification of float and quantized networks (paper 003).
+"""Equivalence verification of float and quantized networks (Matos Júnior, "An automated method for neural
+network quantization refinement" (PhD thesis, UFAM, 2025)).
 
 ``from_onnx`` reads networks; ``network`` is the exact chain representation; ``region`` the exact
 regions (boxes of rationals, or of input grid points); ``bounds`` sound

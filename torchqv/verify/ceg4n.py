@@ -1,4 +1,5 @@
-"""CEG4N: counterexample-guided search of per-layer bit widths (paper 003, ch. 3, Algorithm 1).
+"""CEG4N: counterexample-guided search of per-layer bit widths (Matos Júnior, "An automated method for neural
+network quantization refinement" (PhD thesis, UFAM, 2025), ch. 3, Algorithm 1).
 
 Algorithm 1 alternates two problems until the verifier accepts a candidate:
 
@@ -32,11 +33,12 @@ parameters share its width):
   grid with their own step (Eq. 2.13: ``Q(bias, b_l)``), a power of two (a fixed number of
   fractional bits per layer, so every grid value is exact in float32 storage, for every width);
   activations and input stay real.
-* ``mode="full"``: fixed point everywhere (paper 001 Eq. 7): weights as above, the output of
-  Linear ``l`` and of the activation that follows it on an asymmetric ``b_l``-bit grid (sec. 3.2.3:
-  asymmetric activations), the input on an asymmetric ``input_bits``-bit grid (fixed for the whole
-  search, so counterexamples stay grid points of every candidate); biases on the accumulator grid
-  in high precision (the int32-bias convention, sec. 2.3.3.3).  Steps come from calibration data.
+* ``mode="full"``: fixed point everywhere (Park, Park & Hwang, "On expressive power of quantized neural
+  networks under fixed-point arithmetic", Eq. 7): weights as above, the output of Linear ``l`` and of the
+  activation that follows it on an asymmetric ``b_l``-bit grid (sec. 3.2.3: asymmetric activations), the input
+  on an asymmetric ``input_bits``-bit grid (fixed for the whole search, so counterexamples stay grid points of
+  every candidate); biases on the accumulator grid in high precision (the int32-bias convention, sec.
+  2.3.3.3).  Steps come from calibration data.
 """
 
 from __future__ import annotations
@@ -415,7 +417,7 @@ def search_bits(
     progress: bool = True,
     **verify_options: Any,
 ) -> BitSearchResult:
-    """CEG4N (Matos Júnior, thesis ch. 3, Algorithm 1): the cheapest per-layer bits with
+    """CEG4N (Matos Júnior (2025), Algorithm 1): the cheapest per-layer bits with
     ``f ~ Q(f, b)`` proved on the L-infinity balls of radius ``delta`` around ``points``.
 
     ``config``: a :class:`BitSearchConfig`; its ``verify`` field says what "equivalent" means

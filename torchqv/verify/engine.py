@@ -9,10 +9,11 @@ Semantics (one exact meaning for every stage of the engine):
   intersected with the domain box ``[lo, hi]``, computed in exact rationals (``boxes=(lo, hi)``:
   the box itself, intersected with the domain).  When f' quantizes its input (step ``s``,
   centered codes ``[kmin, kmax]``), the region is the finite set of grid points ``k * s`` of that
-  box (paper 001's setting), exactly: a coordinate with one grid point is that rational (``3/5``
-  on the step ``1/5``).  An empty region (domain ``lo > hi``, a point outside the domain, a box
-  disjoint from the domain, a region without a grid point) is a user error: ``QuantizationError``
-  before any solving, naming the regions and the fix.
+  box (the setting of Park, Park & Hwang, "On expressive power of quantized neural networks under
+  fixed-point arithmetic"), exactly: a coordinate with one grid point is that rational (``3/5`` on the step
+  ``1/5``).  An empty region (domain ``lo > hi``, a point outside the domain, a box disjoint from the
+  domain, a region without a grid point) is a user error: ``QuantizationError`` before any solving, naming
+  the regions and the fix.
 * **Networks.** f is the real-valued network of its weights' exact values, evaluated exactly at
   rational points (``network.float_chain(f).exact``); f' is the fixed-point network of
   ``torchqv.reference_forward``: on a grid point ``k * s`` its input rounds to the code ``k``,
