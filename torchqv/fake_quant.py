@@ -27,6 +27,8 @@ from .formats import (
     QuantizationError,
     as_step,
     dequantize_f64,
+    dequantize_groups,
+    expand_groups,
     fraction_to_float,
     round_certified,
 )
@@ -81,6 +83,7 @@ def fake_quantize(
         fmt.rounding == "half_even"
         and not fmt.binary
         and not step.requires_grad
+        and (step.numel() == 1 or step.shape[axis] == step.numel())  # not per-group (elementwise)
         and -(2**31) <= kmin
         and kmax < 2**31
         and x.dtype == torch.float32
@@ -109,7 +112,9 @@ class FakeQuantize(nn.Module):
     """A quantizer node: format + exact steps + observer.
 
     With a per-channel format there is one step per channel along ``axis`` (weights: the output
-    channel).
+    channel); with ``group_size`` one per (output channel, group): ``channels`` is then
+    ``out * G`` and the steps apply to consecutive blocks of ``group_size`` elements of the
+    weight in its row-major order (:meth:`FixedPoint.group_count`; ``axis`` must be 0).
     Steps are stored exactly as int64 ``step_num / step_den`` (``step_den == 0``: not set yet).
     """
 
@@ -221,6 +226,11 @@ class FakeQuantize(nn.Module):
     def code_range(self) -> tuple[int, int]:
         return self.fmt.code_range(self.zp)
 
+    @property
+    def grouped(self) -> bool:
+        """One step per (output channel, group of ``group_size`` elements)?"""
+        return self.fmt.group_size is not None and self.step_num.numel() > 1
+
     def _shape(self, x: torch.Tensor) -> list[int]:
         shape = [1] * x.dim()
         if self.step_num.numel() > 1:
@@ -230,12 +240,14 @@ class FakeQuantize(nn.Module):
     def step_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Steps broadcastable against ``x`` (float, LSQ parameter when learning)."""
         if self.learn_step:
+            if self.grouped:
+                return expand_groups(self.step_param.to(x.dtype), x.shape)
             return self.step_param.to(x.dtype).view(self._shape(x))
         steps = self.steps()
-        key = ("tensor", x.dtype, x.device, x.dim())
+        key = ("tensor", x.dtype, x.device, tuple(x.shape) if self.grouped else x.dim())
         if key not in self._cache:
             s = torch.tensor([fraction_to_float(f) for f in steps], dtype=x.dtype, device=x.device)
-            self._cache[key] = s.view(self._shape(x))
+            self._cache[key] = expand_groups(s, x.shape) if self.grouped else s.view(self._shape(x))
         return self._cache[key]
 
     # --------------------------------------------------------- observation
@@ -323,6 +335,8 @@ class FakeQuantize(nn.Module):
 
     def quantize_exact(self, x: torch.Tensor) -> torch.Tensor:
         """Grid values (float64, each the double nearest to ``k * step``)."""
+        if self.grouped:
+            return dequantize_groups(self.exact_codes(x), self.steps())
         return dequantize_f64(self.exact_codes(x), self.steps(), self.axis)
 
     def snap(self, x: torch.Tensor, where: str) -> torch.Tensor:

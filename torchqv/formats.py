@@ -118,6 +118,23 @@ class FixedPoint:
         One step per output channel (weights).
     power_of_two
         Observers round the step up to a power of two.
+    group_size
+        Per-group weight steps (implies ``per_channel``): one step per output channel and group
+        of ``group_size`` consecutive elements of the reduction dimension, as in torchao's
+        ``Int4WeightOnlyConfig(group_size=...)`` and Brevitas' group-wise scaling (block
+        floating-point groups: Darvish Rouhani et al., "Microscaling Data Formats for Deep
+        Learning"; grouped integer weights: Frantar et al., "GPTQ: Accurate Post-Training
+        Quantization for Generative Pre-trained Transformers").  The reduction dimension of a
+        weight ``W`` of shape ``[out, *rest]`` is ``rest`` flattened in the weight's own
+        (row-major) order: ``in_features`` for ``Linear``; ``in_channels / groups * kh * kw`` for
+        a convolution, so a group runs over the kernel window first and then over input channels
+        (``group_size = kh * kw`` is one step per (output channel, input channel)).  Element
+        ``j`` of row ``o`` of ``W.reshape(out, -1)`` has the step ``steps[o * G + j // group_size]``
+        with ``G = R / group_size`` groups per row (:meth:`group_count` validates that
+        ``group_size`` divides ``R``).  A fixed ``step`` is one step or a tuple of ``out * G``.
+        The affine map then computes ``sum_g s_w[o, g] s_x (k_w[o, g] . k_x[g])`` exactly and
+        rounds once; the bias sits on the grid ``s_x * min_g s_w[o, g]`` (the finest step of its
+        row).  Layers without a reduction (a standalone batch norm) keep per-channel steps.
     """
 
     bits: int = 8
@@ -131,6 +148,7 @@ class FixedPoint:
     overflow: str = "saturate"
     per_channel: bool = False
     power_of_two: bool = False
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
@@ -140,6 +158,17 @@ class FixedPoint:
                 raise QuantizationError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not 1 <= self.bits <= MAX_BITS:
             raise QuantizationError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
+        if self.group_size is not None:
+            if (
+                isinstance(self.group_size, bool)
+                or not isinstance(self.group_size, int)
+                or self.group_size < 1
+            ):
+                raise QuantizationError(
+                    "group_size must be a positive int (or None for per-channel steps), got "
+                    f"{self.group_size!r}"
+                )
+            object.__setattr__(self, "per_channel", True)
         if self.rounding not in ROUNDINGS:
             raise QuantizationError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.overflow not in OVERFLOWS:
@@ -194,6 +223,22 @@ class FixedPoint:
                 )
         elif self.per_channel:
             raise QuantizationError("affine (zero_point=None) formats are per-tensor (activations)")
+
+    def group_count(self, reduction: int, where: str = "") -> int:
+        """Groups per output channel of a weight whose reduction dimension has ``reduction``
+        elements (1 without ``group_size``); raises unless ``group_size`` divides it."""
+        if self.group_size is None:
+            return 1
+        if reduction % self.group_size:
+            divisors = [d for d in range(1, reduction + 1) if reduction % d == 0]
+            near = sorted(divisors, key=lambda d: (abs(d - self.group_size), d))[:3]
+            raise QuantizationError(
+                f"{where or 'weight'}: group_size={self.group_size} does not divide the reduction size "
+                f"{reduction} (in_features, or in_channels/groups * kernel size for a convolution); "
+                f"use a divisor of {reduction} (e.g. {', '.join(map(str, sorted(near)))}) or override "
+                "this layer's weight format"
+            )
+        return reduction // self.group_size
 
     # ---------------------------------------------------------------- the grid
     @property
@@ -361,7 +406,8 @@ class FixedPoint:
         kind = "binary" if self.binary else ("int" if self.signed else "uint")
         steps = self.fixed_steps()
         step = "observed" if steps is None else (str(steps[0]) if len(steps) == 1 else "per-channel")
-        return f"{kind}{self.bits}(step={step}, {self.rounding})"
+        group = f", group_size={self.group_size}" if self.group_size is not None else ""
+        return f"{kind}{self.bits}(step={step}{group}, {self.rounding})"
 
 
 def checked_fields(cls: type, data: Any) -> dict[str, Any]:
@@ -466,6 +512,22 @@ def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0
     if len(steps) > 1:
         num, den = num.view(shape), den.view(shape)
     return (codes * num) / den
+
+
+def expand_groups(values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """One value per (output channel, group) (``values`` of ``out * G`` elements, in that order)
+    repeated over the group's elements: a tensor of the weight's ``shape`` (differentiable)."""
+    n = values.numel()
+    total = math.prod(shape)
+    return values.reshape(n, 1).expand(n, total // n).reshape(tuple(shape))
+
+
+def dequantize_groups(codes: torch.Tensor, steps: Sequence[Fraction]) -> torch.Tensor:
+    """:func:`dequantize_f64` of weight codes with one step per (output channel, group): the
+    codes viewed as ``[out * G, group_size]`` rows, one step per row."""
+    if len(steps) == 1:
+        return dequantize_f64(codes, steps)
+    return dequantize_f64(codes.reshape(len(steps), -1), steps, 0).reshape(codes.shape)
 
 
 INT64_LIMIT = 2**62  # headroom below 2^63 for the doubled numerators of ``round_ratio``

@@ -10,6 +10,7 @@ quantized exactly is reported up front, every offending call at once.  The seman
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -69,6 +70,15 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
     """Choose every observed step: activations from ``batches`` (tensors or ``(x, y)`` pairs) run
     through the float model, weights from the weights.  Observers are off afterwards."""
     _quantized(model, "calibrate")
+    for m in model.modules():  # per-group weight steps: group_size must divide each reduction (up front)
+        if isinstance(m, QuantAffine) and m.weight_quant is not None and m.weight_quant.fmt.group_size:
+            shape = m.weight_int.shape if m.frozen else m.weight.shape
+            groups = m.weight_quant.fmt.group_count(math.prod(shape[1:]), f"{m.qname}.weight")
+            if m.weight_quant.step_num.numel() != shape[0] * groups:
+                raise QuantizationError(
+                    f"{m.qname}.weight: {m.weight_quant.step_num.numel()} weight steps, but group_size="
+                    f"{m.weight_quant.fmt.group_size} needs {shape[0] * groups}; quantize the model again"
+                )
     with float_mode(model, observe=True), torch.no_grad():
         seen = 0
         for x in tqdm(batch_inputs(batches), desc="calibrate", disable=not progress, leave=False):

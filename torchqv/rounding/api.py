@@ -140,9 +140,9 @@ def _apply(
     m: QuantAffine, kw: torch.Tensor, kb: torch.Tensor | None, bias_step: list[Fraction] | None
 ) -> None:
     """Write the chosen codes back as exact grid values and check that they re-quantize to them."""
-    steps = torch.tensor([fraction_to_float(f) for f in m.weight_steps()], dtype=torch.float64)
+    steps = m.weight_step_tensor().reshape(kw.shape)  # each weight's own step (per channel or group)
     with torch.no_grad():
-        m.weight.copy_((kw * steps.unsqueeze(1)).reshape(m.weight.shape).to(m.weight.dtype))
+        m.weight.copy_((kw * steps).reshape(m.weight.shape).to(m.weight.dtype))
         if kb is not None:
             sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)  # type: ignore[union-attr]
             m.bias.copy_((kb * sb).to(m.bias.dtype))
@@ -252,7 +252,7 @@ def _round_layers(
             xq = [_inputs(qmodel, node, x) for x in batches]
         xt = xq if target is Target.QUANTIZED else float_inputs[node.name]
         inq = qmodel.io(node).in_quants[0]
-        bias_step = [s * inq.steps()[0] for s in m.weight_steps()] if m.bias is not None and inq else None
+        bias_step = [s * inq.steps()[0] for s in m.row_steps()] if m.bias is not None and inq else None
         kw = m.weight_codes().reshape(m.weight.shape[0], -1)
         kb = m.bias_codes(bias_step) if bias_step is not None else None
         stats = group_stats([m.patches(x) for x in xq], [m.patches(x) for x in xt], m.groups_)

@@ -177,10 +177,9 @@ def build_layer_qubo(
     rows = rows if rows is not None else slice(0, m.weight.shape[0])
     fmt = wq.fmt
     w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)[rows]  # C x d
-    steps = m.weight_steps()[rows]
+    s = m.weight_step_tensor().reshape(m.weight.shape[0], -1)[rows]  # each weight's own step (C x d)
     bias = m.bias.detach()[rows] if m.bias is not None else None
     bias_step = bias_step[rows] if bias_step is not None else None
-    s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).unsqueeze(1)
     kmin, kmax = wq.code_range()
     t = w / s
     if fmt.binary:
