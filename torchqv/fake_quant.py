@@ -22,9 +22,9 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from .errors import CalibrationError, FormatError
 from .formats import (
     FixedPoint,
-    QuantizationError,
     as_step,
     dequantize_f64,
     dequantize_groups,
@@ -133,7 +133,7 @@ class FakeQuantize(nn.Module):
         self.is_weight = weight  # weight observers look at the current tensor only
         fixed = fmt.fixed_steps()
         if fixed is not None and len(fixed) not in (1, channels):
-            raise QuantizationError(
+            raise FormatError(
                 f"{name}: format has {len(fixed)} per-channel steps but the tensor has {channels} channels"
             )
         n = channels if fmt.per_channel else 1
@@ -147,7 +147,7 @@ class FakeQuantize(nn.Module):
         self.learn_step = learn_step
         if fixed is not None:
             if fmt.affine:
-                raise QuantizationError(f"{name}: a fixed step needs a fixed zero_point (not None)")
+                raise FormatError(f"{name}: a fixed step needs a fixed zero_point (not None)")
             self.set_steps(list(fixed) * (n if len(fixed) == 1 else 1), fmt.zero_point or 0)
         else:
             self.observer = Observer(fmt, n, observer)
@@ -155,7 +155,7 @@ class FakeQuantize(nn.Module):
                 self.zero_point.fill_(fmt.zero_point)
         if learn_step:
             if fmt.power_of_two:
-                raise QuantizationError(f"{name}: learned steps (LSQ) cannot keep power_of_two steps")
+                raise FormatError(f"{name}: learned steps (LSQ) cannot keep power_of_two steps")
             self.step_param = nn.Parameter(torch.ones(n))
 
     # ------------------------------------------------------------- steps
@@ -186,14 +186,14 @@ class FakeQuantize(nn.Module):
         if not self.learn_step and self._cache.get("key") == key:
             return self._cache["steps"]
         if not self.calibrated:
-            raise QuantizationError(
+            raise FormatError(
                 f"{self.qname or 'quantizer'} has no step yet: run tq.calibrate(model, batches) "
                 "or give the format a step"
             )
         if self.learn_step:
             vals = self.step_param.detach().float().tolist()
             if min(vals) <= 0 or not all(math.isfinite(v) for v in vals):
-                raise QuantizationError(
+                raise FormatError(
                     f"{self.qname}: learned step became non-positive or non-finite; lower the learning rate"
                 )
             self._store([Fraction(v) for v in vals])  # the exact grid follows the learned step
@@ -216,7 +216,7 @@ class FakeQuantize(nn.Module):
         """The per-tensor grid (format, exact step, zero point) this quantizer rounds to."""
         steps = self.steps()
         if len(steps) != 1:
-            raise QuantizationError(f"{self.qname}: a per-channel quantizer has no single grid")
+            raise FormatError(f"{self.qname}: a per-channel quantizer has no single grid")
         return Grid(self.fmt, steps[0], self.zp)
 
     @property
@@ -263,7 +263,7 @@ class FakeQuantize(nn.Module):
         if self.observer is None:
             return
         if not self.observer.has_data:
-            raise QuantizationError(
+            raise CalibrationError(
                 f"observer of {self.qname or 'a quantizer'} saw no data: did the calibration batches "
                 "reach this layer?"
             )
@@ -313,7 +313,7 @@ class FakeQuantize(nn.Module):
             rows = torch.arange(start, start + part.numel(), device=dev) // inner if len(steps) > 1 else 0
             if direct:
                 if not bool(torch.isfinite(part).all()):
-                    raise QuantizationError(
+                    raise FormatError(
                         f"{self.qname or 'tensor'}: NaN or infinite value reached quantization; check the "
                         "input data and the model parameters"
                     )
@@ -348,7 +348,7 @@ class FakeQuantize(nn.Module):
         t = x64 / s
         k = torch.round(t)
         if bool(((t - k).abs() > k.abs() * 2.0**-45 + 2.0**-45).any()):
-            raise QuantizationError(
+            raise FormatError(
                 f"{where}: input is not on the grid of {self.qname}; was the model fed through "
                 "its quantizers? (call the quantized model, not a sub-module, in eval mode)"
             )

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from onnx import TensorProto
 from torch import nn
 
+from ..errors import ConfigError, UnsupportedModelError
 from ..fake_quant import DIV_ERR, FakeQuantize, fake_quantize
 from ..formats import (
-    QuantizationError,
     dequantize_f64,
     dequantize_groups,
     expand_groups,
@@ -65,7 +65,7 @@ def _gamma(n: int) -> float:
 def check_finite(name: str, **tensors: torch.Tensor | None) -> None:
     for what, t in tensors.items():
         if t is not None and not bool(torch.isfinite(t).all()):
-            raise QuantizationError(f"{name}: {what} contains NaN or inf; fix the float model first")
+            raise UnsupportedModelError(f"{name}: {what} contains NaN or inf; fix the float model first")
 
 
 class QuantAffine(Operation, nn.Module):
@@ -164,7 +164,7 @@ class QuantAffine(Operation, nn.Module):
         if self.frozen:
             return self.weight_int.to(torch.float64)
         if self.weight_quant is None:
-            raise QuantizationError(f"{self.qname}: weights are not quantized (QConfig.weight is None)")
+            raise ConfigError(f"{self.qname}: weights are not quantized (QConfig.weight is None)")
         key = (self.weight._version, self.weight.data_ptr(), self.weight_quant.state_key())
         cached = self._cache.get("weight_codes")
         if cached is None or cached[0] != key:  # kept compact: int8/16/32 by the format's width
@@ -199,7 +199,7 @@ class QuantAffine(Operation, nn.Module):
         """One step per output channel (formats without ``group_size``; see
         :meth:`weight_step_groups` and :meth:`row_steps`)."""
         if self.group_size is not None:
-            raise QuantizationError(
+            raise ConfigError(
                 f"{self.qname}: weights have per-group steps (group_size={self.group_size}); use "
                 "weight_step_groups() (or row_steps() for the bias grid)"
             )
@@ -291,7 +291,7 @@ class QuantAffine(Operation, nn.Module):
     def qat(self, args: tuple, kwargs: dict, io: NodeIO) -> torch.Tensor:
         (x,) = args
         if self.frozen:
-            raise QuantizationError(f"{self.qname} is frozen (integer weights); train the unfrozen model")
+            raise ConfigError(f"{self.qname} is frozen (integer weights); train the unfrozen model")
         wq = self.weight_quant
         w = self.weight if wq is None else wq(self.weight)
         b = self.bias
@@ -469,7 +469,7 @@ class QuantAffine(Operation, nn.Module):
         if self.bias is not None and self.quantized and sx is not None:
             bias = [int(b) * s for b, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
         elif "bias_int" in self._buffers:
-            raise QuantizationError(
+            raise ConfigError(
                 f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
             )
         elif self.bias is not None:
@@ -593,7 +593,7 @@ class QuantAffine(Operation, nn.Module):
             mult = [Fraction(1, L) / grid.step for L in common]
             return RTensor(round_scaled(n, mult, grid, self.channel_axis, self.qname), grid)
         if "bias_int" in self._buffers:
-            raise QuantizationError(
+            raise ConfigError(
                 f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
             )
         if self.quantized:

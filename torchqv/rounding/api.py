@@ -23,7 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic
-from ..formats import QuantizationError, fraction_to_float
+from ..errors import RoundingError
+from ..formats import fraction_to_float
 from ..graph import QNode, QuantizedModel, float_mode
 from ..grid import QTensor
 from ..ops.affine import QuantAffine
@@ -116,7 +117,7 @@ def _inputs(qm: QuantizedModel, node: QNode, x: torch.Tensor) -> torch.Tensor:
     except _Stop:
         pass
     if not got:
-        raise QuantizationError(f"{node.name}: the calibration batches did not reach this layer")
+        raise RoundingError(f"{node.name}: the calibration batches did not reach this layer")
     xin = got[0]
     xin = xin.values() if isinstance(xin, QTensor) else xin
     return xin.detach().to(torch.float64)
@@ -132,7 +133,7 @@ def _nearest(problem: LayerQUBO, codes: torch.Tensor, bias: torch.Tensor | None,
     delta = problem.delta
     z = torch.where(delta != 0, (codes - problem.lower) / torch.where(delta != 0, delta, 1), 0)
     if not bool(((z == 0) | (z == 1)).all()):
-        raise QuantizationError(f"{where}: nearest rounding is not one of the two QUBO levels")
+        raise RoundingError(f"{where}: nearest rounding is not one of the two QUBO levels")
     return z
 
 
@@ -147,9 +148,9 @@ def _apply(
             sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)  # type: ignore[union-attr]
             m.bias.copy_((kb * sb).to(m.bias.dtype))
     if not torch.equal(m.weight_codes().reshape(kw.shape), kw):
-        raise QuantizationError(f"{m.qname}: rounded weights do not re-quantize to the chosen codes")
+        raise RoundingError(f"{m.qname}: rounded weights do not re-quantize to the chosen codes")
     if kb is not None and not torch.equal(m.bias_codes(bias_step), kb):  # type: ignore[arg-type]
-        raise QuantizationError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
+        raise RoundingError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
 
 
 def round_weights(
@@ -186,14 +187,14 @@ def round_weights(
     cfg = RoundingConfig.coerce(config, "round_weights", **options)
     batches = [x for x in batch_inputs(calibration_data)]
     if not batches:
-        raise QuantizationError("round_weights needs calibration data")
+        raise RoundingError("round_weights needs calibration data")
     if not isinstance(qmodel, QuantizedModel):
-        raise QuantizationError(
+        raise RoundingError(
             f"round_weights expects a model returned by torchqv.quantize, got {type(qmodel).__name__}"
         )
     layers = _layers(qmodel)
     if not layers:
-        raise QuantizationError("round_weights found no quantized layer (QConfig.weight) to round")
+        raise RoundingError("round_weights found no quantized layer (QConfig.weight) to round")
     deadline = time.perf_counter() + cfg.time_limit if cfg.time_limit is not None else None
     solver = cfg.effective_solver
     settings = _Solve(cfg, solver, cfg.bound and solver is not Solver.NEAREST, deadline)

@@ -31,7 +31,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from ..formats import QuantizationError, fraction_to_float
+from ..errors import RoundingError
+from ..formats import fraction_to_float
 from ..ops.affine import QuantAffine
 
 
@@ -173,7 +174,7 @@ def build_layer_qubo(
     """
     wq = m.weight_quant
     if wq is None or m.frozen:
-        raise QuantizationError(f"{m.qname}: QUBO rounding needs quantized, unfrozen weights")
+        raise RoundingError(f"{m.qname}: QUBO rounding needs quantized, unfrozen weights")
     rows = rows if rows is not None else slice(0, m.weight.shape[0])
     fmt = wq.fmt
     w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)[rows]  # C x d
@@ -218,7 +219,7 @@ def build_layer_qubo(
         1,
     ).T.contiguous()
     if not math.isfinite(float(stats.G.abs().max())):
-        raise QuantizationError(f"{m.qname}: calibration inputs contain NaN or inf")
+        raise RoundingError(f"{m.qname}: calibration inputs contain NaN or inf")
     return LayerQUBO(
         stats, theta_low, sigma, theta_f, lower_c, delta_c, bias is not None and bias_step is not None
     )
