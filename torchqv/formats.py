@@ -151,6 +151,12 @@ class FixedPoint:
     group_size: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_bits_and_flags()
+        self._check_levels()
+        self._check_step()
+        self._check_zero_point()
+
+    def _check_bits_and_flags(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise FormatError(f"bits must be an int, got {self.bits!r}")
         for flag in FLAGS:
@@ -173,6 +179,9 @@ class FixedPoint:
             raise FormatError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.overflow not in OVERFLOWS:
             raise FormatError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+
+    def _check_levels(self) -> None:
+        """Binary and one-bit grids: the level sets their flags allow."""
         if self.binary:
             if self.bits != 1:
                 raise FormatError("binary formats have bits=1 (levels {-1, +1} * step)")
@@ -188,6 +197,9 @@ class FixedPoint:
                 "a signed narrow 1-bit grid has the single level 0; use tq.Binary(step) for "
                 "{-1, +1} * step, or signed=False for {0, 1}"
             )
+
+    def _check_step(self) -> None:
+        """``step`` / ``frac_bits``: exact positive rationals (normalised to ``Fraction``)."""
         if self.frac_bits is not None:
             if self.step is not None:
                 raise FormatError("give either step or frac_bits, not both")
@@ -197,23 +209,26 @@ class FixedPoint:
                 or not (-62 <= self.frac_bits <= 62)
             ):
                 raise FormatError(f"frac_bits must be an int in [-62, 62], got {self.frac_bits!r}")
-        if self.step is not None:
-            steps = self.step if isinstance(self.step, (tuple, list)) else (self.step,)
-            if len(steps) == 0:
-                raise FormatError("a per-channel step tuple must not be empty")
-            parsed = tuple(as_step(s) for s in steps)
-            if isinstance(self.step, (tuple, list)):  # normalise: exact steps compare equal
-                object.__setattr__(self, "step", parsed)
-                object.__setattr__(self, "per_channel", True)
-            else:
-                object.__setattr__(self, "step", parsed[0])
-            if not all(is_dyadic(s) for s in parsed) and any(
-                s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
-            ):
-                raise FormatError(
-                    f"step {self.step!r}: a non-dyadic rational step needs numerator * 2^bits < 2^53 "
-                    "and denominator < 2^53 so that grid values round to doubles exactly once"
-                )
+        if self.step is None:
+            return
+        steps = self.step if isinstance(self.step, (tuple, list)) else (self.step,)
+        if len(steps) == 0:
+            raise FormatError("a per-channel step tuple must not be empty")
+        parsed = tuple(as_step(s) for s in steps)
+        if isinstance(self.step, (tuple, list)):  # normalise: exact steps compare equal
+            object.__setattr__(self, "step", parsed)
+            object.__setattr__(self, "per_channel", True)
+        else:
+            object.__setattr__(self, "step", parsed[0])
+        if not all(is_dyadic(s) for s in parsed) and any(
+            s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
+        ):
+            raise FormatError(
+                f"step {self.step!r}: a non-dyadic rational step needs numerator * 2^bits < 2^53 "
+                "and denominator < 2^53 so that grid values round to doubles exactly once"
+            )
+
+    def _check_zero_point(self) -> None:
         if self.zero_point is not None:
             if isinstance(self.zero_point, bool) or not isinstance(self.zero_point, int):
                 raise FormatError(f"zero_point must be an int or None, got {self.zero_point!r}")

@@ -470,24 +470,18 @@ def search_bits(
     with optional_pool(spec.workers) as pool:  # one pool for the whole search
         while True:
             # bit search: the cheapest vector that agrees with f on every counterexample so far
-            while True:
+            found = _cheapest_passing(lattice, s, left, bar)
+            if found is None:
                 if left() <= 0:
                     return result(
                         SearchStatus.TO, f"time limit of {cfg.time_limit} s reached during the bit search"
                     )
-                item = lattice.pop()
-                if item is None and skipped:
+                if skipped:
                     return result(
                         SearchStatus.VF, f"no bit vector in {tuple(bits)} proved; undecided: {skipped}"
                     )
-                if item is None:
-                    return result(
-                        SearchStatus.QF, f"every bit vector in {tuple(bits)} fails on a counterexample"
-                    )
-                c, b = item
-                bar.update()
-                if s.passes(b):
-                    break
+                return result(SearchStatus.QF, f"every bit vector in {tuple(bits)} fails on a counterexample")
+            c, b = found
             if len(history) == cfg.max_iterations:
                 return result(SearchStatus.TO, f"iteration limit of {cfg.max_iterations} reached")
             fq = s.model(b)
@@ -508,6 +502,21 @@ def search_bits(
             if cfg.on_unknown == "vf":
                 return result(SearchStatus.VF, why)
             skipped.append(b)
+
+
+def _cheapest_passing(
+    lattice: _Lattice, s: _Search, left: Callable[[], float], bar: Any
+) -> tuple[float, tuple[int, ...]] | None:
+    """The next ``(cost, bits)`` of the lattice that passes the concrete check, or ``None`` when
+    the lattice runs out or the time is spent."""
+    while left() > 0:
+        item = lattice.pop()
+        if item is None:
+            return None
+        bar.update()
+        if s.passes(item[1]):
+            return item
+    return None
 
 
 class _Search:
