@@ -80,12 +80,12 @@ def test_the_exact_solver_names_the_fix_and_leaves_the_model_unchanged():
     qm, x = calibrated(4, 30, 3)
     before = [p.clone() for p in qm.parameters()]
     with pytest.raises(
-        tq.QuantizationError,
+        tq.RoundingError,
         match=r"neuron 0 has \d+ free variables, more than EXACT_MAX = 24.*solver='auto' or 'neal'",
     ) as info:
         tq.round_weights(qm, [x], solver="exact", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, qm.parameters(), strict=True))
-    assert "round_weights stopped (QuantizationError): the model is unchanged" in "\n".join(
+    assert "round_weights stopped (RoundingError): the model is unchanged" in "\n".join(
         getattr(info.value, "__notes__", [])
     )
 
