@@ -89,7 +89,8 @@ class DatasetConfig:
     (``None``: ``$TORCHQV_DATA``, else ``./data``; archives are unpacked into ``cache_dir``;
     ``verify_md5``: check them against torchvision's checksums).
     ``test_size``: the test fraction of a tabular set.  ``train_subset`` / ``test_subset``: keep
-    that many examples (``None``: all; the training split is in seeded random order)."""
+    the first N examples of the split (``None``: all; the training split is in seeded random
+    order, so the first N are a deterministic sample); more than the split holds is an error."""
 
     name: str = "digits"
     root: str | None = None
@@ -104,7 +105,10 @@ class DatasetConfig:
         _choice("dataset", "name", self.name, DATASETS)
         if not 0 < self.test_size < 1:
             raise ValueError(f"dataset.test_size must be a fraction in (0, 1), got {self.test_size}")
-        _positive("dataset", train_subset=self.train_subset, test_subset=self.test_subset)
+        for name in ("train_subset", "test_subset"):
+            n = getattr(self, name)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"dataset.{name} must be a positive int or null (all), got {n!r}")
 
 
 @dataclass
@@ -251,7 +255,9 @@ class TrainerConfig:
     """Float training (Adam, cross entropy) with a Lightning Trainer: ``epochs``, ``lr``,
     ``lr_schedule`` (``constant`` or ``cosine`` annealing to 0 over the epochs), ``batch_size``
     (``None``: the whole training set), ``accelerator`` (``cpu``), ``seed``;
-    ``threads``: torch's CPU threads (``None``: torch's default); ``progress``: progress bars."""
+    ``threads``: torch's CPU threads (``None``: torch's default); ``progress``: progress bars
+    (Lightning's and the recipe's; ``None``: only when stderr is a terminal, so logs and pipes get
+    no bar text)."""
 
     epochs: int = 60
     lr: float = 3e-3
@@ -260,7 +266,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     seed: int = 0
     threads: int | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -317,7 +323,7 @@ class Ceg4nRecipeConfig:
     cache_dir: str | None = None
     calibration_samples: int = 1024
     threads: int | None = None
-    progress: bool = True
+    progress: bool | None = None  # None: only on a terminal (torchqv.progress)
 
     def __post_init__(self) -> None:
         from .ceg4n import NETWORKS
@@ -355,7 +361,7 @@ class RepresentabilityRecipeConfig:
     activations: list[str] = field(default_factory=lambda: list(PAPER_ACTIVATIONS))
     ps: list[int] = field(default_factory=lambda: list(range(2, 9)))
     exact: bool = False
-    progress: bool = True
+    progress: bool | None = None  # None: only on a terminal (torchqv.progress)
 
     def __post_init__(self) -> None:
         if not self.activations or not self.ps or any(p < 1 for p in self.ps):

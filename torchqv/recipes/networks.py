@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datamodules import TabularDataModule, VisionDataModule
 from ..data.tabular import TABULAR
+from ..progress import show_progress
 from ..verify import from_onnx
 from .config import FLOAT_ACTIVATIONS, DatasetConfig, ModelConfig, TrainerConfig
 
@@ -49,11 +50,12 @@ def _first(ds: Dataset, n: int | None) -> Dataset:
 
 def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
     """The data set of ``cfg`` (tabular: stratified split; images: the official split), the
-    training split in seeded random order, cut to ``train_subset`` / ``test_subset``."""
+    training split in seeded random order, cut to its first ``train_subset`` / ``test_subset``
+    examples by the DataModule (more than the split holds is an error)."""
+    subsets = {"train_subset": cfg.train_subset, "test_subset": cfg.test_subset}
+    dm: TabularDataModule | VisionDataModule
     if cfg.name in TABULAR:
-        dm = TabularDataModule(name=cfg.name, test_size=cfg.test_size, val_size=0.0, seed=seed)
-        dm.setup()
-        shape: tuple[int, ...] = (dm.num_features,)
+        dm = TabularDataModule(name=cfg.name, test_size=cfg.test_size, val_size=0.0, seed=seed, **subsets)
     else:
         dm = VisionDataModule(
             name=cfg.name,
@@ -63,12 +65,17 @@ def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
             verify_md5=cfg.verify_md5,
             val_size=0,
             seed=seed,
+            **subsets,
         )
         dm.prepare_data()
+    try:
         dm.setup()
-        shape = dm.input_shape
-    train, test = _first(dm.train_set, cfg.train_subset), _first(dm.test_set, cfg.test_subset)
-    return Data(cfg.name, train, test, int(dm.num_classes), tuple(shape))
+    except ValueError as exc:
+        if "_subset=" in str(exc):
+            raise ValueError(f"dataset.{exc}") from exc
+        raise
+    assert dm.train_set is not None and dm.test_set is not None
+    return Data(cfg.name, dm.train_set, dm.test_set, int(dm.num_classes), tuple(dm.input_shape))
 
 
 def tensors(ds: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +210,7 @@ def fit(
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=cfg.progress,
+            enable_progress_bar=show_progress(cfg.progress),
             limit_val_batches=0,
             num_sanity_val_steps=0,
             default_root_dir=root,

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
 from ..graph import QuantizedModel
 from ..lightning.qat import QuantizationAwareTraining
+from ..progress import progress_bar
 from ..quantize import QConfig, calibrate, quantize
 from ..reference import reference_forward
 from ..rounding import round_weights
@@ -149,7 +149,7 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
     }
     rows = []
     jobs = len(cfg.quant.bits) * len(cfg.rounding.method)
-    bar = tqdm(total=jobs, desc="bits x rounding", disable=not cfg.trainer.progress)
+    bar = progress_bar(desc="bits x rounding", total=jobs, progress=cfg.trainer.progress)
     with optional_pool(v.workers if v.enabled else 1) as pool:  # one pool for every verification
         for bits in cfg.quant.bits:
             trained = _qat(f, cfg, bits, data, out) if cfg.quant.mode == "qat" else None
