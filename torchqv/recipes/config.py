@@ -15,6 +15,7 @@ run loops over the list, a sweep (``-m quant.bits=1,2,4,8``) runs one value per 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data.tabular import TABULAR
+from ..data.tabular import TABULAR_IMAGES as IMAGES
 from ..data.torchvision_sets import VISION_SETS
 from ..formats import MAX_BITS
 from ..observers import OBSERVERS
@@ -82,6 +84,20 @@ def _bits(value: Any, what: str, lo: int = 1) -> None:
 
 
 # ------------------------------------------------------------------------------ run groups
+_STEPS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*steps?\s*$")
+
+
+def delta_steps(value: Any) -> float | None:
+    """``k`` of a radius ``"<k> steps"`` (``None`` for anything else)."""
+    match = _STEPS.match(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    k = float(match.group(1))
+    if not (k > 0 and math.isfinite(k)):
+        raise ValueError(f"verify.delta: the number of steps must be > 0, got {value!r}")
+    return k
+
+
 @dataclass
 class DatasetConfig:
     """``name``: an embedded tabular set (``digits``, ``iris``, ``seeds``: no download) or a
@@ -148,16 +164,18 @@ class QuantConfig:
     """``mode``: ``ptq`` (quantize the trained network and calibrate) or ``qat`` (then
     ``qat_epochs`` of quantization-aware training with the ``QuantizationAwareTraining``
     callback).  ``bits``: weight bits, an int or a list (1 = ``tq.Binary``).
-    ``activation_bits`` / ``input_bits``: an int, ``"same"`` (as the weights) or ``None``
-    (float activations: weight-only; float input); the input grid is unsigned (features lie in
-    [0, 1]).  ``weight_observer``: an observer, or ``"auto"``: MSE steps before nearest rounding
+    ``activation_bits``: an int (default 8), ``"same"`` (as the weights: they move together in a
+    sweep of ``quant.bits``) or ``None`` (float activations: weight-only).  ``input_bits``: the
+    network input's own width: ``"activation"`` (default: as the activations), an int,
+    ``"same"`` (as the weights) or ``None`` (float input); the input grid is unsigned (features
+    lie in [0, 1]).  ``weight_observer``: an observer, or ``"auto"``: MSE steps before nearest rounding
     and min-max steps before QUBO rounding, whose wider grid it exploits (BENCHMARKS, QUBO
     section); min-max with QAT.  ``calibration_samples``: training examples that set the steps."""
 
     mode: str = "ptq"
     bits: Any = field(default_factory=lambda: [8, 4, 2])
-    activation_bits: Any = "same"
-    input_bits: Any = "same"
+    activation_bits: Any = 8
+    input_bits: Any = "activation"
     per_channel: bool = True
     weight_observer: str = "auto"
     activation_observer: str = "mse"
@@ -172,10 +190,10 @@ class QuantConfig:
         self.bits = as_list(self.bits, "quant.bits")
         for b in self.bits:
             _bits(b, "quant.bits")
-        for name in ("activation_bits", "input_bits"):
-            value = getattr(self, name)
-            if value not in ("same", None):
-                _bits(value, f"quant.{name} (or 'same' or null)", 2 if name == "activation_bits" else 1)
+        if self.activation_bits not in ("same", None):
+            _bits(self.activation_bits, "quant.activation_bits (or 'same' or null)", 2)
+        if self.input_bits not in ("same", "activation", None):
+            _bits(self.input_bits, "quant.input_bits (or 'activation', 'same' or null)", 1)
         if self.activation_bits == "same" and 1 in self.bits:
             raise ValueError(
                 "quant.bits includes 1 (binary weights) but quant.activation_bits='same' would make "
@@ -215,18 +233,23 @@ class RoundingConfig:
 
 @dataclass
 class VerifyConfig:
-    """``tq.verify_equivalence`` of the float network f and each rounded f' (dense networks) on
-    the L-infinity balls of radius ``delta`` (inside ``domain``) around the first ``points`` test
-    inputs as f' sees them (rounded to its input grid when it quantizes its input, so that every
-    ball holds grid points); ``timeout`` in seconds per ball.  ``workers``: the balls are decided
-    on a local pool of that many processes, started once per job (1: in the job's process; the
-    verdicts are the same).  Whether or not ``enabled``, the exact simulation is checked against
+    """``tq.verify_equivalence`` of the float network f and each rounded f' on the L-infinity
+    balls of radius ``delta`` (inside ``domain``) around the first ``points`` test inputs as f'
+    sees them (rounded to its input grid when it quantizes its input, so that every ball holds
+    grid points); ``timeout`` in seconds per ball.  ``delta``: a number, or ``"<k> steps"``: k
+    steps of f''s input grid (a ball then holds ``2 * floor(k) + 1`` grid points per coordinate,
+    at least ``floor(k) + 1`` at the domain's edges; a float input has no grid: an error).  The
+    results name each ball's number of input grid points.  Networks the verifier cannot read
+    (e.g. max pooling) are found before training: their verification is skipped with the reason,
+    logged and recorded in the results.  ``workers``: the balls are decided on a local pool of
+    that many processes, started once per job (1: in the job's process; the verdicts are the
+    same).  Whether or not ``enabled``, the exact simulation is checked against
     ``tq.reference_forward`` on the first ``reference_points`` test inputs (when activations and
     input are quantized: bit-exact only on grids)."""
 
     enabled: bool = True
     relation: str = "top1"
-    delta: float = 0.01
+    delta: Any = 0.01
     eps: float | None = None
     norm: str = "inf"
     points: int = 4
@@ -235,13 +258,23 @@ class VerifyConfig:
     reference_points: int = 32
     workers: int = 1
 
+    @property
+    def delta_steps(self) -> float | None:
+        """``k`` of ``delta="<k> steps"`` (``None``: ``delta`` is a number)."""
+        return delta_steps(self.delta)
+
     def __post_init__(self) -> None:
         _choice("verify", "relation", self.relation, RELATIONS)
         check_workers(self.workers, "verify.workers")
         _choice("verify", "norm", self.norm, NORMS)
         _positive("verify", timeout=self.timeout, points=self.points, eps=self.eps)
-        if not (math.isfinite(self.delta) and self.delta >= 0):
-            raise ValueError(f"verify.delta must be a finite number >= 0, got {self.delta}")
+        if self.delta_steps is None:
+            d = self.delta
+            if isinstance(d, bool) or not isinstance(d, (int, float)) or not (math.isfinite(d) and d >= 0):
+                raise ValueError(
+                    f"verify.delta must be a finite number >= 0 or '<k> steps' (k > 0 steps of the input "
+                    f"grid), got {d!r}"
+                )
         if self.relation == "eps" and self.eps is None:
             raise ValueError("verify.relation='eps' needs verify.eps > 0")
         if self.domain is not None and (len(self.domain) != 2 or not self.domain[0] < self.domain[1]):
@@ -289,8 +322,17 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        if self.model.kind == "cnn" and self.model.target is None and self.dataset.name in TABULAR:
-            raise ValueError(f"model.kind='cnn' needs images; dataset {self.dataset.name!r} is tabular")
+        q, v = self.quant, self.verify
+        floating = q.input_bits is None or (q.input_bits == "activation" and q.activation_bits is None)
+        if v.enabled and v.delta_steps is not None and floating:
+            raise ValueError(
+                f"verify.delta={v.delta!r} counts steps of the input grid, but the input is float "
+                f"(quant.input_bits={q.input_bits!r}, quant.activation_bits={q.activation_bits!r}): give "
+                "verify.delta as a number (e.g. 0.01), or quantize the input (quant.input_bits=8)"
+            )
+        name = self.dataset.name
+        if self.model.kind == "cnn" and self.model.target is None and name in TABULAR and name not in IMAGES:
+            raise ValueError(f"model.kind='cnn' needs images; dataset {name!r} is tabular")
 
 
 # ------------------------------------------------------------------------- other recipes

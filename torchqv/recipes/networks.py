@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datamodules import TabularDataModule, VisionDataModule
-from ..data.tabular import TABULAR
+from ..data.tabular import TABULAR, TABULAR_IMAGES
 from ..progress import show_progress
 from ..verify import from_onnx
 from .config import FLOAT_ACTIVATIONS, DatasetConfig, ModelConfig, TrainerConfig
@@ -42,6 +42,7 @@ class Data:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    image_shape: tuple[int, ...] | None = None  # a flat set of pixels (digits): the image's C x H x W
 
 
 def _first(ds: Dataset, n: int | None) -> Dataset:
@@ -75,7 +76,9 @@ def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
             raise ValueError(f"dataset.{exc}") from exc
         raise
     assert dm.train_set is not None and dm.test_set is not None
-    return Data(cfg.name, dm.train_set, dm.test_set, int(dm.num_classes), tuple(dm.input_shape))
+    shape = tuple(dm.input_shape)
+    image = shape if len(shape) == 3 else TABULAR_IMAGES.get(cfg.name)
+    return Data(cfg.name, dm.train_set, dm.test_set, int(dm.num_classes), shape, image)
 
 
 def tensors(ds: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +90,15 @@ def tensors(ds: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(xs), torch.cat(ys)
 
 
-def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """An untrained network for ``cfg`` (``cfg.load`` is read by :func:`load_model`)."""
+def build_model(
+    cfg: ModelConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    image_shape: Sequence[int] | None = None,
+) -> nn.Module:
+    """An untrained network for ``cfg`` (``cfg.load`` is read by :func:`load_model`).  A CNN on a
+    flat input that holds an image's pixels (``image_shape``, e.g. digits' 1 x 8 x 8) starts with
+    an ``nn.Unflatten`` to that shape."""
     if cfg.target is not None:
         return _instantiate(cfg, input_shape, num_classes)
     act = FLOAT_ACTIVATIONS[cfg.activation]
@@ -100,6 +110,9 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
         for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), act()]
         return nn.Sequential(*layers[:-1])
+    if len(input_shape) == 1 and image_shape is not None and math.prod(image_shape) == input_shape[0]:
+        layers.append(nn.Unflatten(1, tuple(image_shape)))
+        input_shape = tuple(image_shape)
     if len(input_shape) != 3:
         raise ValueError(f"model.kind='cnn' needs C x H x W images, got input shape {tuple(input_shape)}")
     c, h, w = input_shape
@@ -130,14 +143,16 @@ def _instantiate(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int)
     return model
 
 
-def load_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+def load_model(
+    cfg: ModelConfig, input_shape: Sequence[int], num_classes: int, image_shape: Sequence[int] | None = None
+) -> nn.Module:
     """The network ``cfg.load`` names: an ONNX file, or a state dict for :func:`build_model`'s network."""
     path = Path(str(cfg.load))
     if not path.exists():
         raise FileNotFoundError(f"model.load: {path} does not exist")
     if path.suffix == ".onnx":
         return from_onnx(path).eval()
-    model = build_model(cfg, input_shape, num_classes)
+    model = build_model(cfg, input_shape, num_classes, image_shape)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
 
