@@ -415,9 +415,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             "",
             f"bits (w/a/in): weight / activation / input bits; across the rows the {varies} vary"
             + (f" ({fixed})" if fixed else "")
-            + ". verified: proved / refuted / unknown regions (f' agrees with the float network f on "
-            "every input of the region); grid points / region: the input grid points a region holds (the "
-            "fewest over the regions; '>= 10^k': a lower bound), i.e. how many inputs one proof covers.",
+            + ". verified: proved / refuted / unknown regions (f' and the float network f satisfy "
+            "verify.relation, top1: the same class, on every input of the region); grid points / "
+            "region: the input grid points a region holds (the fewest over the regions; '>= 10^k': a "
+            "lower bound), i.e. how many inputs one proof covers.",
             "",
             markdown_table(head + (["job"] if jobs else []), summary),
             *([""] + [f"verification skipped: {reason}" for reason in skipped] if skipped else []),
