@@ -21,10 +21,10 @@ from torch import nn
 import torchqv as tq
 from tests.test_datamodules import write_cifar, write_idx_set
 from torchqv.recipes.ceg4n import critical_points, run_ceg4n, train_full_batch
-from torchqv.recipes.config import Ceg4nRecipeConfig, RunConfig, as_config
+from torchqv.recipes.config import Ceg4nRecipeConfig, RunConfig, VerifyConfig, as_config
 from torchqv.recipes.networks import accuracy, build_model, load_data, tensors
 from torchqv.recipes.report import aggregate
-from torchqv.recipes.run import qconfig, region_centres, run, widths, widths_note
+from torchqv.recipes.run import NoInputGrid, qconfig, radius, region_centres, run, widths, widths_note
 from torchqv.recipes.theory import run_degradation, run_representability
 from torchqv.theory.degradation import fit_defined
 from torchqv.theory.universality import markdown_table as verdict_table
@@ -278,6 +278,20 @@ def test_input_bits_follow_the_activations_not_the_weights() -> None:
         "weight bits",
         "activation float, input float",
     )
+
+
+def test_region_radius_in_input_steps() -> None:
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(3, 2))
+    cfg = tq.QConfig(weight=tq.FixedPoint(bits=4), input=tq.FixedPoint(bits=8, signed=False))
+    qm = tq.calibrate(tq.quantize(f, cfg), [torch.rand(16, 3)], progress=False)
+    (step,) = qm.input_quant.steps()
+    steps = as_config({"delta": "2 steps"}, VerifyConfig)
+    assert radius(qm, steps) == (2 * step, step)
+    assert radius(qm, as_config({"delta": 0.01}, VerifyConfig)) == (0.01, step)
+    weight_only = tq.quantize(f, tq.QConfig(weight=tq.FixedPoint(bits=4), input=None))
+    with pytest.raises(NoInputGrid, match="counts input grid steps, but f' has a float input"):
+        radius(weight_only, steps)  # recorded as verify_skipped by the recipe, not a crash
 
 
 def test_cnn_with_the_default_config_skips_verification_up_front(

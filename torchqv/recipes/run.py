@@ -12,7 +12,14 @@ For every weight width ``b`` in ``quant.bits`` and rounding method in ``rounding
 3. **measure** the test accuracy of the exact fixed-point simulation, and check it against the
    integer reference (``tq.reference_forward``) bit for bit on the first test inputs;
 4. **verify** (``tq.verify_equivalence``, paper 003) the float network f against f' around the
-   first test inputs: proved, refuted (a replayed counterexample) or unknown.
+   first test inputs: proved, refuted (a replayed counterexample) or unknown; the regions'
+   radius is a number or ``"<k> steps"`` of f''s input grid, and each row records how many
+   input grid points a region holds (``grid_points``).  A network the verifier cannot read is
+   found before training: its rows record why in ``verify_skipped``.
+
+Widths: ``quant.activation_bits`` (8, ``"same"`` as the weights, or float) and
+``quant.input_bits`` (``"activation"``: as the activations, by default), so a sweep of
+``quant.bits`` varies the weights alone unless asked otherwise; plots and tables say what varies.
 
 Outputs (:mod:`torchqv.recipes.report`): ``results.json`` (one row per width and method),
 ``results.md`` (nearest vs QUBO accuracy, then the details), ``accuracy.png`` (accuracy against
@@ -246,14 +253,14 @@ def _measure(
     elif v.enabled and not skip:
         t0 = time.perf_counter()
         centres = region_centres(qm, inputs["verify"], v.domain)
-        delta, step = radius(qm, v)
         domain = tuple(v.domain) if v.domain is not None else None
         try:
+            delta, step = radius(qm, v)  # "<k> steps" of a float input: a reason, not a crash
             results = verify_equivalence(
                 f, qm, centres, delta, v.relation, eps=v.eps, norm=v.norm, domain=domain, timeout=v.timeout,
                 seed=cfg.trainer.seed, executor=pool,
             )  # fmt: skip
-        except Unsupported as exc:  # an operation the verifier cannot encode: recorded, not a crash
+        except (Unsupported, NoInputGrid) as exc:  # the verifier cannot encode it: recorded, not a crash
             row["verify_skipped"] = str(exc)
             log.warning("verification skipped: %s", exc)
             results = None
@@ -282,6 +289,10 @@ def _measure(
     return row
 
 
+class NoInputGrid(QuantizationError):
+    """``verify.delta="<k> steps"`` for a network without an input grid."""
+
+
 def radius(qm: torch.nn.Module, v: VerifyConfig) -> tuple[float | Fraction, Fraction | None]:
     """The regions' radius (``verify.delta``: a number, or ``"<k> steps"`` of f''s input grid)
     and that grid's step (``None``: a float input, whose regions are continuous)."""
@@ -291,7 +302,7 @@ def radius(qm: torch.nn.Module, v: VerifyConfig) -> tuple[float | Fraction, Frac
     if k is None:
         return v.delta, step
     if step is None:
-        raise QuantizationError(f"verify.delta={v.delta!r} needs a quantized input; give a number")
+        raise NoInputGrid(f"verify.delta={v.delta!r} counts input grid steps, but f' has a float input")
     return Fraction(k) * step, step
 
 
