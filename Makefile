@@ -1,12 +1,13 @@
-# Two commands work on a fresh machine: `make demo` and `make test`.
+# Two commands work on a fresh machine: `make demo` and `make test`; `make docs` builds the site.
 # PIP_FIND_LINKS is cleared so pip takes torch from the package index: the CPU-only
 # torch wheel some machines keep in a local folder cannot import torchvision.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test lint bench soundness clean
+.PHONY: demo test docs lint bench soundness clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check torchqv tests benchmarks recipes
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q tests
+
+# The documentation site (MkDocs Material + mkdocstrings), offline, warnings are errors.
+$(DOCS_STAMP): $(STAMP)
+	PIP_FIND_LINKS= $(PY) -m pip install -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_qat.py
@@ -35,4 +44,4 @@ soundness: $(STAMP)
 		PYTHONPATH=. $(PY) tests/test_soundness.py summarize $(SOUNDNESS_OUT); exit $$status
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build site *.egg-info

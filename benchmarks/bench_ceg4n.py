@@ -1,4 +1,5 @@
-"""CEG4N on the thesis' Iris and Seeds networks (paper 003, ch. 4, Tables 2 and 3).
+"""CEG4N on the thesis' Iris and Seeds networks (Matos Júnior, "An automated method for neural network
+quantization refinement" (PhD thesis, UFAM, 2025), ch. 4, Tables 2 and 3).
 
 Networks trained here with fixed seeds (full-batch Adam, features scaled to [0, 1] by
 ``torchqv.data.train_test``): Iris 4-h-h-3 (h = 4, 10, 15) and Seeds 7-h-3 (h = 4, 6, 10, 15),
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from torchqv.data import train_test
 from torchqv.recipes.ceg4n import critical_points, train_full_batch
 from torchqv.verify.ceg4n import BitSearchConfig, search_bits
+from torchqv.verify.config import VerifyConfig
 
 OUT = Path(__file__).resolve().parent / "results"
 NETS = {  # thesis sec. 4.3.2: Iris, two hidden layers; Seeds, one hidden layer
@@ -74,11 +76,14 @@ def main() -> None:
             nets[name] = (f, xtr, xte, yte, *critical_points(f, xte, yte, args.points))
         f, xtr, xte, yte, points, idx = nets[name]
         cfg = BitSearchConfig(
-            mode=mode, timeout=args.timeout, time_limit=args.time_limit, on_unknown=args.on_unknown
+            mode=mode,
+            time_limit=args.time_limit,
+            on_unknown=args.on_unknown,
+            verify=VerifyConfig(timeout=args.timeout, domain=(0.0, 1.0)),
         )
         t0 = time.perf_counter()
         r = search_bits(
-            f, points, delta, "top1", (2, 32), domain=(0.0, 1.0), config=cfg, calibration=xtr, progress=False
+            f, points, delta, (2, 32), config=cfg, calibration=xtr, progress=False
         )
         wall = time.perf_counter() - t0
         row = {

@@ -1,4 +1,5 @@
-"""Exact d-QNNT training (paper 002): the largest instances ``train_exact`` solves within 60 s.
+"""Exact d-QNNT training (Ganian, Sommer & Sorge, "Tractability via low dimensionality: the parameterized
+complexity of training quantized neural networks"): the largest instances ``train_exact`` solves within 60 s.
 
 Ladders of growing size, one per family; at each size one instance of each kind is solved
 (decision mode, ``max_error`` from the instance, default ``pb`` encoding) and the ladder stops at

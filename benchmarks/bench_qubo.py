@@ -1,4 +1,5 @@
-"""QUBO rounding on MNIST (paper 004): solver speed and accuracy.
+"""QUBO rounding on MNIST (Muñiz Subiñas et al., "Optimization of the quantization of dense neural networks
+from an exact QUBO formulation"): solver speed and accuracy.
 
 1. ``speed``: the first layer (784 -> 256) of a 784-256-128-10 MLP trained on MNIST, 1024
    calibration images, per-channel weights at 4 and 2 bits; objective and wall time of nearest,

@@ -1,4 +1,5 @@
-"""Equivalence verification benchmarks (paper 003).
+"""Equivalence verification benchmarks (Matos Júnior, "An automated method for neural network quantization
+refinement" (PhD thesis, UFAM, 2025)).
 
 ``mnist``: VNN-COMP mnist-net_256x2 (98.08% on MNIST) quantized to 8-bit per-channel weights,
 8-bit activations and an 8-bit unsigned input, calibrated on 1024 MNIST training images; top-1

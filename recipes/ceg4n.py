@@ -1,5 +1,6 @@
-"""Paper 003 (CEG4N): the cheapest per-layer bit widths proved equivalent, on the Iris, Seeds and
-MNIST networks of the thesis' tables (torchqv.recipes.ceg4n).
+"""Matos Júnior, "An automated method for neural network quantization refinement" (PhD thesis, UFAM, 2025)
+(CEG4N): the cheapest per-layer bit widths proved equivalent, on the Iris, Seeds and MNIST networks of the
+thesis' tables (torchqv.recipes.ceg4n).
 
     python recipes/ceg4n.py data_root=../shared/data                     # weights and biases (the thesis)
     python recipes/ceg4n.py -m search.mode=weights,full data_root=../shared/data

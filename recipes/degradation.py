@@ -1,4 +1,5 @@
-"""Paper 000 sec. 4: output gap vs weight gap vs bits (torchqv.theory.degradation, torchqv.recipes.theory).
+"""Anonymous, "On the expressive power of weight quantization in deep neural networks" (ICLR submission), sec.
+4: output gap vs weight gap vs bits (torchqv.theory.degradation, torchqv.recipes.theory).
 
 OMP_NUM_THREADS=1 python recipes/degradation.py                        # sec. 4.1 regression
 OMP_NUM_THREADS=1 python recipes/degradation.py experiment=mnist mnist.data_root=../shared/data

@@ -1,4 +1,5 @@
-"""Paper 001 sec. 3: can Q_{p,s}-quantized networks represent every function? (torchqv.theory.universality)
+"""Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic", sec.
+3: can Q_{p,s}-quantized networks represent every function? (torchqv.theory.universality)
 
 python recipes/representability.py                       # p = 2..8, the paper's activations
 python recipes/representability.py ps=[2,3,4] activations=[ReLU,Sigmoid] exact=true

@@ -1,4 +1,5 @@
-"""CEG4N bit search (paper 003, Algorithm 1): optimality against brute force, statuses, errors."""
+"""CEG4N bit search (Matos Júnior, "An automated method for neural network quantization refinement" (PhD
+thesis, UFAM, 2025), Algorithm 1): optimality against brute force, statuses, errors."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from torchqv.verify.ceg4n import (
     quantize_bits,
     search_bits,
 )
+from torchqv.verify.config import VerifyConfig
 from torchqv.verify.engine import holds
 
 
@@ -212,14 +214,14 @@ def test_workers_give_the_serial_search(iris):
         ]
 
     serial = search_bits(f, points, 0.1, bits=(2, 6), domain=(0.0, 1.0), progress=False)
-    cfg = BitSearchConfig(workers=2)
+    cfg = BitSearchConfig(verify=VerifyConfig(workers=2))
     pooled = search_bits(f, points, 0.1, bits=(2, 6), domain=(0.0, 1.0), config=cfg, progress=False)
     assert (pooled.status, pooled.bits, pooled.iterations, pooled.cost) == ("SQ", (4, 3), 3, 100)
     assert (serial.status, serial.bits, serial.iterations) == (pooled.status, pooled.bits, pooled.iterations)
     assert [x.tolist() for x in pooled.counterexamples] == [x.tolist() for x in serial.counterexamples]
     assert rounds(pooled) == rounds(serial)
-    with pytest.raises(QuantizationError, match=r"BitSearchConfig.workers must be an int >= 1.*got 0"):
-        BitSearchConfig(workers=0)
+    with pytest.raises(QuantizationError, match=r"VerifyConfig.workers must be an int >= 1.*got 0"):
+        BitSearchConfig(verify={"workers": 0})
 
 
 def test_a_region_starts_with_the_time_left_to_the_search_deadline(iris):
@@ -227,9 +229,9 @@ def test_a_region_starts_with_the_time_left_to_the_search_deadline(iris):
     the search's deadline has passed (the round then ends with TO), else at most ``timeout``."""
     f, points, _ = iris
     fq = quantize_bits(f, (8, 8))
-    region = (f, fq, points[:1], 0.01, "top1", None, "inf", (0.0, 1.0))
-    assert _verify_region(*region, time.time() - 1.0, 10.0, 0, 0) is None
-    res = _verify_region(*region, time.time() + 600.0, 10.0, 0, 0)
+    spec = VerifyConfig(delta=0.01, domain=(0.0, 1.0), timeout=10.0)
+    assert _verify_region(f, fq, points[:1], spec, time.time() - 1.0) is None
+    res = _verify_region(f, fq, points[:1], spec, time.time() + 600.0)
     assert res is not None and res.verdict == "EQUIVALENT"
 
 
@@ -250,11 +252,11 @@ def test_undecided_region_is_vf_or_skipped():
     with torch.no_grad():
         assert torch.equal(quantize_bits(f, (2, 2))(points), f.double()(points.double()))
         f.float()
-    cfg = BitSearchConfig(timeout=1e-6)
-    r = search_bits(f, points, 0.1, "strict", bits=(2, 2), config=cfg, progress=False)
+    cfg = BitSearchConfig(verify=VerifyConfig(timeout=1e-6))
+    r = search_bits(f, points, 0.1, bits=(2, 2), relation="strict", config=cfg, progress=False)
     assert (r.status, r.bits, r.iterations) == ("VF", (2, 2), 1) and "undecided" in r.reason
-    cfg = BitSearchConfig(timeout=1e-6, on_unknown="skip")
-    r = search_bits(f, points, 0.1, "strict", bits=(2, 2), config=cfg, progress=False)
+    cfg = BitSearchConfig(verify=VerifyConfig(timeout=1e-6, relation="strict"), on_unknown="skip")
+    r = search_bits(f, points, 0.1, bits=(2, 2), config=cfg, progress=False)
     assert (r.status, r.skipped) == ("VF", [(2, 2)]) and "no bit vector" in r.reason
 
 
@@ -269,8 +271,10 @@ def test_user_cost(iris):
 
 
 def test_config_and_result_serialise(iris):
-    cfg = BitSearchConfig(mode="full", cost="sum_bits", timeout=5.0, input_bits=None, on_unknown="skip")
+    verify = VerifyConfig(relation="eps", eps="1/3", delta=0.01, domain=(0, 1), timeout=5.0)
+    cfg = BitSearchConfig(mode="full", cost="sum_bits", input_bits=None, on_unknown="skip", verify=verify)
     assert BitSearchConfig(**cfg.to_dict()) == cfg
+    assert BitSearchConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     f, points, _ = iris
     r = search_bits(f, points, 0.01, bits=(2, 4), config=BitSearchConfig(cost="sum_bits"), progress=False)
     assert isinstance(r, BitSearchResult) and r.cost == sum(r.bits)

@@ -1,4 +1,5 @@
-"""Paper 001, section 4.1: naive rounding of real weights flips the network's outputs."""
+"""Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic",
+section 4.1: naive rounding of real weights flips the network's outputs."""
 
 from __future__ import annotations
 

@@ -360,7 +360,7 @@ def test_unknown_keys_and_bad_types_are_composition_errors() -> None:
         (
             "run",
             ["rounding.method=qubbo"],
-            r"rounding.method must be one of \['nearest', 'qubo'\], got 'qubbo'",
+            r"rounding.method must be one of \('qubo', 'nearest'\), got 'qubbo'",
         ),
         ("run", ["quant.bits=[9,0]"], r"quant.bits must be an int in \[1, 32\], got 0"),
         ("run", ["quant.bits=1", "quant.activation_bits=same"], r"set quant.activation_bits to an int >= 2"),
@@ -369,15 +369,16 @@ def test_unknown_keys_and_bad_types_are_composition_errors() -> None:
         ("run", ["verify.delta=2stepz"], r"verify.delta must be a finite number >= 0 or '<k> steps'"),
         ("run", ["dataset.train_subset=0"], r"dataset.train_subset must be a positive int or null"),
         ("run", ["model=cnn", "dataset=iris"], r"model.kind='cnn' needs images; dataset 'iris' is tabular"),
-        ("run", ["verify.relation=eps"], r"verify.relation='eps' needs verify.eps > 0"),
-        ("run", ["verify.workers=0"], r"verify.workers must be an int >= 1 .*got 0"),
+        ("run", ["verify.relation=eps"], r"relation='eps' needs eps > 0"),
+        ("run", ["verify.workers=0"], r"VerifyConfig.workers must be an int >= 1 .*got 0"),
         (
             "ceg4n",
             ["networks=[iris_5x2]"],
             r"ceg4n.networks must be one of \[.*'iris_4x2'.*\], got 'iris_5x2'",
         ),
         ("ceg4n", ["search.mode=fast"], r"BitSearchConfig.mode must be one of"),
-        ("ceg4n", ["search.workers=0"], r"BitSearchConfig.workers must be an int >= 1 .*got 0"),
+        ("ceg4n", ["search.verify.workers=0"], r"VerifyConfig.workers must be an int >= 1 .*got 0"),
+        ("ceg4n", ["search.verify.relation=close"], r"relation"),
         ("degradation", ["regression.bits=[3,0]"], r"bits"),
     ],
 )

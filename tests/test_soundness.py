@@ -71,7 +71,8 @@ def round_code(t: Fraction, rule: str, binary: bool) -> int:
 
 
 def code_range(fmt: tq.FixedPoint, zp: int) -> tuple[int, int]:
-    """Centered codes ``[qmin - zp, qmax - zp]`` of a format (paper 001's grids)."""
+    """Centered codes ``[qmin - zp, qmax - zp]`` of a format (the grids of Park, Park & Hwang,
+    "On expressive power of quantized neural networks under fixed-point arithmetic")."""
     if fmt.binary:
         return -1, 1
     if not fmt.signed:
@@ -495,7 +496,7 @@ def one_case(seed: int, tally: Tally) -> None:
             centre = [k * s for k in codes]  # exactly on the grid (dyadic steps)
         elif delta == 0:
             delta = s / 3
-    elif size == "edge":  # the closed ball's boundary on grid points (paper 001's odd steps)
+    elif size == "edge":  # the closed ball's boundary on grid points (Park et al.'s odd steps)
         delta = rng.choice([s, 2 * s, float(s)])
     elif size == "empty":
         delta = Fraction(0)

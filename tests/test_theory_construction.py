@@ -1,4 +1,5 @@
-"""Paper 001, Theorem 6 / Lemma 5: the indicator-function network computes f* exactly, checked on
+"""Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic",
+Theorem 6 / Lemma 5: the indicator-function network computes f* exactly, checked on
 every input with the eval-mode simulation and the integer reference."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Paper 000 sec. 4: the expressive-degradation experiments (torchqv.theory.degradation*).
+"""Anonymous, "On the expressive power of weight quantization in deep neural networks" (ICLR submission), sec.
+4: the expressive-degradation experiments (torchqv.theory.degradation*).
 
 Exact references: weight gaps and output gaps recomputed with Fractions on tiny networks, the
 least-squares line against its closed form in rational arithmetic, and end-to-end runs on tiny

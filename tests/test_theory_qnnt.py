@@ -1,4 +1,6 @@
-"""d-QNNT (paper 002): reference semantics, z3 training against brute force, and the reductions."""
+"""d-QNNT (Ganian, Sommer & Sorge, "Tractability via low dimensionality: the parameterized complexity of
+training quantized neural networks"): reference semantics, z3 training against brute force, and the
+reductions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Paper 001 sec. 2.2 and 3.1-3.3: the representability decision against brute force and the paper."""
+"""Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic", sec.
+2.2 and 3.1-3.3: the representability decision against brute force and the paper."""
 
 from __future__ import annotations
 

@@ -2,14 +2,29 @@
 
 ``quantize(model, QConfig(...))`` traces the model into a quantized graph, ``calibrate`` chooses
 the steps, ``model.eval()(x)`` runs the exact simulation and ``reference_forward`` the integer
-reference (paper 001 Eq. 7 semantics: one rounding after every operation that leaves the grid).
+reference (Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point
+arithmetic", Eq. 7 semantics: one rounding after every operation that leaves the grid).
 """
 
-from . import ops
+from . import errors, ops
 from .batchnorm import fold_batchnorm
+from .errors import (
+    CalibrationError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    FormatError,
+    OverflowToGridError,
+    QuantizationError,
+    RoundingError,
+    TheoryInputError,
+    UnsupportedModelError,
+    VerificationInputError,
+)
 from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
 from .fake_quant import FakeQuantize, fake_quantize
-from .formats import Binary, FixedPoint, OverflowToGridError, QuantizationError, Ternary
+from .formats import Binary, FixedPoint, Ternary
 from .graph import QuantizedModel, float_twin
 from .kernels import use_compiled_kernels
 from .observers import ObserverConfig
@@ -18,11 +33,13 @@ from .ops.affine import QuantAffine, QuantBatchNorm, QuantConv, QuantLinear
 from .qconfig import QConfig
 from .quantize import calibrate, enable_observers, freeze, quantize, summary
 from .reference import reference_forward
-from .rounding import RoundingReport, round_weights
-from .tracing import UnsupportedModelError
+from .rounding import RoundingConfig, RoundingReport, round_weights
 from .verify import (
     BitSearchConfig,
     BitSearchResult,
+    SearchStatus,
+    Verdict,
+    VerifyConfig,
     from_onnx,
     quantize_bits,
     search_bits,
@@ -33,8 +50,14 @@ __all__ = [
     "Binary",
     "BitSearchConfig",
     "BitSearchResult",
+    "CalibrationError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ExportError",
     "FakeQuantize",
     "FixedPoint",
+    "FormatError",
     "ObserverConfig",
     "OverflowToGridError",
     "ParityReport",
@@ -46,12 +69,20 @@ __all__ = [
     "QuantLinear",
     "QuantizationError",
     "QuantizedModel",
+    "RoundingConfig",
+    "RoundingError",
     "RoundingReport",
+    "SearchStatus",
     "Ternary",
+    "TheoryInputError",
     "UnsupportedModelError",
+    "Verdict",
+    "VerificationInputError",
+    "VerifyConfig",
     "calibrate",
     "check_onnx_parity",
     "enable_observers",
+    "errors",
     "export_onnx",
     "fake_quantize",
     "float_twin",

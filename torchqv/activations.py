@@ -1,7 +1,8 @@
 """Activation functions as the quantized network sees them: ``[sigma](x) = round(sigma(x))``.
 
-The semantics is the rounding of the *exact* real function (paper 001 Eq. 5 and 7), so the
-result does not depend on a math library.  Each :class:`Activation` has
+The semantics is the rounding of the *exact* real function (Park, Park & Hwang, "On expressive power of
+quantized neural networks under fixed-point arithmetic", Eq. 5 and 7), so the result does not depend on a math
+library.  Each :class:`Activation` has
 
 * ``f64``: a float64 torch evaluation, accurate to a small relative error (``REL_ERR``), used by
   the fast path, which certifies every rounding decision against that error;

@@ -2,7 +2,8 @@
 
 The export interprets the quantized graph like every other executor: each operation emits its
 own nodes (``onnx_integer`` / ``onnx_qdq`` methods of :mod:`torchqv.ops`), helped by the
-:class:`Emitter` below.  Two forms of the same network (paper 001 Eq. 7 semantics):
+:class:`Emitter` below.  Two forms of the same network (Park, Park & Hwang, "On expressive power of quantized
+neural networks under fixed-point arithmetic", Eq. 7 semantics):
 
 ``form="integer"`` (default): every tensor between operations holds integer codes (in float64,
 exact below 2^53).  Linear maps are double ``MatMul`` on codes, convolutions ``ConvInteger`` (int32
@@ -39,7 +40,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .formats import FixedPoint, QuantizationError, fraction_to_float, is_dyadic
+from .errors import ExportError, QuantizationError
+from .formats import FixedPoint, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
@@ -50,10 +52,6 @@ MIN_OPSET = 13
 EXACT_F64 = 2**53
 EXACT_F32 = 2**24
 FORMS = ("integer", "qdq")
-
-
-class ExportError(QuantizationError):
-    """The model cannot be written in the requested ONNX form (the message says why and what to do)."""
 
 
 def int_dtype(codes: np.ndarray) -> Any:

@@ -1,10 +1,11 @@
 """Fixed-point formats: the grid, its rounding rules and its saturation.
 
-A format is the grid ``{k * step : k integer in [kmin, kmax]}`` (paper 001 sec. 2.2, Eq. 4).
-Stored codes are ``q = k + zero_point`` with ``q`` in ``[qmin, qmax]``; the real value of a code
-is ``(q - zero_point) * step`` (paper 003 Eq. 2.10-2.12, the affine form).  Everything below
-works on the *centered* code ``k = q - zero_point``, so symmetric and affine formats share one
-implementation.
+A format is the grid ``{k * step : k integer in [kmin, kmax]}`` (Park, Park & Hwang, "On expressive power of
+quantized neural networks under fixed-point arithmetic", sec. 2.2, Eq. 4). Stored codes are ``q = k +
+zero_point`` with ``q`` in ``[qmin, qmax]``; the real value of a code is ``(q - zero_point) * step`` (Matos
+Júnior, "An automated method for neural network quantization refinement" (PhD thesis, UFAM, 2025), Eq.
+2.10-2.12, the affine form).  Everything below works on the *centered* code ``k = q - zero_point``, so
+symmetric and affine formats share one implementation.
 
 This module is the single home of the rounding semantics.  Every executor reads it:
 
@@ -26,20 +27,14 @@ from typing import Any
 
 import torch
 
+from .errors import OverflowToGridError, QuantizationError
+
 ROUNDINGS = ("half_away", "half_even", "floor")
 FLAGS = ("signed", "narrow", "binary", "per_channel", "power_of_two")
 OVERFLOWS = ("saturate", "raise")
 MAX_BITS = 32
 # Denominators of stored steps live in int64 buffers.
 MAX_STEP_DEN = 2**62
-
-
-class QuantizationError(ValueError):
-    """Raised for invalid formats, configurations or data (always names the culprit)."""
-
-
-class OverflowToGridError(QuantizationError):
-    """A value fell outside the grid of a format whose ``overflow`` is ``"raise"``."""
 
 
 def as_step(value: Any, what: str = "step") -> Fraction:
@@ -99,21 +94,30 @@ class FixedPoint:
 
     Parameters
     ----------
-    bits: total bits, 1 to 32.  Signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` is paper 001's
+    bits
+        Total bits, 1 to 32.  Signed narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]`` is Park et al.'s
         ``Q_{p,s}`` with ``p = bits - 1`` and ``step = 1/s``.
-    step: the grid step; ``None`` lets an observer choose it at calibration.  An exact rational
+    step
+        The grid step; ``None`` lets an observer choose it at calibration.  An exact rational
         (``Fraction`` or ``"p/q"``) or a float (taken at its exact binary value).  A tuple gives
         one step per output channel.
-    frac_bits: shorthand for ``step = 2**-frac_bits``.
-    signed / narrow: signed narrow (default), signed full range (``narrow=False``) or unsigned
+    frac_bits
+        Shorthand for ``step = 2**-frac_bits``.
+    signed, narrow
+        Signed narrow (default), signed full range (``narrow=False``) or unsigned
         ``[0, 2^b-1]`` (``signed=False``).
-    binary: the two-level grid ``{-1, +1} * step`` (paper 001 sec. 3.3); requires ``bits=1``.
-    zero_point: the affine offset (activations only); ``None`` lets the observer choose it.
-    rounding: ``"half_away"`` (paper 001, default), ``"half_even"`` (torch.round, ONNX) or
-        ``"floor"``.
-    overflow: ``"saturate"`` to the end of the grid (default) or ``"raise"``.
-    per_channel: one step per output channel (weights).
-    power_of_two: observers round the step up to a power of two.
+    binary
+        The two-level grid ``{-1, +1} * step`` (Park et al., sec. 3.3); requires ``bits=1``.
+    zero_point
+        The affine offset (activations only); ``None`` lets the observer choose it.
+    rounding
+        ``"half_away"`` (Park et al., default), ``"half_even"`` (torch.round, ONNX) or ``"floor"``.
+    overflow
+        ``"saturate"`` to the end of the grid (default) or ``"raise"``.
+    per_channel
+        One step per output channel (weights).
+    power_of_two
+        Observers round the step up to a power of two.
     """
 
     bits: int = 8
@@ -235,7 +239,7 @@ class FixedPoint:
     def round_exact(self, t: Fraction | int) -> int:
         """Round the exact rational ``t = x / step`` to an (unsaturated) centered code.
 
-        ``half_away``: nearest, ties away from zero (paper 001 sec. 2.2); ``half_even``: nearest,
+        ``half_away``: nearest, ties away from zero (Park et al., sec. 2.2); ``half_even``: nearest,
         ties to even; ``floor``: largest integer <= t.  Binary: nearest of {-1, +1}; the tie at
         0 goes to +1 (``floor``: +1 iff t >= 1).
         """
@@ -370,7 +374,7 @@ def checked_fields(cls: type, data: Any) -> dict[str, Any]:
 
 
 def Binary(step: Any = None, **kwargs: Any) -> FixedPoint:
-    """The binary format ``{-1, +1} * step`` (paper 001 sec. 3.3)."""
+    """The binary format ``{-1, +1} * step`` (Park et al., sec. 3.3)."""
     return _named_grid(
         "Binary", "{-1, +1}", {"bits": 1, "binary": True, "signed": True, "narrow": True}, step, kwargs
     )

@@ -3,8 +3,8 @@
 An edge of the quantized graph carries either a tensor of integer codes on a known grid
 (:class:`QTensor`: centered codes ``k`` with real values ``k * step``) or a real-valued tensor
 (float64, only where the configuration asked for real values).  A :class:`Grid` is one
-per-tensor format with its exact step and zero point (paper 001 sec. 2.2, Eq. 4:
-``Q = {k * step : k in [kmin, kmax]}``).
+per-tensor format with its exact step and zero point (Park, Park & Hwang, "On expressive power of quantized
+neural networks under fixed-point arithmetic", sec. 2.2, Eq. 4: ``Q = {k * step : k in [kmin, kmax]}``).
 
 :func:`requantize` is the one integer implementation of "round an exact rational to a grid" that
 every exact operation uses: the value is written as ``N / D`` with integers ``N`` (a tensor) and

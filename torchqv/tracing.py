@@ -25,7 +25,7 @@ from torch import fx, nn
 
 from . import ops  # noqa: F401  (registers every operation)
 from .batchnorm import fold_in_graph
-from .formats import QuantizationError
+from .errors import QuantizationError, UnsupportedModelError
 from .graph import QNode, QuantizedModel
 from .ops.base import (
     Call,
@@ -59,10 +59,6 @@ HINTS = {
 
 
 UNKNOWN = Unknown()
-
-
-class UnsupportedModelError(QuantizationError):
-    """``quantize`` found calls it cannot quantize (the message lists every one)."""
 
 
 @dataclass

@@ -38,10 +38,11 @@ def test_quantization_aware_training(kwargs, message):
         ({"method": "adaround"}, r"method must be one of"),
         ({"target": "int"}, r"target must be one of"),
         ({"calibration_batches": 0}, r"calibration_batches must be an int >= 1, got 0"),
-        ({"options": {"replicas": 0}}, r"replicas must be an int >= 1, got 0"),
-        ({"options": {"time_limit": -1}}, r"time_limit must be a positive number of seconds or None, got -1"),
-        ({"options": {"temperature": 1}}, r"unknown rounding option 'temperature'; valid: .*time_limit"),
-        ({"options": {"seed": 1}}, r"give the seed as QUBORounding\(seed=...\), not in options"),
+        ({"replicas": 0}, r"RoundingConfig.replicas must be an int >= 1, got 0"),
+        ({"time_limit": -1}, r"time_limit must be a positive number of seconds or None, got -1"),
+        ({"temperature": 1}, r"unknown RoundingConfig option\(s\) \['temperature'\]; valid: .*time_limit"),
+        ({"config": {"solver": "gurobi"}}, r"RoundingConfig.solver must be one of \('auto', 'neal'"),
+        ({"config": "fast"}, r"QUBORounding: config must be a RoundingConfig \(or a dict of its fields\)"),
         ({"seed": "0"}, r"seed must be an int, got '0'"),
         ({"attr": "0model"}, r"QUBORounding: attr must name"),
     ],
@@ -52,18 +53,20 @@ def test_qubo_rounding(kwargs, message):
 
 
 def test_qubo_rounding_accepts_a_time_limit():
-    assert QUBORounding(options={"time_limit": 30.0, "sweeps": 10}).options == {
-        "time_limit": 30.0,
-        "sweeps": 10,
-    }
+    cfg = QUBORounding(time_limit=30.0, sweeps=10).config
+    assert (cfg.time_limit, cfg.sweeps) == (30.0, 10)
+    base = tq.RoundingConfig(solver="neal", seed=3)
+    assert QUBORounding(config=base, seed=4).config == base.updated(seed=4)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"on_failure": "explode"}, r"on_failure must be one of \('warn', 'raise'\)"),
-        ({"relation": "close"}, r"relation must be one of"),
-        ({"delta": -1}, r"delta must be finite and >= 0"),
+        ({"relation": "close"}, r"VerifyConfig.relation must be one of \('strict', 'top1', 'eps'\)"),
+        ({"delta": -1}, r"VerifyConfig.delta must be a finite number >= 0"),
+        ({"config": tq.VerifyConfig()}, r"EquivalenceCheck: give delta"),
+        ({"radius": 1}, r"unknown VerifyConfig option\(s\) \['radius'\]"),
         ({"points": 0}, r"points must be >= 1, got 0"),
         ({"every_n_epochs": 0}, r"every_n_epochs must be >= 1 or None, got 0"),
     ],

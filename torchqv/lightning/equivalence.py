@@ -1,10 +1,11 @@
 """``EquivalenceCheck``: verify the quantized network f' against the float network f around
-validation points (paper 003's local equivalence, by ``tq.verify_equivalence``)."""
+validation points (the local equivalence of Matos Júnior, "An automated method for neural network
+quantization refinement", PhD thesis, 2025; by ``tq.verify_equivalence``)."""
 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,16 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ..formats import QuantizationError
+from ..errors import ConfigError, QuantizationError, VerificationInputError
 from ..graph import float_twin
-from ..verify.engine import NORMS, RELATIONS, verify_equivalence
+from ..verify.config import VerifyConfig
+from ..verify.engine import verify_equivalence
 from ..verify.parallel import check_executor
+from ..verify.verdicts import Verdict
 from . import _trainer as T
 
 FAILURE_MODES = ("warn", "raise")
+DEFAULT_DELTA = 0.01  # the callback's radius when neither config nor delta gives one
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Region:
     """One L-infinity ball around validation point ``index``."""
 
     index: int
-    verdict: str
+    verdict: Verdict
     reason: str
     method: str
     seconds: float
@@ -44,20 +48,20 @@ class EquivalenceReport:
     epoch: int | None = None
     regions: list[Region] = field(default_factory=list)
 
-    def count(self, verdict: str) -> int:
+    def count(self, verdict: Verdict | str) -> int:
         return sum(r.verdict == verdict for r in self.regions)
 
     @property
     def proved(self) -> int:
-        return self.count("EQUIVALENT")
+        return self.count(Verdict.EQUIVALENT)
 
     @property
     def refuted(self) -> int:
-        return self.count("NOT_EQUIVALENT")
+        return self.count(Verdict.NOT_EQUIVALENT)
 
     @property
     def unknown(self) -> int:
-        return self.count("UNKNOWN")
+        return self.count(Verdict.UNKNOWN)
 
     def counterexamples(self) -> list[torch.Tensor]:
         return [r.counterexample for r in self.regions if r.counterexample is not None]
@@ -73,7 +77,7 @@ class EquivalenceReport:
             "regions": [
                 {
                     "index": r.index,
-                    "verdict": r.verdict,
+                    "verdict": str(r.verdict),
                     "reason": r.reason,
                     "method": r.method,
                     "seconds": r.seconds,
@@ -97,56 +101,48 @@ class EquivalenceCheck(Callback):
 
     f' is ``pl_module.<attr>`` (a calibrated torchqv-quantized network); f is ``reference``: an
     ``nn.Module``, the name of another attribute of the LightningModule, or ``None`` for the float
-    twin of f' (same weights, no rounding: what quantization alone changes).  ``relation``,
-    ``eps`` and ``norm`` as in ``tq.verify_equivalence``; ``timeout`` is per region (z3 timeouts
-    give "unknown").  Runs after fitting (``after_fit``), every ``every_n_epochs`` validation
+    twin of f' (same weights, no rounding: what quantization alone changes).  ``config``: a
+    :class:`~torchqv.verify.VerifyConfig` (relation, eps, norm, delta, domain, timeout per region,
+    seed, workers...; default ``delta=0.01``); keyword ``verify_options`` with those names override
+    its fields (``EquivalenceCheck(points=8, delta=0.004, domain=(0, 1), timeout=20)``).
+    Runs after fitting (``after_fit``), every ``every_n_epochs`` validation
     epochs, or on demand (:meth:`check`).  Logs ``equivalence/proved|refuted|unknown``, writes
     the report with the counterexamples (each replayed on the concrete models) to the logger's
     folder (``<log_dir>/equivalence-epoch<E>.json``) and keeps it as ``callback.report``.  A
     refuted region is a failure: ``on_failure="warn"`` warns, ``"raise"`` raises
-    ``QuantizationError``.  ``workers``: the regions are decided on a local pool of that many
-    processes, started for each check (1: in the Trainer's process); ``executor``: any
+    ``QuantizationError``.  ``config.workers``: the regions are decided on a local pool of that
+    many processes, started for each check (1: in the Trainer's process); ``executor``: any
     ``concurrent.futures.Executor`` or Dask ``client.get_executor()`` to run them on instead (see
     ``tq.verify_equivalence``; the results are the same either way).
     """
 
     def __init__(
         self,
-        relation: str = "top1",
-        delta: float = 0.01,
         points: int | torch.Tensor = 8,
-        timeout: float = 60.0,
+        *,
+        config: VerifyConfig | Mapping[str, Any] | None = None,
         on_failure: str = "warn",
         attr: str = "model",
         reference: nn.Module | str | None = None,
-        eps: float | None = None,
-        norm: str = "inf",
-        domain: tuple[float, float] | None = None,
         after_fit: bool = True,
         every_n_epochs: int | None = None,
-        seed: int = 0,
-        workers: int = 1,
         executor: Executor | Any | None = None,
+        **verify_options: Any,
     ):
-        check_executor(executor, workers, f"{type(self).__name__}: ")
-        if relation not in RELATIONS:
-            raise QuantizationError(f"relation must be one of {RELATIONS}, got {relation!r}")
-        if norm not in NORMS:
-            raise QuantizationError(f"norm must be one of {NORMS}, got {norm!r}")
+        who = type(self).__name__
+        base = config if config is not None else VerifyConfig(delta=DEFAULT_DELTA)
+        self.config = VerifyConfig.coerce(base, who, **verify_options)
+        if self.config.delta is None:
+            raise VerificationInputError(f"{who}: give delta (the radius of the regions), e.g. delta=0.01")
+        check_executor(executor, self.config.workers, f"{who}: ")
         if on_failure not in FAILURE_MODES:
-            raise QuantizationError(f"on_failure must be one of {FAILURE_MODES}, got {on_failure!r}")
-        if not (delta >= 0 and math.isfinite(delta)) or not timeout > 0:
-            raise QuantizationError(f"delta must be finite and >= 0 and timeout > 0, got {delta}, {timeout}")
+            raise ConfigError(f"{who}: on_failure must be one of {FAILURE_MODES}, got {on_failure!r}")
         if isinstance(points, int) and points < 1:
-            raise QuantizationError(f"points must be >= 1, got {points}")
+            raise ConfigError(f"{who}: points must be >= 1, got {points}")
         if every_n_epochs is not None and every_n_epochs < 1:
-            raise QuantizationError(f"every_n_epochs must be >= 1 or None, got {every_n_epochs}")
-        self.relation, self.delta, self.points, self.timeout = relation, delta, points, timeout
-        self.on_failure, self.attr, self.reference = on_failure, attr, reference
-        self.eps, self.norm = eps, norm
-        self.domain = tuple(domain) if domain is not None else None
-        self.after_fit, self.every_n_epochs, self.seed = after_fit, every_n_epochs, seed
-        self.workers, self.executor = workers, executor
+            raise ConfigError(f"{who}: every_n_epochs must be >= 1 or None, got {every_n_epochs}")
+        self.points, self.on_failure, self.attr, self.reference = points, on_failure, attr, reference
+        self.after_fit, self.every_n_epochs, self.executor = after_fit, every_n_epochs, executor
         self.report: EquivalenceReport | None = None
 
     def _reference(self, pl_module: pl.LightningModule, fq: nn.Module) -> nn.Module:
@@ -193,19 +189,15 @@ class EquivalenceCheck(Callback):
                     self._reference(pl_module, fq),
                     fq,
                     pts.to(next(fq.parameters()).device),
-                    self.delta,
-                    relation=self.relation,
-                    eps=self.eps,
-                    norm=self.norm,
-                    domain=self.domain,
-                    timeout=self.timeout,
-                    seed=self.seed,
-                    workers=self.workers,
+                    config=self.config,
                     executor=self.executor,
                 )
             finally:
                 fq.train(was_training)
-            report = EquivalenceReport(self.relation, self.delta, trainer.current_epoch if trainer else None)
+            cfg = self.config
+            report = EquivalenceReport(
+                str(cfg.relation), cfg.delta, trainer.current_epoch if trainer else None
+            )
             for i, r in enumerate(results):
                 cex = r.counterexample.detach().cpu() if r.counterexample is not None else None
                 report.regions.append(
@@ -241,9 +233,10 @@ class EquivalenceCheck(Callback):
     def _judge(self, report: EquivalenceReport) -> None:
         if report.refuted == 0:
             return
-        cex = [r.index for r in report.regions if r.verdict == "NOT_EQUIVALENT"]
+        cex = [r.index for r in report.regions if r.verdict == Verdict.NOT_EQUIVALENT]
         msg = (
-            f"f and f' are not {self.relation}-equivalent within delta={self.delta} of validation point(s) "
+            f"f and f' are not {self.config.relation}-equivalent within delta={self.config.delta} of "
+            f"validation point(s) "
             f"{cex}; counterexamples (replayed on both models) are in callback.report.counterexamples()"
         )
         if self.on_failure == "raise":

@@ -1,4 +1,5 @@
-"""``QUBORounding``: round a quantized network's weights with the QUBO method (paper 004) when
+"""``QUBORounding``: round a quantized network's weights with the QUBO method (Muñiz Subiñas et al.,
+"Optimization of the quantization of dense neural networks from an exact QUBO formulation") when
 fitting ends, or on demand, from calibration batches of the training data."""
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..formats import QuantizationError
-from ..rounding.api import SOLVERS, TARGETS, RoundingReport, check_options, round_weights
+from ..errors import ConfigError, QuantizationError
+from ..rounding.api import RoundingReport, round_weights
+from ..rounding.config import RoundingConfig
 from . import _trainer as T
-
-METHODS = ("qubo", "nearest")
 
 
 class QUBORounding(Callback):
@@ -24,12 +24,14 @@ class QUBORounding(Callback):
 
     Runs at the end of fitting when ``after_fit`` (before the Trainer tears down), or whenever
     :meth:`round` is called.  Calibration: the first ``calibration_batches`` batches of the
-    Trainer's training loader (else the data module's).  ``solver``, ``method``, ``target``,
-    ``seed`` and ``options`` (``sweeps``, ``replicas``, ``num_sweeps``, ``num_reads``, ``bound``,
-    ``time_limit``) go to ``round_weights`` (checked here).  Per-layer objectives go to the Trainer's loggers
-    (``qubo/<layer>/nearest``, ``.../qubo``, ``.../ratio``) and ``callback.report``.  Rounding runs on
-    rank 0 and the weights are copied to every process.  Checkpoints written before rounding hold
-    the unrounded weights: give ``checkpoint_path`` to save one afterwards.
+    Trainer's training loader (else the data module's).  ``config``: the
+    :class:`~torchqv.rounding.RoundingConfig` given to ``round_weights`` (method, solver, target,
+    seed, sweeps, replicas, num_sweeps, num_reads, bound, time_limit); keyword ``options`` with
+    those names override its fields (``QUBORounding(solver="neal", seed=1)``).  Per-layer
+    objectives go to the Trainer's loggers (``qubo/<layer>/nearest``, ``.../qubo``,
+    ``.../ratio``) and ``callback.report``.  Rounding runs on rank 0 and the weights are copied to
+    every process.  Checkpoints written before rounding hold the unrounded weights: give
+    ``checkpoint_path`` to save one afterwards.
     """
 
     def __init__(
@@ -37,33 +39,22 @@ class QUBORounding(Callback):
         attr: str = "model",
         calibration_batches: int = 8,
         after_fit: bool = True,
-        solver: str = "auto",
-        method: str = "qubo",
-        target: str = "float",
-        seed: int = 0,
-        options: Mapping[str, Any] | None = None,
+        *,
+        config: RoundingConfig | Mapping[str, Any] | None = None,
         checkpoint_path: str | None = None,
         progress: bool | None = None,
+        **options: Any,
     ):
+        who = type(self).__name__
         if (
             isinstance(calibration_batches, bool)
             or not isinstance(calibration_batches, int)
             or calibration_batches < 1
         ):
-            raise QuantizationError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
-        if solver not in SOLVERS:
-            raise QuantizationError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        if method not in METHODS:
-            raise QuantizationError(f"method must be one of {METHODS}, got {method!r}")
-        if target not in TARGETS:
-            raise QuantizationError(f"target must be one of {TARGETS}, got {target!r}")
-        if "seed" in (options or {}):
-            raise QuantizationError("give the seed as QUBORounding(seed=...), not in options")
-        check_options(seed=seed, **(options or {}))
-        T.check_attr(attr, type(self).__name__)
+            raise ConfigError(f"{who}: calibration_batches must be an int >= 1, got {calibration_batches!r}")
+        self.config = RoundingConfig.coerce(config, who, **options)
+        T.check_attr(attr, who)
         self.attr, self.calibration_batches, self.after_fit = attr, calibration_batches, after_fit
-        self.solver, self.method, self.target, self.seed = solver, method, target, seed
-        self.options = dict(options or {})
         self.checkpoint_path = checkpoint_path
         self.progress = progress
         self.report: RoundingReport | None = None
@@ -94,12 +85,8 @@ class QUBORounding(Callback):
             report = round_weights(
                 net,
                 T.input_batches(batches, self.calibration_batches, trainer, who),
-                method=self.method,
-                solver=self.solver,
-                target=self.target,
-                seed=self.seed,
+                self.config,
                 progress=T.show_progress(trainer, self.progress),
-                **self.options,
             )
         self.report = T.broadcast(trainer, report)
         T.broadcast_state(trainer, net)

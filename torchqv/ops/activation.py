@@ -1,4 +1,5 @@
-"""Pointwise activations ``[sigma](x) = round(sigma(x) / s_out)`` (paper 001 Eq. 5).
+"""Pointwise activations ``[sigma](x) = round(sigma(x) / s_out)`` (Park, Park & Hwang, "On expressive power of
+quantized neural networks under fixed-point arithmetic", Eq. 5).
 
 The exact value of ``sigma`` at the exact input is rounded (:mod:`torchqv.activations` holds each
 function's float64, rational and arbitrary-precision forms).  On a grid input of at most

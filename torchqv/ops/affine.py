@@ -1,12 +1,11 @@
 """Affine operations: ``Linear``, ``Conv1d``/``Conv2d`` (groups, dilation, stride, padding modes) and
 a standalone per-channel ``BatchNorm`` (an affine map once its statistics are frozen).
 
-The semantics is paper 001 Eq. 7 (Giannoulidis, Barbaresco, Charalambous et al., "On the
-expressive power of quantized neural networks"; the fixed-point affine map of Eq. 5-7): the exact
-value ``t = (W x + b) / s_out`` with quantized weights ``W = k_w s_w`` (per output channel),
-inputs on their grid ``x = k_x s_x`` and the bias on the accumulator grid
-``b = B s_w s_x`` (``B = round(b / (s_w s_x))``, never saturated) is rounded once to the output
-format:
+The semantics is Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point
+arithmetic", Eq. 7 (the fixed-point affine map of Eq. 5-7): the exact value ``t = (W x + b) / s_out`` with
+quantized weights ``W = k_w s_w`` (per output channel), inputs on their grid ``x = k_x s_x`` and the bias on
+the accumulator grid ``b = B s_w s_x`` (``B = round(b / (s_w s_x))``, never saturated) is rounded once to the
+output format:
 
     k_out = saturate(round((sum_j k_w[c, j] k_x[j] + B_c) * s_w[c] s_x / s_out))
 

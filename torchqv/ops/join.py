@@ -1,8 +1,8 @@
 """Joins: residual ``add``/``sub``, ``mul`` (two tensors, or a tensor and a constant), ``cat``/``stack``.
 
 Each computes the exact result of its inputs' exact values and rounds it once to the node's own
-output format (own observer), the rule of paper 001 Eq. 7 generalised to every operation that
-leaves the grid:
+output format (own observer), the rule of Park, Park & Hwang, "On expressive power of quantized neural
+networks under fixed-point arithmetic", Eq. 7 generalised to every operation that leaves the grid:
 
 * ``a + alpha b``: ``t = (k_a s_a + alpha k_b s_b + c) / s_out``, an integer combination of the codes
   over a common denominator (:func:`torchqv.grid.requantize`); constants (Python numbers or

@@ -2,9 +2,12 @@
 structured configs, importable without Hydra's command line.
 
 ``run.run`` (train or load, quantize, round, verify, report; also the ``qubo_paper`` config),
-``ceg4n.run_ceg4n`` (paper 003's bit-width search), ``theory.run_degradation`` (paper 000) and
-``theory.run_representability`` (paper 001); ``report.aggregate`` combines a sweep's jobs.
-Every job takes its config (a dataclass of :mod:`torchqv.recipes.config` or a composed
+``ceg4n.run_ceg4n`` (the bit-width search of Matos Júnior, "An automated method for neural network
+quantization refinement", PhD thesis, 2025), ``theory.run_degradation`` (Anonymous, "On the expressive power
+of weight quantization in deep neural networks" (ICLR submission)) and ``theory.run_representability``
+(Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic");
+``report.aggregate`` combines a sweep's jobs. Every job takes its config (a dataclass of
+:mod:`torchqv.recipes.config` or a composed
 DictConfig) and an output folder.
 """
 

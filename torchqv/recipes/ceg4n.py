@@ -1,5 +1,6 @@
-"""The ``ceg4n`` recipe (``recipes/ceg4n.py``): paper 003's counterexample-guided bit-width search
-(:func:`torchqv.verify.ceg4n.search_bits`) on the networks of the thesis' tables.
+"""The ``ceg4n`` recipe (``recipes/ceg4n.py``): the counterexample-guided bit-width search
+(:func:`torchqv.verify.ceg4n.search_bits`) of Matos Júnior, "An automated method for neural network
+quantization refinement" (PhD thesis, UFAM, 2025), on the networks of the thesis' tables.
 
 * Tables 2 and 3 (sec. 4.3.2): Iris 4-h-h-3 (h = 4, 10, 15) and Seeds 7-h-3 (h = 4, 6, 10, 15),
   ReLU, trained here full batch with Adam (fixed seed) on the embedded sets (features in [0, 1]);
@@ -19,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.torchvision_sets import default_root
+from ..jobconfig import plain
 from ..progress import progress_bar
 from ..verify import from_onnx
 from ..verify.ceg4n import search_bits
+from ..verify.verdicts import SearchStatus
 from .config import Ceg4nRecipeConfig, DatasetConfig, as_config
 from .networks import accuracy, load_data, tensors
 from .report import Column, Report, job_label, rows_table, save_figure, write_outputs
@@ -138,7 +141,7 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
         torch.set_num_threads(cfg.threads)
     rows = []
     for name in progress_bar(cfg.networks, "networks", progress=cfg.progress):
-        base = {"network": name, "mode": cfg.search.mode, "relation": cfg.relation}
+        base = {"network": name, "mode": cfg.search.mode, "relation": str(cfg.search.verify.relation)}
         try:
             p = prepare(name, cfg)
         except FileNotFoundError as e:
@@ -149,11 +152,11 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
         acc_f = accuracy(p.f, p.test)
         for delta in cfg.deltas:
             r = search_bits(
-                p.f, p.points, delta, cfg.relation, (cfg.bits[0], cfg.bits[1]), domain=(0.0, 1.0),
+                p.f, p.points, delta, (cfg.bits[0], cfg.bits[1]), domain=(0.0, 1.0),
                 config=cfg.search, calibration=p.calibration, progress=False,
             )  # fmt: skip
             result = r.to_dict()
-            sq = r.status == "SQ"
+            sq = r.status is SearchStatus.SQ
             rows.append(
                 {
                     **base,
@@ -177,7 +180,7 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
                 r.bits,
                 r.seconds,
             )
-    return write_outputs(out_dir, "ceg4n", asdict(cfg), rows, seconds=time.perf_counter() - start)
+    return write_outputs(out_dir, "ceg4n", plain(cfg), rows, seconds=time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------ report

@@ -28,13 +28,14 @@ from ..data.tabular import TABULAR_IMAGES as IMAGES
 from ..data.torchvision_sets import VISION_SETS
 from ..formats import MAX_BITS
 from ..observers import OBSERVERS
-from ..rounding.api import SOLVERS, TARGETS
+from ..rounding.config import Method
+from ..rounding.config import RoundingConfig as CoreRoundingConfig
 from ..theory.degradation import DegradationConfig
 from ..theory.degradation_mnist import MnistDegradationConfig
 from ..theory.universality import PAPER_ACTIVATIONS
 from ..verify.ceg4n import BitSearchConfig
-from ..verify.engine import NORMS, RELATIONS
-from ..verify.parallel import check_workers
+from ..verify.config import VerifyConfig as CoreVerifyConfig
+from ..verify.config import _non_negative_number
 
 # The activations a recipe's model can use, by name (also what ``model.activation`` accepts).
 FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -56,7 +57,6 @@ FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
 DATASETS = (*TABULAR, *sorted(VISION_SETS))
 MODELS = ("mlp", "cnn")
 MODES = ("ptq", "qat")
-METHODS = ("nearest", "qubo")
 
 
 def _choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
@@ -207,36 +207,36 @@ class QuantConfig:
 
 
 @dataclass
-class RoundingConfig:
-    """``method``: ``nearest``, ``qubo`` (paper 004) or a list of both; ``solver``, ``target``,
-    ``sweeps``, ``replicas``, ``seed``, ``bound`` (certified lower bound, slower) go to
-    ``tq.round_weights``; ``calibration_samples``: training examples of the layer objectives."""
+class RoundingConfig(CoreRoundingConfig):
+    """A :class:`torchqv.rounding.RoundingConfig` whose ``method`` may also be a list (each
+    method is a job of the sweep; default both ``nearest`` and ``qubo``), with the certified
+    lower bound off by default; ``calibration_samples``: training examples of the layer
+    objectives.  :meth:`job` is the core config of one method."""
 
     method: Any = field(default_factory=lambda: ["nearest", "qubo"])
-    solver: str = "auto"
-    target: str = "float"
-    calibration_samples: int = 2048
-    sweeps: int = 50
-    replicas: int = 4
-    seed: int = 0
     bound: bool = False
+    calibration_samples: int = 2048
 
-    def __post_init__(self) -> None:
-        self.method = as_list(self.method, "rounding.method")
+    def __post_init__(self) -> None:  # each method's job is validated by the core config
+        methods = as_list(self.method, "rounding.method")
+        self.method = [str(Method.parse(m, "rounding.method")) for m in methods]
         for m in self.method:
-            _choice("rounding", "method", m, METHODS)
-        _choice("rounding", "solver", self.solver, SOLVERS)
-        _choice("rounding", "target", self.target, TARGETS)
-        _positive("rounding", calibration_samples=self.calibration_samples, sweeps=self.sweeps)
-        _positive("rounding", replicas=self.replicas)
+            self.job(m)
+        _positive("rounding", calibration_samples=self.calibration_samples)
+
+    def job(self, method: str) -> CoreRoundingConfig:
+        """The ``tq.round_weights`` config of ``method``."""
+        core = {f.name: getattr(self, f.name) for f in fields(CoreRoundingConfig)}
+        return CoreRoundingConfig(**(core | {"method": method}))
 
 
 @dataclass
-class VerifyConfig:
-    """``tq.verify_equivalence`` of the float network f and each rounded f' on the L-infinity
-    balls of radius ``delta`` (inside ``domain``) around the first ``points`` test inputs as f'
-    sees them (rounded to its input grid when it quantizes its input, so that every ball holds
-    grid points); ``timeout`` in seconds per ball.  ``delta``: a number, or ``"<k> steps"``: k
+class VerifyConfig(CoreVerifyConfig):
+    """A :class:`torchqv.verify.VerifyConfig` for the recipes: ``tq.verify_equivalence`` of the
+    float network f and each rounded f' on the L-infinity balls of radius ``delta`` (inside
+    ``domain``, default [0, 1]) around the first ``points`` test inputs as f' sees them (rounded
+    to its input grid when it quantizes its input, so that every ball holds grid points);
+    ``timeout`` in seconds per ball (default 10).  ``delta``: a number, or ``"<k> steps"``: k
     steps of f''s input grid (a ball then holds ``2 * floor(k) + 1`` grid points per coordinate,
     at least ``floor(k) + 1`` at the domain's edges; a float input has no grid: an error).  The
     results name each ball's number of input grid points.  Networks the verifier cannot read
@@ -247,16 +247,12 @@ class VerifyConfig:
     ``tq.reference_forward`` on the first ``reference_points`` test inputs (when activations and
     input are quantized: bit-exact only on grids)."""
 
-    enabled: bool = True
-    relation: str = "top1"
     delta: Any = 0.01
-    eps: float | None = None
-    norm: str = "inf"
-    points: int = 4
     timeout: float = 10.0
-    domain: list[float] | None = field(default_factory=lambda: [0.0, 1.0])
+    domain: Any = field(default_factory=lambda: [0.0, 1.0])
+    enabled: bool = True
+    points: int = 4
     reference_points: int = 32
-    workers: int = 1
 
     @property
     def delta_steps(self) -> float | None:
@@ -264,23 +260,30 @@ class VerifyConfig:
         return delta_steps(self.delta)
 
     def __post_init__(self) -> None:
-        _choice("verify", "relation", self.relation, RELATIONS)
-        check_workers(self.workers, "verify.workers")
-        _choice("verify", "norm", self.norm, NORMS)
-        _positive("verify", timeout=self.timeout, points=self.points, eps=self.eps)
-        if self.delta_steps is None:
-            d = self.delta
-            if isinstance(d, bool) or not isinstance(d, (int, float)) or not (math.isfinite(d) and d >= 0):
-                raise ValueError(
-                    f"verify.delta must be a finite number >= 0 or '<k> steps' (k > 0 steps of the input "
-                    f"grid), got {d!r}"
-                )
-        if self.relation == "eps" and self.eps is None:
-            raise ValueError("verify.relation='eps' needs verify.eps > 0")
-        if self.domain is not None and (len(self.domain) != 2 or not self.domain[0] < self.domain[1]):
-            raise ValueError(f"verify.domain must be [lo, hi] with lo < hi, or null; got {self.domain}")
+        steps = self.delta_steps  # "<k> steps": the core config checks a number, the radius comes later
+        if steps is None and (self.delta is None or not _non_negative_number(self.delta)):
+            raise ValueError(
+                f"verify.delta must be a finite number >= 0 or '<k> steps' (k > 0 steps of the input grid), "
+                f"got {self.delta!r}"
+            )
+        delta = self.delta
+        if steps is not None:
+            self.delta = None
+        try:
+            super().__post_init__()
+        finally:
+            self.delta = delta
+        _positive("verify", points=self.points)
         if self.reference_points < 0:
             raise ValueError(f"verify.reference_points must be >= 0, got {self.reference_points}")
+
+    def job(self, delta: Any = None) -> CoreVerifyConfig:
+        """The ``tq.verify_equivalence`` config (without the recipe's own fields); ``delta``: the
+        radius to use (a number: needed when ``delta`` counts input grid steps)."""
+        core = {f.name: getattr(self, f.name) for f in fields(CoreVerifyConfig)}
+        if delta is None and self.delta_steps is not None:
+            raise ValueError(f"verify.delta={self.delta!r}: give the radius of f''s input grid to job()")
+        return CoreVerifyConfig(**(core | ({"delta": delta} if delta is not None else {})))
 
 
 @dataclass
@@ -338,13 +341,16 @@ class RunConfig:
 # ------------------------------------------------------------------------- other recipes
 @dataclass
 class Ceg4nRecipeConfig:
-    """``recipes/ceg4n.py`` (paper 003, Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of
+    """``recipes/ceg4n.py`` (Matos Júnior, "An automated method for neural network quantization
+    refinement" (PhD thesis, UFAM, 2025), Tables 2, 3 and 6): CEG4N's ``search_bits`` for each of
     ``networks`` (names in :data:`torchqv.recipes.ceg4n.NETWORKS`) and each of ``deltas``, with
     ``search`` (a :class:`~torchqv.verify.ceg4n.BitSearchConfig`; sweep ``search.mode`` for the
-    full fixed-point mode).  Networks of the embedded sets are trained full batch (``epochs``,
-    ``lr``, ``seed``); critical points: one correctly classified test point per class
-    (``points``: ``margin``, the largest logit margin, or ``first``).  ONNX networks are read from
-    ``<data_root>/onnx`` and their points taken from MNIST's test split under ``data_root``
+    full fixed-point mode; ``search.verify`` says what "equivalent" means and how each region is
+    verified: ``search.verify.relation``, ``.timeout``, ``.workers``...; inputs stay in [0, 1]).
+    Networks of the embedded sets are trained full batch (``epochs``, ``lr``, ``seed``); critical
+    points: one correctly classified test point per class (``points``: ``margin``, the largest
+    logit margin, or ``first``).  ONNX networks are read from ``<data_root>/onnx`` and their points
+    taken from MNIST's test split under ``data_root``
     (``None``: ``$TORCHQV_DATA``, else ``./data``); a missing file skips the network."""
 
     networks: list[str] = field(
@@ -354,7 +360,6 @@ class Ceg4nRecipeConfig:
         ]
     )  # fmt: skip
     deltas: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.05])
-    relation: str = "top1"
     bits: list[int] = field(default_factory=lambda: [2, 32])
     search: BitSearchConfig = field(default_factory=BitSearchConfig)
     points: str = "margin"
@@ -372,7 +377,6 @@ class Ceg4nRecipeConfig:
 
         for name in self.networks:
             _choice("ceg4n", "networks", name, tuple(NETWORKS))
-        _choice("ceg4n", "relation", self.relation, RELATIONS)
         _choice("ceg4n", "points", self.points, ("margin", "first"))
         if len(self.bits) != 2:
             raise ValueError(f"ceg4n.bits must be a range [lo, hi], got {self.bits}")
@@ -383,7 +387,8 @@ class Ceg4nRecipeConfig:
 
 @dataclass
 class DegradationRecipeConfig:
-    """``recipes/degradation.py`` (paper 000 sec. 4): ``experiment`` ``regression`` (sec. 4.1,
+    """``recipes/degradation.py`` (Anonymous, "On the expressive power of weight quantization in deep neural
+    networks" (ICLR submission), sec. 4): ``experiment`` ``regression`` (sec. 4.1,
     :func:`~torchqv.theory.degradation.run_regression`) or ``mnist`` (sec. 4.2,
     :func:`~torchqv.theory.degradation_mnist.run_mnist`), configured by ``regression`` / ``mnist``."""
 
@@ -397,7 +402,8 @@ class DegradationRecipeConfig:
 
 @dataclass
 class RepresentabilityRecipeConfig:
-    """``recipes/representability.py`` (paper 001 sec. 3): the verdict of every activation, ``p``
+    """``recipes/representability.py`` (Park, Park & Hwang, "On expressive power of quantized neural networks
+    under fixed-point arithmetic", sec. 3): the verdict of every activation, ``p``
     in ``ps`` and admissible ``s`` (:func:`~torchqv.theory.universality.representability_table`)."""
 
     activations: list[str] = field(default_factory=lambda: list(PAPER_ACTIVATIONS))

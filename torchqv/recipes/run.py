@@ -6,16 +6,18 @@ For every weight width ``b`` in ``quant.bits`` and rounding method in ``rounding
 1. **quantize**: post-training (``tq.quantize`` + ``tq.calibrate`` on the first
    ``quant.calibration_samples`` training examples) or quantization-aware (one Lightning fit of
    ``quant.qat_epochs`` with the ``QuantizationAwareTraining`` callback per width, shared by the
-   rounding methods); paper 001 Eq. 7 semantics, ``b = 1`` is ``tq.Binary``;
-2. **round** the weights (``tq.round_weights``): to nearest, or by the QUBO method of paper 004
-   (each layer's output error before the activation, per neuron);
+   rounding methods); Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point
+   arithmetic", Eq. 7 semantics, ``b = 1`` is ``tq.Binary``;
+2. **round** the weights (``tq.round_weights``): to nearest, or by the QUBO method of Muñiz Subiñas et al.,
+   "Optimization of the quantization of dense neural networks from an exact QUBO formulation" (each layer's
+   output error before the activation, per neuron);
 3. **measure** the test accuracy of the exact fixed-point simulation, and check it against the
    integer reference (``tq.reference_forward``) bit for bit on the first test inputs;
-4. **verify** (``tq.verify_equivalence``, paper 003) the float network f against f' around the
-   first test inputs: proved, refuted (a replayed counterexample) or unknown; the regions'
-   radius is a number or ``"<k> steps"`` of f''s input grid, and each row records how many
-   input grid points a region holds (``grid_points``).  A network the verifier cannot read is
-   found before training: its rows record why in ``verify_skipped``.
+4. **verify** (``tq.verify_equivalence``, Matos Júnior, "An automated method for neural network quantization
+   refinement" (PhD thesis, UFAM, 2025)) the float network f against f' around the first test inputs: proved,
+   refuted (a replayed counterexample) or unknown; the regions' radius is a number or ``"<k> steps"`` of
+   f''s input grid, and each row records how many input grid points a region holds (``grid_points``).  A
+   network the verifier cannot read is found before training: its rows record why in ``verify_skipped``.
 
 Widths: ``quant.activation_bits`` (8, ``"same"`` as the weights, or float) and
 ``quant.input_bits`` (``"activation"``: as the activations, by default), so a sweep of
@@ -35,7 +37,6 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ import torch
 
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
 from ..graph import QuantizedModel
+from ..jobconfig import plain
 from ..lightning.qat import QuantizationAwareTraining
 from ..ops.base import Unsupported
 from ..progress import progress_bar
@@ -187,7 +189,7 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
                 bar.update()
     bar.close()
     return write_outputs(
-        out, "run", asdict(cfg), rows, float_accuracy=float_acc, train_seconds=train_seconds,
+        out, "run", plain(cfg), rows, float_accuracy=float_acc, train_seconds=train_seconds,
         seconds=time.perf_counter() - start,
     )  # fmt: skip
 
@@ -222,8 +224,7 @@ def _measure(
     r, v, q = cfg.rounding, cfg.verify, cfg.quant
     t0 = time.perf_counter()
     report = round_weights(
-        qm, inputs["rounding"].split(CHUNK), method=method, solver=r.solver, target=r.target,
-        sweeps=r.sweeps, replicas=r.replicas, seed=r.seed, bound=r.bound, progress=False,
+        qm, inputs["rounding"].split(CHUNK), r.job(method), progress=False,
     )  # fmt: skip
     a, i = widths(q, bits)
     row: dict[str, Any] = {
@@ -253,12 +254,10 @@ def _measure(
     elif v.enabled and not skip:
         t0 = time.perf_counter()
         centres = region_centres(qm, inputs["verify"], v.domain)
-        domain = tuple(v.domain) if v.domain is not None else None
         try:
             delta, step = radius(qm, v)  # "<k> steps" of a float input: a reason, not a crash
             results = verify_equivalence(
-                f, qm, centres, delta, v.relation, eps=v.eps, norm=v.norm, domain=domain, timeout=v.timeout,
-                seed=cfg.trainer.seed, executor=pool,
+                f, qm, centres, config=v.job(delta).updated(seed=cfg.trainer.seed, workers=1), executor=pool,
             )  # fmt: skip
         except (Unsupported, NoInputGrid) as exc:  # the verifier cannot encode it: recorded, not a crash
             row["verify_skipped"] = str(exc)

@@ -1,5 +1,7 @@
-"""The theory recipes: ``degradation`` (paper 000 sec. 4, ``recipes/degradation.py``) and
-``representability`` (paper 001 sec. 3, ``recipes/representability.py``).
+"""The theory recipes: ``degradation`` (Anonymous, "On the expressive power of weight quantization in deep
+neural networks" (ICLR submission), sec. 4, ``recipes/degradation.py``) and ``representability`` (Park, Park &
+Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic", sec. 3,
+``recipes/representability.py``).
 
 ``degradation`` runs :func:`~torchqv.theory.degradation.run_regression` or
 :func:`~torchqv.theory.degradation_mnist.run_mnist`, which write their own ``results.json``,
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def run_degradation(cfg: DegradationRecipeConfig | Any, out_dir: str | Path) -> dict[str, Any]:
-    """Paper 000's experiment ``cfg.experiment``; returns its results (with ``recipe`` and ``rows``)."""
+    """The anonymous ICLR submission's experiment ``cfg.experiment``; returns its results (with ``recipe`` and
+    ``rows``)."""
     cfg = as_config(cfg, DegradationRecipeConfig)
     if cfg.experiment == "regression":
         results = run_regression(cfg.regression, out_dir)
@@ -84,7 +87,7 @@ MNIST: list[Column] = [
 
 def degradation_markdown(rows: list[dict[str, Any]]) -> str:
     """The indicators of every bit width and, per series (experiment, model, job), the
-    least-squares line of the indicator against n (paper 000 Fig. 4 and 5(b))."""
+    least-squares line of the indicator against n (Anonymous (ICLR submission), Fig. 4 and 5(b))."""
     series = list(dict.fromkeys(_label(r) for r in rows))
     reg = [r for r in rows if r["experiment"] == "regression"]
     cls = [r for r in rows if r["experiment"] == "mnist"]
@@ -128,7 +131,7 @@ def degradation_plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
 
 
 def run_representability(cfg: RepresentabilityRecipeConfig | Any, out_dir: str | Path) -> dict[str, Any]:
-    """Paper 001's verdict table for ``cfg.activations`` x ``cfg.ps``; returns the written results."""
+    """Park et al.'s verdict table for ``cfg.activations`` x ``cfg.ps``; returns the written results."""
     cfg = as_config(cfg, RepresentabilityRecipeConfig)
     start = time.perf_counter()
     rows = representability_table(cfg.activations, cfg.ps, None, cfg.exact, show_progress(cfg.progress))

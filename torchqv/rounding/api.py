@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -29,12 +29,11 @@ from ..grid import QTensor
 from ..ops.affine import QuantAffine
 from ..quantize import batch_inputs
 from . import solvers
+from .config import RoundingConfig, Solver, Target
 from .qubo import GramStats, LayerQUBO, build_layer_qubo, group_stats
 
-SOLVERS = ("auto", "neal", "exact", "nearest")
 MAX_FAN_IN = 8192  # (d + 1)^2 float64 Gram entries, three matrices: 1.6 GB at this size
 log = logging.getLogger(__name__)
-TARGETS = ("float", "quantized")
 
 
 @dataclass
@@ -153,49 +152,20 @@ def _apply(
         raise QuantizationError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
 
 
-# the least value of each integer option of round_weights
-INT_OPTIONS = {"num_sweeps": 1, "num_reads": 1, "sweeps": 0, "replicas": 1}
-OPTIONS = (*INT_OPTIONS, "seed", "bound", "time_limit")
-
-
-def check_options(**options: Any) -> None:
-    """Raise for a value of one of ``round_weights``' ``OPTIONS`` that it cannot use."""
-    for name, value in options.items():
-        if name not in OPTIONS:
-            raise QuantizationError(f"unknown rounding option {name!r}; valid: {', '.join(OPTIONS)}")
-        if name in INT_OPTIONS or name == "seed":
-            least = INT_OPTIONS.get(name)
-            if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
-                bound = "" if least is None else f" >= {least}"
-                raise QuantizationError(f"{name} must be an int{bound}, got {value!r}")
-        elif name == "bound" and not isinstance(value, bool):
-            raise QuantizationError(f"bound must be True or False, got {value!r}")
-        elif (
-            name == "time_limit"
-            and value is not None
-            and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf)
-        ):
-            raise QuantizationError(f"time_limit must be a positive number of seconds or None, got {value!r}")
-
-
 def round_weights(
     qmodel: nn.Module,
     calibration_data: Iterable[Any],
-    method: str = "qubo",
-    solver: str = "auto",
-    target: str = "float",
-    num_sweeps: int = 1000,
-    num_reads: int = 1,
-    sweeps: int = 50,
-    replicas: int = 4,
-    seed: int = 0,
-    bound: bool = True,
+    config: RoundingConfig | Mapping[str, Any] | None = None,
+    *,
     progress: bool = True,
-    time_limit: float | None = None,
+    **options: Any,
 ) -> RoundingReport:
     """Choose the rounding of every weight and bias of a calibrated quantized model, in place
     (grouped and depthwise convolutions: one problem per group).
 
+    ``config``: a :class:`~torchqv.rounding.RoundingConfig` (method, solver, target, sweeps,
+    replicas, num_sweeps, num_reads, seed, bound, time_limit: see its docstring); keyword
+    ``options`` with those names override its fields (``round_weights(qm, data, solver="neal")``).
     ``method="qubo"`` minimises each layer's output error (before the activation) over the
     round-down/round-up choices with ``solver``: ``"auto"`` (our annealer over all neurons,
     ``sweeps`` sweeps with ``replicas`` copies),
@@ -213,23 +183,7 @@ def round_weights(
     calibration batches and one layer's Gram matrices.  The call is atomic: if it raises (an
     error, or Ctrl-C), every weight and bias gets its value back and the exception says so.
     """
-    if method not in ("qubo", "nearest"):
-        raise QuantizationError(f"method must be 'qubo' or 'nearest', got {method!r}")
-    if solver not in SOLVERS:
-        raise QuantizationError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if target not in TARGETS:
-        raise QuantizationError(f"target must be one of {TARGETS}, got {target!r}")
-    check_options(
-        num_sweeps=num_sweeps,
-        num_reads=num_reads,
-        sweeps=sweeps,
-        replicas=replicas,
-        seed=seed,
-        bound=bound,
-        time_limit=time_limit,
-    )
-    if method == "nearest":
-        solver = "nearest"
+    cfg = RoundingConfig.coerce(config, "round_weights", **options)
     batches = [x for x in batch_inputs(calibration_data)]
     if not batches:
         raise QuantizationError("round_weights needs calibration data")
@@ -240,14 +194,13 @@ def round_weights(
     layers = _layers(qmodel)
     if not layers:
         raise QuantizationError("round_weights found no quantized layer (QConfig.weight) to round")
-    deadline = time.perf_counter() + time_limit if time_limit is not None else None
-    settings = _Solve(
-        solver, num_sweeps, num_reads, sweeps, replicas, seed, bound and solver != "nearest", deadline
-    )
+    deadline = time.perf_counter() + cfg.time_limit if cfg.time_limit is not None else None
+    solver = cfg.effective_solver
+    settings = _Solve(cfg, solver, cfg.bound and solver is not Solver.NEAREST, deadline)
     params = [p for _, m in layers for p in (m.weight, m.bias) if p is not None]
     with atomic("round_weights", [qmodel], params):
-        report = _round_layers(qmodel, layers, batches, target, settings, progress)
-    report.time_limit = time_limit
+        report = _round_layers(qmodel, layers, batches, cfg.target, settings, progress)
+    report.time_limit = cfg.time_limit
     return report
 
 
@@ -255,7 +208,7 @@ def _round_layers(
     qmodel: QuantizedModel,
     layers: list[tuple[QNode, QuantAffine]],
     batches: list[torch.Tensor],
-    target: str,
+    target: Target,
     settings: _Solve,
     progress: bool,
 ) -> RoundingReport:
@@ -297,7 +250,7 @@ def _round_layers(
             continue
         with torch.no_grad():
             xq = [_inputs(qmodel, node, x) for x in batches]
-        xt = xq if target == "quantized" else float_inputs[node.name]
+        xt = xq if target is Target.QUANTIZED else float_inputs[node.name]
         inq = qmodel.io(node).in_quants[0]
         bias_step = [s * inq.steps()[0] for s in m.weight_steps()] if m.bias is not None and inq else None
         kw = m.weight_codes().reshape(m.weight.shape[0], -1)
@@ -324,12 +277,10 @@ def _round_layers(
 
 @dataclass
 class _Solve:
-    solver: str
-    num_sweeps: int
-    num_reads: int
-    sweeps: int
-    replicas: int
-    seed: int
+    """The job's settings as the solvers use them (``solver``: the one that runs)."""
+
+    cfg: RoundingConfig
+    solver: Solver
     bound: bool
     deadline: float | None = None
 
@@ -372,16 +323,17 @@ def _round_group(
 def _solve(problem: LayerQUBO, z_near: torch.Tensor, cfg: _Solve) -> tuple[torch.Tensor, int]:
     """The solver's choice, and how many neurons it did not reach before the deadline (they keep
     nearest rounding)."""
-    if cfg.solver == "nearest":
+    job = cfg.cfg
+    if cfg.solver is Solver.NEAREST:
         return z_near, 0
-    if cfg.solver == "exact" or (cfg.solver == "auto" and solvers.enumerable(problem)):
+    if cfg.solver is Solver.EXACT or (cfg.solver is Solver.AUTO and solvers.enumerable(problem)):
         return solvers.by_neuron(problem, solvers.exact_neuron, z_near, cfg.deadline)
-    if cfg.solver == "neal":
+    if cfg.solver is Solver.NEAL:
         one = functools.partial(
-            solvers.neal_neuron, num_sweeps=cfg.num_sweeps, num_reads=cfg.num_reads, seed=cfg.seed
+            solvers.neal_neuron, num_sweeps=job.num_sweeps, num_reads=job.num_reads, seed=job.seed
         )
         return solvers.by_neuron(problem, one, z_near, cfg.deadline)
     try:
-        return solvers.solve_auto(problem, cfg.sweeps, cfg.replicas, cfg.seed, deadline=cfg.deadline), 0
+        return solvers.solve_auto(problem, job.sweeps, job.replicas, job.seed, deadline=cfg.deadline), 0
     except solvers.TimeUp:
         return z_near, problem.neurons

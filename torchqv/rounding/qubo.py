@@ -1,4 +1,5 @@
-"""The rounding objective of one layer as an exact QUBO (paper 004), one per output neuron.
+"""The rounding objective of one layer as an exact QUBO (Muñiz Subiñas et al., "Optimization of the
+quantization of dense neural networks from an exact QUBO formulation"), one per output neuron.
 
 For output neuron ``c`` with parameters ``theta = [w_c; b_c]`` the rounded parameters are
 ``theta(z) = theta_low + sigma * z`` with one binary ``z_j`` per weight (round down or up; the two

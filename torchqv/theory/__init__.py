@@ -1,10 +1,13 @@
-"""Theory made executable (papers 000, 001, 002).
+"""Theory made executable (Park et al.; Anonymous, ICLR submission; Ganian et al.: see below).
 
-``universality.representability``: can sigma-quantized networks under Q_{p,s} represent every
-function (paper 001, sections 3.1-3.3)?  ``construction``: the indicator-function network that does.
-``degradation``: the expressive-degradation experiment (paper 000, section 4).  ``qnnt`` and
-``qnnt_z3``: exact training of quantized networks (paper 002's d-QNNT; z3 and brute force);
-``reductions``: its hardness reductions (Theorems 1, 3, 4).
+``universality.representability``: can sigma-quantized networks under Q_{p,s} represent every function
+(Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic",
+sections 3.1-3.3)?  ``construction``: the indicator-function network that does. ``degradation``: the
+expressive-degradation experiment (Anonymous, "On the expressive power of weight quantization in deep neural
+networks" (ICLR submission), section 4).  ``qnnt`` and ``qnnt_z3``: exact training of quantized networks
+(the d-QNNT of Ganian, Sommer & Sorge, "Tractability via low dimensionality: the parameterized complexity of
+training quantized neural networks"; z3 and brute force); ``reductions``: its hardness reductions (Theorems
+1, 3, 4).
 """
 
 from . import reductions

@@ -1,5 +1,6 @@
-"""Paper 001, Theorem 6 with Lemma 5 (Eq. 12-15, 23-29): a sigma-quantized network that computes a
-given ``f*: Q_{p,s}^d -> Q_{p,s}`` exactly.
+"""Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic",
+Theorem 6 with Lemma 5 (Eq. 12-15, 23-29): a sigma-quantized network that computes a given ``f*: Q_{p,s}^d ->
+Q_{p,s}`` exactly.
 
 The network is ``f(x) = [b + sum_v gamma_v 1_{v}(x)]`` (Eq. 14 with singleton cubes, as in the proof
 of Theorem 6): ``b`` is a witness of ``S_b = Q_{p,s}`` and ``gamma_v`` the element of
@@ -310,7 +311,7 @@ def _check(qm: nn.Module, rows: list, points: list, values: list[int], s: int) -
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Paper 001's ``I`` (sec. 2.3): one bias per neuron plus the nonzero weights (the index sets)."""
+    """Park et al.'s ``I`` (sec. 2.3): one bias per neuron plus the nonzero weights (the index sets)."""
     lins = [m for m in model.modules() if isinstance(m, QuantLinear)]
     return sum(m.out_features + int(torch.count_nonzero(m.weight_codes())) for m in lins)
 

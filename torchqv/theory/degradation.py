@@ -1,7 +1,8 @@
-"""Expressive degradation under weight quantization (paper 000, sec. 3.3 and 4.1).
+"""Expressive degradation under weight quantization (Anonymous, "On the expressive power of weight
+quantization in deep neural networks" (ICLR submission), sec. 3.3 and 4.1).
 
-Paper 000's Theorem 5 and Corollary 6 say: if every weight moves by at most ``delta`` when it
-is quantized to n bits, ``max_theta |Q_n(theta) - theta| <= delta``, the network's output
+The anonymous ICLR submission's Theorem 5 and Corollary 6 say: if every weight moves by at most ``delta`` when
+it is quantized to n bits, ``max_theta |Q_n(theta) - theta| <= delta``, the network's output
 moves by at most ``eps`` with ``delta = O(C^-1 n^-L eps)`` (``C = D L N_w^L``).  Section 4.1
 tests this on a regression network: 1000 points of ``[-1, 1]^10``, one hidden ReLU layer of
 width 100, weights quantized to n = 1, 2, 4, 8, 16, 32 bits; Fig. 3 shows the gaps, Fig. 4 the
@@ -9,7 +10,7 @@ indicator ``ln(eps / delta)`` against n, which the paper finds below a line ``a 
 ``a < 0``, ``b > 0``.
 
 The gaps, with ``mu`` the empirical (uniform probability) measure on the P sample points and
-the norms of paper 000 sec. 2.1 (matrix 2-norm = Frobenius, infinity norm = largest entry):
+the norms of Anonymous (ICLR submission), sec. 2.1 (matrix 2-norm = Frobenius, infinity norm = largest entry):
 
 * ``eps_inf = ||f_Q - f||_{L^inf_mu} = max_p ||f_Q(x_p) - f(x_p)||_inf`` (the norm of Thm 5);
 * ``eps_2 = ||f_Q - f||_{L^2_mu} = (1/P sum_p ||f_Q(x_p) - f(x_p)||_2^2)^(1/2)`` (Cor. 6);
@@ -25,7 +26,7 @@ the norms of paper 000 sec. 2.1 (matrix 2-norm = Frobenius, infinity norm = larg
 eval mode: float64 values of the codes times the exact steps).  Biases keep their float values
 in torchqv's weight-only mode, so the gaps are those of the weight matrices.  The n-bit grid is
 torchqv's signed narrow fixed point ``{-(2^(n-1)-1), ..., 2^(n-1)-1} * step`` and 1 bit is
-``tq.Binary``'s ``{-1, +1} * step`` (paper 000 sec. 2.2 uses ``{0, +-1, ..., +-(n-1)}`` and
+``tq.Binary``'s ``{-1, +1} * step`` (Anonymous (ICLR submission), sec. 2.2 uses ``{0, +-1, ..., +-(n-1)}`` and
 ``{0, 1}``).  At 32 bits the step is about ``max|w| 2^-31``: codes and grid values are exact in
 float64 and ``delta_inf <= step / 2`` (about ``2^-32 max|w|``), the paper's float baseline.
 
@@ -91,7 +92,8 @@ def check_observer(kind: str) -> None:
 
 @dataclass
 class DegradationConfig:
-    """Paper 000 sec. 4.1: ``n_points`` uniform points of ``[-1, 1]^dim``, a ``dim``-``width``-1
+    """Anonymous (ICLR submission), sec. 4.1: ``n_points`` uniform points of ``[-1, 1]^dim``, a
+    ``dim``-``width``-1
     ReLU network trained in float (full-batch Adam), weights quantized to each of ``bits``."""
 
     n_points: int = 1000

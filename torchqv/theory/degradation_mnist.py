@@ -1,4 +1,5 @@
-"""Expressive degradation on MNIST (paper 000 sec. 4.2, with MNIST in place of ImageNet).
+"""Expressive degradation on MNIST (Anonymous, "On the expressive power of weight quantization in deep neural
+networks" (ICLR submission), sec. 4.2, with MNIST in place of ImageNet).
 
 For large models sec. 4.2 cannot measure the weight gap delta layer by layer, so it replaces the
 output gap eps by the classification accuracy and the model complexity by the parameter count:
@@ -67,8 +68,8 @@ MODELS: dict[str, Callable[[], nn.Sequential]] = {"mlp": mnist_mlp, "cnn": mnist
 
 @dataclass
 class MnistDegradationConfig:
-    """Paper 000 sec. 4.2 on MNIST.  ``data_root`` holds ``MNIST/raw`` (``None``: ``$TORCHQV_DATA``
-    or ``./data``); ``train_subset`` / ``test_subset`` keep the first images of a split
+    """Anonymous (ICLR submission), sec. 4.2 on MNIST.  ``data_root`` holds ``MNIST/raw`` (``None``:
+    ``$TORCHQV_DATA`` or ``./data``); ``train_subset`` / ``test_subset`` keep the first images of a split
     (``None``: all)."""
 
     data_root: str | None = None

@@ -1,4 +1,6 @@
-"""d-QNNT: training fully quantized ReLU networks (paper 002, Ganian, Sommer and Sorge, section 2).
+"""d-QNNT: training fully quantized ReLU networks (Ganian, Sommer & Sorge, "Tractability via low
+dimensionality: the parameterized complexity of training quantized neural networks", section
+2).
 
 The problem, its reference semantics and a brute-force solver.  Section 2 of the paper, quoted:
 
@@ -44,7 +46,7 @@ DataPoint = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def check_d(d: Any) -> int:
-    """The domain size d: an integer >= 1 (paper 002, sec. 2)."""
+    """The domain size d: an integer >= 1 (Ganian et al., sec. 2)."""
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise QuantizationError(
             f"d must be an integer >= 1 (Z_2 = {{0,1}}, Z_3 = {{-1,0,1}}, ...), got {d!r}"
@@ -59,7 +61,7 @@ def z_domain(d: int) -> range:
 
 
 def relu_d(z: int, d: int) -> int:
-    """ReLU_d: negative values to 0, values above max Z_d to max Z_d (paper 002, sec. 2)."""
+    """ReLU_d: negative values to 0, values above max Z_d to max Z_d (Ganian et al., sec. 2)."""
     return min(max(z, 0), d // 2)
 
 
@@ -201,7 +203,7 @@ def _as_int(v: Any, what: str) -> int:
 
 
 def check_data(arch: Architecture, data: Iterable[Any], d: int) -> tuple[DataPoint, ...]:
-    """Validate data points ``(x, y)``: x in Z_d^alpha, y in Z_d^omega (paper 002, sec. 2)."""
+    """Validate data points ``(x, y)``: x in Z_d^alpha, y in Z_d^omega (Ganian et al., sec. 2)."""
     dom = z_domain(d)
     alpha, omega = len(arch.inputs), len(arch.outputs)
     out = []

@@ -1,4 +1,6 @@
-"""Exact d-QNNT training with z3 (paper 002, sec. 1-2): a network with error <= l, or a proof of none.
+"""Exact d-QNNT training with z3 (Ganian, Sommer & Sorge, "Tractability via low dimensionality: the
+parameterized complexity of training quantized neural networks", sec. 1-2): a network with error <= l, or a
+proof of none.
 
 The encoding is exact over the finite domain.  Unknowns: one weight per arc and one bias per
 non-source node, each ranging over Z_d.  Per *distinct* input vector x the forward pass of sec. 2
@@ -236,7 +238,7 @@ def train_exact(
     timeout: float = 60.0,
     encoding: str = "pb",
 ) -> TrainResult:
-    """Solve d-QNNT (paper 002, sec. 1): weights and biases in Z_d with error <= ``max_error``.
+    """Solve d-QNNT (Ganian et al., sec. 1): weights and biases in Z_d with error <= ``max_error``.
 
     ``data`` is a multiset of pairs (x, y), x in Z_d^alpha and y in Z_d^omega.  Decision mode
     returns FOUND (a network, error recomputed by the reference forward pass) or INFEASIBLE (z3

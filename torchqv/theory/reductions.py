@@ -1,4 +1,5 @@
-"""The hardness reductions of paper 002 (sec. 3) as d-QNNT instance generators, with their sources.
+"""The hardness reductions of Ganian, Sommer & Sorge, "Tractability via low dimensionality: the parameterized
+complexity of training quantized neural networks" (sec. 3) as d-QNNT instance generators, with their sources.
 
 * Theorem 1: EXACT SET COVER -> 2-QNNT (one output, no hidden neuron, l = 0);
 * Theorem 3: HITTING SET -> 2-QNNT (k inputs, no hidden neuron, l = k(|U| - 1));

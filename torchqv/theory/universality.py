@@ -1,5 +1,6 @@
-"""Paper 001 (Park, Park, Hwang), sections 2.2 and 3.1-3.3: can sigma-quantized networks under
-``Q_{p,s}`` represent every function ``Q_{p,s}^d -> Q_{p,s}``?
+"""Park, Park & Hwang, "On expressive power of quantized neural networks under fixed-point arithmetic",
+sections 2.2 and 3.1-3.3: can sigma-quantized networks under ``Q_{p,s}`` represent every
+function ``Q_{p,s}^d -> Q_{p,s}``?
 
 **The format.**  ``Q_{p,s} = {q/s : q integer, -2^p + 1 <= q <= 2^p - 1}`` (Eq. 1 and 4) is exactly
 ``tq.FixedPoint(bits=p + 1, step=Fraction(1, s))`` (signed narrow range, ties away from zero, the
@@ -80,7 +81,7 @@ MAX_P = 20  # 2^(p+1) evaluations of sigma per (p, s)
 
 
 def q_format(p: int, s: int) -> FixedPoint:
-    """``Q_{p,s}`` as a torchqv format (paper 001 Eq. 4): ``FixedPoint(bits=p+1, step=1/s)``."""
+    """``Q_{p,s}`` as a torchqv format (Park et al., Eq. 4): ``FixedPoint(bits=p+1, step=1/s)``."""
     for name, v in (("p", p), ("s", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise QuantizationError(f"{name} must be a positive int, got {v!r}")
@@ -225,7 +226,7 @@ def _interior_cells(p: int, s: int) -> list[tuple[int, int, int]]:
 @dataclass(frozen=True)
 class RoundedLattice:
     """``{[b + gamma] : gamma in (m/s^2) Z}`` for ``b`` in ``Q_{inf,s}``: the sets ``S_b``, ``N_b``,
-    ``BS_b`` and ``BN_b`` of paper 001 (reduction steps 2 and 3 of the module docstring)."""
+    ``BS_b`` and ``BN_b`` of Park et al. (reduction steps 2 and 3 of the module docstring)."""
 
     m: int
     p: int
@@ -324,7 +325,7 @@ def _beta(b: Fraction | int, s: int) -> int:
 # ------------------------------------------------------------------- verdicts
 @dataclass(frozen=True)
 class Representability:
-    """Paper 001's answer for one activation, ``Q_{p,s}`` and weight kind."""
+    """Park et al.'s answer for one activation, ``Q_{p,s}`` and weight kind."""
 
     activation: str
     p: int
@@ -401,7 +402,7 @@ def representability(
     binary_weights: bool = False,
     exact: bool = False,
 ) -> Representability:
-    """Decide paper 001's conditions for ``sigma`` and ``Q_{p,s}`` (see the module docstring).
+    """Decide Park et al.'s conditions for ``sigma`` and ``Q_{p,s}`` (see the module docstring).
 
     ``activation``: an ``Activation``, a torch activation module or a name of
     ``PAPER_ACTIVATIONS``; ``exact=True`` evaluates every ``[sigma](x)`` with mpmath.

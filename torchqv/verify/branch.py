@@ -29,13 +29,12 @@ import numpy as np
 from .bounds import Crown, difference_bounds
 from .network import Chain
 from .region import Box, down
-
-INPUT_SPLIT_DIMS = 16  # inputs up to this size are split by coordinates (larger: lp_branch)
+from .verdicts import Decision
 
 
 @dataclass
 class Outcome:
-    status: str  # "proved" | "refuted" | "open"
+    status: Decision
     point: Any = None  # the replayed counterexample (a tensor) when refuted
     nodes: int = 0
     depth: int = 0
@@ -121,7 +120,9 @@ class InputBranch:
         nodes = depth = 0
         while heap:
             if time.perf_counter() > deadline or nodes >= max_nodes:
-                return Outcome("open", None, nodes, depth, f"branch and bound stopped after {nodes} nodes")
+                return Outcome(
+                    Decision.OPEN, None, nodes, depth, f"branch and bound stopped after {nodes} nodes"
+                )
             _, _, d, node = heapq.heappop(heap)
             nodes += 1
             depth = max(depth, d)
@@ -131,10 +132,12 @@ class InputBranch:
             corner = node.corner(coef <= 0)  # minimises the worst linear bound over the box
             x = self.falsify([corner, node.middle()])
             if x is not None:
-                return Outcome("refuted", x, nodes, depth)
+                return Outcome(Decision.REFUTED, x, nodes, depth)
             children = self._split(node, coef)
             if children is None:
-                return Outcome("open", None, nodes, depth, "a part of the region cannot be split further")
+                return Outcome(
+                    Decision.OPEN, None, nodes, depth, "a part of the region cannot be split further"
+                )
             for child in children:
                 heapq.heappush(heap, (worst, next(order), d + 1, child))
-        return Outcome("proved", None, nodes, depth)
+        return Outcome(Decision.PROVED, None, nodes, depth)

@@ -1,4 +1,5 @@
-"""CEG4N: counterexample-guided search of per-layer bit widths (paper 003, ch. 3, Algorithm 1).
+"""CEG4N: counterexample-guided search of per-layer bit widths (Matos Júnior, "An automated method for neural
+network quantization refinement" (PhD thesis, UFAM, 2025), ch. 3, Algorithm 1).
 
 Algorithm 1 alternates two problems until the verifier accepts a candidate:
 
@@ -32,11 +33,12 @@ parameters share its width):
   grid with their own step (Eq. 2.13: ``Q(bias, b_l)``), a power of two (a fixed number of
   fractional bits per layer, so every grid value is exact in float32 storage, for every width);
   activations and input stay real.
-* ``mode="full"``: fixed point everywhere (paper 001 Eq. 7): weights as above, the output of
-  Linear ``l`` and of the activation that follows it on an asymmetric ``b_l``-bit grid (sec. 3.2.3:
-  asymmetric activations), the input on an asymmetric ``input_bits``-bit grid (fixed for the whole
-  search, so counterexamples stay grid points of every candidate); biases on the accumulator grid
-  in high precision (the int32-bias convention, sec. 2.3.3.3).  Steps come from calibration data.
+* ``mode="full"``: fixed point everywhere (Park, Park & Hwang, "On expressive power of quantized neural
+  networks under fixed-point arithmetic", Eq. 7): weights as above, the output of Linear ``l`` and of the
+  activation that follows it on an asymmetric ``b_l``-bit grid (sec. 3.2.3: asymmetric activations), the input
+  on an asymmetric ``input_bits``-bit grid (fixed for the whole search, so counterexamples stay grid points of
+  every candidate); biases on the accumulator grid in high precision (the int32-bias convention, sec.
+  2.3.3.3).  Steps come from calibration data.
 """
 
 from __future__ import annotations
@@ -47,26 +49,31 @@ import glob
 import heapq
 import math
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..formats import MAX_BITS, FixedPoint, QuantizationError
+from ..errors import ConfigError, QuantizationError, VerificationInputError
+from ..formats import MAX_BITS, FixedPoint
 from ..graph import QuantizedModel, quantized_models
 from ..grid import QTensor
+from ..jobconfig import JobConfig
 from ..observers import OBSERVERS, step_for_range
 from ..ops.activation import QuantAct
 from ..ops.affine import QuantLinear
 from ..qconfig import QConfig
 from ..quantize import calibrate, quantize
-from .engine import NORMS, RELATIONS, Result, holds, verify_equivalence
+from .config import VerifyConfig
+from .engine import Result, holds, verify_equivalence
 from .network import float_chain
-from .parallel import check_workers, optional_pool
+from .parallel import optional_pool
+from .verdicts import SearchStatus, Verdict
 
 MODES = ("weights", "full")
 COSTS = ("weight_bits", "sum_bits")
@@ -74,42 +81,49 @@ ON_UNKNOWN = ("vf", "skip")
 
 
 @dataclass
-class BitSearchConfig:
-    """Options of :func:`search_bits` (a plain dataclass: ``to_dict`` / ``BitSearchConfig(**d)``).
+class BitSearchConfig(JobConfig):
+    """Options of :func:`search_bits` (a plain dataclass: ``to_dict`` / ``BitSearchConfig.from_dict``).
 
     ``mode``: ``"weights"`` (weights and biases) or ``"full"`` (weights, activations, input).
     ``cost``: ``"weight_bits"`` (sum over layers of bits * number of weights) or ``"sum_bits"``
     (sum of the bits, the thesis' single objective); a callable given to ``search_bits`` replaces it.
-    ``timeout``: seconds per verifier query (one region); ``time_limit``: seconds for the whole
-    search (status TO beyond); ``max_iterations``: verifier rounds (TO beyond).
-    ``observer``: step observer (``minmax``, ``mse``, ...) for weights and activations;
-    ``power_of_two``: power-of-two weight and activation steps; ``input_bits``: input format of the
-    full mode (``None``: the input stays real).  ``on_unknown``: what an undecided region does:
-    ``"vf"`` stops with status VF, ``"skip"`` drops the candidate and goes on (the answer is then
-    the cheapest *proved* vector among those not skipped; ``BitSearchResult.skipped`` lists them).
-    ``samples`` and ``seed`` go to ``verify_equivalence``.  ``workers``: the regions of a
-    candidate are verified on a local pool of that many processes (started once per search; 1:
-    in this process): they go out in the serial search's order, ``workers`` at a time, and are
-    read in that order, so the first refutation (or the first undecided region) is the serial
-    search's and so is the answer; a refutation ends the round, and regions still running then
-    finish in the background, their results unused.
+    ``time_limit``: seconds for the whole search (status TO beyond); ``max_iterations``: verifier
+    rounds (TO beyond).  ``observer``: step observer (``minmax``, ``mse``, ...) for weights and
+    activations; ``power_of_two``: power-of-two weight and activation steps; ``input_bits``: input
+    format of the full mode (``None``: the input stays real).  ``on_unknown``: what an undecided
+    region does: ``"vf"`` stops with status VF, ``"skip"`` drops the candidate and goes on (the
+    answer is then the cheapest *proved* vector among those not skipped;
+    ``BitSearchResult.skipped`` lists them).
+
+    ``verify``: the :class:`~torchqv.verify.VerifyConfig` of every verifier query (relation, eps,
+    norm, delta, domain; ``timeout`` per region; ``samples``, ``seed``).  ``verify.workers``: the
+    regions of a candidate are verified on a local pool of that many processes (started once per
+    search; 1: in this process): they go out in the serial search's order, ``workers`` at a time,
+    and are read in that order, so the first refutation (or the first undecided region) is the
+    serial search's and so is the answer; a refutation ends the round, and regions still running
+    then finish in the background, their results unused.
     """
+
+    error: ClassVar[type[Exception]] = ConfigError
 
     mode: str = "weights"
     cost: str = "weight_bits"
-    timeout: float = 60.0
     time_limit: float = 300.0
     max_iterations: int = 100
     observer: str = "minmax"
     power_of_two: bool = False
     input_bits: int | None = 8
     on_unknown: str = "vf"
-    samples: int = 256
-    seed: int = 0
-    workers: int = 1
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:
-        check_workers(self.workers, "BitSearchConfig.workers")
+        if isinstance(self.verify, Mapping):
+            self.verify = VerifyConfig.from_dict(self.verify)
+        if not isinstance(self.verify, VerifyConfig):
+            raise ConfigError(
+                "BitSearchConfig.verify must be a VerifyConfig (or a dict of its fields), "
+                f"got {self.verify!r}"
+            )
         for name, allowed in (
             ("mode", MODES),
             ("cost", COSTS),
@@ -117,40 +131,35 @@ class BitSearchConfig:
             ("observer", OBSERVERS),
         ):
             if getattr(self, name) not in allowed:
-                raise QuantizationError(
+                raise ConfigError(
                     f"BitSearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        for name in ("timeout", "time_limit"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise QuantizationError(
-                    f"BitSearchConfig.{name} must be > 0 seconds, got {getattr(self, name)}"
-                )
+        t = self.time_limit
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ConfigError(f"BitSearchConfig.time_limit must be > 0 seconds, got {t!r}")
         if not (isinstance(self.max_iterations, int) and self.max_iterations >= 1):
-            raise QuantizationError(
+            raise ConfigError(
                 f"BitSearchConfig.max_iterations must be an int >= 1, got {self.max_iterations!r}"
             )
         if self.input_bits is not None and not 2 <= self.input_bits <= MAX_BITS:
-            raise QuantizationError(f"BitSearchConfig.input_bits must be None or in [2, {MAX_BITS}]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+            raise ConfigError(f"BitSearchConfig.input_bits must be None or in [2, {MAX_BITS}]")
 
 
 @dataclass
 class BitSearchResult:
     """Outcome of :func:`search_bits` (statuses as in the thesis' Tables 2-9).
 
-    ``status``: ``"SQ"`` (the final ``bits`` are proved equivalent on every region), ``"QF"`` (no
-    bit vector of the range passes: each was refuted by a real counterexample), ``"TO"`` (time or
-    iteration limit), ``"VF"`` (the verifier could not decide a region).  ``bits``: one width per
+    ``status``: a :class:`SearchStatus`: ``SQ`` (the final ``bits`` are proved equivalent on
+    every region), ``QF`` (no bit vector of the range passes: each was refuted by a real
+    counterexample), ``TO`` (time or iteration limit), ``VF`` (the verifier could not decide a
+    region).  ``bits``: one width per
     Linear layer (``layers``) of the last candidate given to the verifier (``None`` if none);
     ``fq``: its quantized model.  ``iterations``: verifier rounds; ``counterexamples``: the points
     the verifier found (the critical points not included); ``candidates``: bit vectors checked
     concretely; ``history``: one dict per round.
     """
 
-    status: str
+    status: SearchStatus
     bits: tuple[int, ...] | None
     layers: list[str]
     iterations: int
@@ -367,23 +376,19 @@ def _cost_fn(name: str, weights: list[int]) -> Callable[[tuple[int, ...]], float
     return lambda b: float(sum(b))
 
 
-def _check_inputs(
-    f: nn.Module, points: torch.Tensor, delta: float, relation: str, eps: Any, norm: str, bits: Any
-) -> None:
+def _check_inputs(f: nn.Module, points: torch.Tensor, spec: VerifyConfig, bits: Any) -> None:
     if not isinstance(f, nn.Module):
-        raise QuantizationError(f"f must be an nn.Module, got {type(f).__name__}")
+        raise VerificationInputError(f"f must be an nn.Module, got {type(f).__name__}")
     if quantized_models(f):
-        raise QuantizationError("search_bits: f is already quantized; pass the float model (tq.float_twin)")
+        raise VerificationInputError(
+            "search_bits: f is already quantized; pass the float model (tq.float_twin)"
+        )
     if not isinstance(points, torch.Tensor) or points.dim() < 2 or len(points) == 0:
-        raise QuantizationError("points must be a non-empty batch tensor shaped (n, *input_shape)")
+        raise VerificationInputError("points must be a non-empty batch tensor shaped (n, *input_shape)")
     if not bool(torch.isfinite(points).all()):
-        raise QuantizationError("points contain NaN or inf")
-    if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta >= 0):
-        raise QuantizationError(f"delta must be a finite number >= 0, got {delta!r}")
-    if relation not in RELATIONS or norm not in NORMS:
-        raise QuantizationError(f"relation must be one of {RELATIONS} and norm one of {NORMS}")
-    if relation == "eps" and not (eps is not None and eps > 0):
-        raise QuantizationError("relation='eps' needs eps > 0")
+        raise VerificationInputError("points contain NaN or inf")
+    if spec.delta is None:
+        raise VerificationInputError("search_bits needs delta (the radius of the regions), got None")
     ok = isinstance(bits, (tuple, list)) and len(bits) == 2 and all(isinstance(b, int) for b in bits)
     if not ok or not 2 <= bits[0] <= bits[1] <= MAX_BITS:
         raise QuantizationError(
@@ -403,35 +408,38 @@ def _check_inputs(
 def search_bits(
     f: nn.Module,
     points: torch.Tensor,
-    delta: float,
-    relation: str = "top1",
+    delta: float | Fraction | str | None = None,
     bits: tuple[int, int] = (2, 32),
     *,
-    eps: float | None = None,
-    norm: str = "inf",
-    domain: tuple[float, float] | None = None,
     config: BitSearchConfig | None = None,
     cost: Callable[[tuple[int, ...]], float] | None = None,
     calibration: torch.Tensor | Iterable[Any] | None = None,
     progress: bool = True,
+    **verify_options: Any,
 ) -> BitSearchResult:
-    """CEG4N (paper 003, Algorithm 1): the cheapest per-layer bits with ``f ~ Q(f, b)`` proved
-    on the L-infinity balls of radius ``delta`` around ``points`` (within ``domain``).
+    """CEG4N (Matos Júnior (2025), Algorithm 1): the cheapest per-layer bits with
+    ``f ~ Q(f, b)`` proved on the L-infinity balls of radius ``delta`` around ``points``.
 
-    ``relation``/``eps``/``norm``/``domain`` as in :func:`verify_equivalence`; ``bits``: the range
-    ``(b_min, b_max)`` of every layer's width; ``cost``: a callable ``bits -> float``, non-decreasing
-    in every layer's bits, replacing ``config.cost``; ``calibration``: batches for the steps of
-    ``mode="full"``.  See the module docstring for the strategy and :class:`BitSearchResult`.
+    ``config``: a :class:`BitSearchConfig`; its ``verify`` field says what "equivalent" means
+    (relation, eps, norm, domain) and how each region is verified; keyword ``verify_options`` with
+    those names (``relation="eps", eps=0.1, domain=(0, 1), timeout=30``), and ``delta``, override
+    its fields.  ``bits``: the range ``(b_min, b_max)`` of every layer's width; ``cost``: a
+    callable ``bits -> float``, non-decreasing in every layer's bits, replacing ``config.cost``;
+    ``calibration``: batches for the steps of ``mode="full"``.  See the module docstring for the
+    strategy and :class:`BitSearchResult`.
     """
     cfg = config or BitSearchConfig()
     if not isinstance(cfg, BitSearchConfig):
-        raise QuantizationError(f"config must be a BitSearchConfig, got {type(cfg).__name__}")
+        raise VerificationInputError(f"config must be a BitSearchConfig, got {type(cfg).__name__}")
+    if delta is not None:
+        verify_options["delta"] = delta
+    spec = VerifyConfig.coerce(cfg.verify, "search_bits", **verify_options)
     f = _as_chain(f)
-    _check_inputs(f, points, delta, relation, eps, norm, bits)
+    _check_inputs(f, points, spec, bits)
     layers = _layers(f)
     _check_mode(cfg, layers, calibration)
     t0 = time.perf_counter()
-    s = _Search(f, points, layers, cfg, calibration, bits[0], (delta, relation, eps, norm, domain))
+    s = _Search(f, points, layers, cfg, calibration, bits[0], spec)
     lattice = _Lattice(len(layers.names), bits[0], bits[1], cost or _cost_fn(cfg.cost, layers.weights))
     history: list[dict[str, Any]] = []
     skipped: list[tuple[int, ...]] = []
@@ -441,7 +449,7 @@ def search_bits(
     def left() -> float:
         return cfg.time_limit - (time.perf_counter() - t0)
 
-    def result(status: str, reason: str) -> BitSearchResult:
+    def result(status: SearchStatus, reason: str) -> BitSearchResult:
         bar.close()
         b, c, fq = last if last is not None else (None, None, None)
         return BitSearchResult(
@@ -459,23 +467,29 @@ def search_bits(
             history=history,
         )
 
-    with optional_pool(cfg.workers) as pool:  # one pool for the whole search
+    with optional_pool(spec.workers) as pool:  # one pool for the whole search
         while True:
             # bit search: the cheapest vector that agrees with f on every counterexample so far
             while True:
                 if left() <= 0:
-                    return result("TO", f"time limit of {cfg.time_limit} s reached during the bit search")
+                    return result(
+                        SearchStatus.TO, f"time limit of {cfg.time_limit} s reached during the bit search"
+                    )
                 item = lattice.pop()
                 if item is None and skipped:
-                    return result("VF", f"no bit vector in {tuple(bits)} proved; undecided: {skipped}")
+                    return result(
+                        SearchStatus.VF, f"no bit vector in {tuple(bits)} proved; undecided: {skipped}"
+                    )
                 if item is None:
-                    return result("QF", f"every bit vector in {tuple(bits)} fails on a counterexample")
+                    return result(
+                        SearchStatus.QF, f"every bit vector in {tuple(bits)} fails on a counterexample"
+                    )
                 c, b = item
                 bar.update()
                 if s.passes(b):
                     break
             if len(history) == cfg.max_iterations:
-                return result("TO", f"iteration limit of {cfg.max_iterations} reached")
+                return result(SearchStatus.TO, f"iteration limit of {cfg.max_iterations} reached")
             fq = s.model(b)
             last = (b, c, fq)
             bar.set_postfix(bits=",".join(map(str, b)), cex=len(s.found))
@@ -486,11 +500,13 @@ def search_bits(
             if outcome == "refuted":
                 continue
             if outcome == "proved":
-                return result("SQ", "every region proved equivalent")
+                return result(SearchStatus.SQ, "every region proved equivalent")
             if outcome == "timeout" or left() <= 0:
-                return result("TO", f"time limit of {cfg.time_limit} s reached during verification {why}")
+                return result(
+                    SearchStatus.TO, f"time limit of {cfg.time_limit} s reached during verification {why}"
+                )
             if cfg.on_unknown == "vf":
-                return result("VF", why)
+                return result(SearchStatus.VF, why)
             skipped.append(b)
 
 
@@ -505,12 +521,12 @@ class _Search:
         cfg: BitSearchConfig,
         calibration: Any,
         lo: int,
-        problem: tuple[float, str, float | None, str, Any],
+        spec: VerifyConfig,
     ):
         self.f, self.layers, self.cfg, self.calibration = f, layers, cfg, calibration
         self.f64 = copy.deepcopy(f).double().eval()
         self.points, self.shape = points, tuple(points.shape[1:])
-        self.delta, self.relation, self.eps, self.norm, self.domain = problem
+        self.spec = spec
         self.x = points.detach().float().reshape(-1, *self.shape)  # the critical points start the set
         self.y = self._float(self.x)
         self.found: list[torch.Tensor] = []
@@ -524,7 +540,8 @@ class _Search:
             return self.f64(x.double()).reshape(len(x), -1)
 
     def _agree(self, y: torch.Tensor, yq: torch.Tensor) -> bool:
-        return all(holds(self.relation, a, b, self.eps, self.norm) for a, b in zip(y, yq, strict=True))
+        sp = self.spec
+        return all(holds(sp.relation, a, b, sp.eps, sp.norm) for a, b in zip(y, yq, strict=True))
 
     def passes(self, bits: tuple[int, ...]) -> bool:
         """Does ``Q(f, bits)`` agree with ``f`` on every counterexample (one batched forward)?"""
@@ -560,7 +577,8 @@ class _Search:
         """``verify_equivalence`` region by region, regions that refuted earlier candidates first,
         up to the first counterexample (proofs of the other regions would be wasted on a refuted
         candidate); on ``pool``, ``workers`` regions at a time, read in the same order.  Outcome:
-        ``"refuted"``, ``"proved"``, ``"undecided"`` or ``"timeout"``."""
+        ``"refuted"``, ``"proved"``, ``"undecided"`` or ``"timeout"`` (the round's, not a
+        :class:`Decision`: a round can also run out of the search's time)."""
         t0, regions, undecided = time.perf_counter(), [], ""
         entry["regions"] = regions
         order = sorted(range(len(self.points)), key=lambda j: -self.failures[j])
@@ -571,11 +589,11 @@ class _Search:
                 if res is None:
                     return "timeout", f"(before region {i})"
                 regions.append({"region": i, "verdict": res.verdict, "reason": res.reason, **res.stats})
-                if res.verdict == "NOT_EQUIVALENT":
+                if res.verdict is Verdict.NOT_EQUIVALENT:
                     self.add(i, res.counterexample, fq)
                     entry["counterexample"] = res.counterexample.reshape(-1).tolist()
                     return "refuted", ""
-                if res.verdict == "UNKNOWN" and not undecided:
+                if res.verdict is Verdict.UNKNOWN and not undecided:
                     undecided = f"region {i} undecided: {res.reason}"
             return ("undecided", undecided) if undecided else ("proved", "")
         finally:
@@ -589,17 +607,16 @@ class _Search:
         started).  On ``pool``, up to ``workers`` regions are on their way at a time; closing the
         generator cancels those not started (one already running finishes in its worker, its
         result unused; the next regions' budgets still end at ``deadline``)."""
-        f, pts, spec = self.f, self.points, (self.delta, self.relation, self.eps, self.norm, self.domain)
-        opts = deadline, self.cfg.timeout, self.cfg.samples, self.cfg.seed
+        f, pts, spec = self.f, self.points, self.spec
         if pool is None:
             for i in order:
-                yield i, _verify_region(f, fq, pts[i : i + 1], *spec, *opts)
+                yield i, _verify_region(f, fq, pts[i : i + 1], spec, deadline)
             return
         sent: collections.deque[tuple[int, Future]] = collections.deque()
         try:
             for i in order:
-                sent.append((i, pool.submit(_verify_region, f, fq, pts[i : i + 1], *spec, *opts)))
-                if len(sent) == self.cfg.workers:
+                sent.append((i, pool.submit(_verify_region, f, fq, pts[i : i + 1], spec, deadline)))
+                if len(sent) == spec.workers:
                     j, fut = sent.popleft()
                     yield j, fut.result()
             while sent:
@@ -611,27 +628,13 @@ class _Search:
 
 
 def _verify_region(
-    f: nn.Module,
-    fq: nn.Module,
-    point: torch.Tensor,
-    delta: float,
-    relation: str,
-    eps: float | None,
-    norm: str,
-    domain: tuple[float, float] | None,
-    deadline: float,
-    timeout: float,
-    samples: int,
-    seed: int,
+    f: nn.Module, fq: nn.Module, point: torch.Tensor, spec: VerifyConfig, deadline: float
 ) -> Result | None:
     """The region around ``point`` (shape ``(1, ...)``) of a CEG4N round, verified with
-    ``min(timeout, time left to deadline)`` seconds counted from now (wherever it runs: in the
+    ``min(spec.timeout, time left to deadline)`` seconds counted from now (wherever it runs: in the
     search's process or a worker; ``deadline`` on the wall clock); ``None`` when none is left."""
-    budget = min(timeout, deadline - time.time())
+    budget = min(spec.timeout, deadline - time.time())
     if budget <= 0:
         return None
-    (res,) = verify_equivalence(
-        f, fq, point, delta, relation,
-        eps=eps, norm=norm, domain=domain, timeout=budget, samples=samples, seed=seed,
-    )  # fmt: skip
+    (res,) = verify_equivalence(f, fq, point, config=spec.updated(timeout=budget, workers=1))
     return res

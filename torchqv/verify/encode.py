@@ -1,15 +1,15 @@
 """z3 encodings: the float network over exact rationals, the quantized one with exact roundings.
 
-A rounding ``q = round(u)`` of ``u = t / step`` becomes an integer variable ``k`` with the
-format's rule (paper 001's ties away from zero, ties to even, floor; binary is a sign), then
-saturation to ``[kmin, kmax]``; its value is ``q * step``.  Bounds fix what they decide: a
-rounding whose interval falls in one cell is a constant, one whose input already lies on a finer
-grid is the identity, and a piecewise-linear activation whose input is on one side of a kink is
-linear; only the cone of influence of the queried outputs is encoded.  Relations (paper 003,
-Definitions 2.4.1-2.4.3) are encoded as their negation, split into small disjuncts
-(``queries``), so ``unsat`` for each proves equivalence.  The top-1 tie rule is the one of
-``torch.argmax``: the first index of the maximum.
-"""
+A rounding ``q = round(u)`` of ``u = t / step`` becomes an integer variable ``k`` with the format's rule
+(the ties away from zero of Park, Park & Hwang, "On expressive power of quantized neural networks under
+fixed-point arithmetic", ties to even, floor; binary is a sign), then saturation to ``[kmin, kmax]``; its
+value is ``q * step``.  Bounds fix what they decide: a rounding whose interval falls in one cell is a
+constant, one whose input already lies on a finer grid is the identity, and a piecewise-linear activation
+whose input is on one side of a kink is linear; only the cone of influence of the queried outputs is
+encoded. Relations (Matos Júnior, "An automated method for neural network quantization refinement" (PhD
+thesis, UFAM, 2025), Definitions 2.4.1-2.4.3) are encoded as their negation, split into small disjuncts
+(``queries``), so ``unsat`` for each proves equivalence. The top-1 tie rule is the one of ``torch.argmax``:
+the first index of the maximum. """
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def queries(
     fixed: tuple[int | None, int | None],
     open_outputs: list[int],
 ) -> list[Query]:
-    """The negation of ``y ~ yq`` (paper 003, Definitions 2.4.1-2.4.3) as a disjunction of small
+    """The negation of ``y ~ yq`` (Matos Júnior (2025), Definitions 2.4.1-2.4.3) as a disjunction of small
     queries; ``unsat`` for every one proves the relation.
 
     ``classes``: the classes that can be the argmax of f and of f' (bounds; the others are below

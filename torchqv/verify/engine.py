@@ -9,10 +9,11 @@ Semantics (one exact meaning for every stage of the engine):
   intersected with the domain box ``[lo, hi]``, computed in exact rationals (``boxes=(lo, hi)``:
   the box itself, intersected with the domain).  When f' quantizes its input (step ``s``,
   centered codes ``[kmin, kmax]``), the region is the finite set of grid points ``k * s`` of that
-  box (paper 001's setting), exactly: a coordinate with one grid point is that rational (``3/5``
-  on the step ``1/5``).  An empty region (domain ``lo > hi``, a point outside the domain, a box
-  disjoint from the domain, a region without a grid point) is a user error: ``QuantizationError``
-  before any solving, naming the regions and the fix.
+  box (the setting of Park, Park & Hwang, "On expressive power of quantized neural networks under
+  fixed-point arithmetic"), exactly: a coordinate with one grid point is that rational (``3/5`` on the step
+  ``1/5``).  An empty region (domain ``lo > hi``, a point outside the domain, a box disjoint from the
+  domain, a region without a grid point) is a user error: ``QuantizationError`` before any solving, naming
+  the regions and the fix.
 * **Networks.** f is the real-valued network of its weights' exact values, evaluated exactly at
   rational points (``network.float_chain(f).exact``); f' is the fixed-point network of
   ``torchqv.reference_forward``: on a grid point ``k * s`` its input rounds to the code ``k``,
@@ -58,12 +59,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import numbers
 import pickle
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -74,19 +75,20 @@ import torch
 from torch import nn
 
 from ..atomic import keeps_modes
-from ..formats import QuantizationError, fraction_to_float, is_dyadic
+from ..errors import QuantizationError, VerificationInputError
+from ..formats import fraction_to_float, is_dyadic
 from ..graph import training_copy
 from ..reference import reference_forward
 from . import bounds as B
-from .branch import INPUT_SPLIT_DIMS, InputBranch, margin_rows, winners
+from .branch import InputBranch, margin_rows, winners
+from .config import VerifyConfig
 from .encode import Query, queries
 from .network import Affine, Chain, Rounding, float_chain, quant_chain
 from .parallel import check_executor, in_order, optional_pool
 from .queries import QuerySolver
 from .region import Box, Point, exact_number, exact_values, float32_within, grid_box
+from .verdicts import Decision, Verdict
 
-RELATIONS = ("strict", "top1", "eps")
-NORMS = ("inf", "l1")
 CONFIRM = 4  # exact replays per batch of screened candidates
 REFERENCE_WEIGHTS = 20_000  # up to this many weights replays also run reference_forward (slow: ~40 us each)
 REGIONS_PER_TASK = 1  # regions per executor task (BENCHMARKS: the best for regions of uneven cost)
@@ -95,13 +97,14 @@ PROBLEMS_PER_WORKER = 2  # problems a worker process keeps built (a problem is r
 
 @dataclass
 class Result:
-    """``verdict``: ``"EQUIVALENT"``, ``"NOT_EQUIVALENT"`` or ``"UNKNOWN"``.
+    """``verdict``: a :class:`Verdict` (``EQUIVALENT``, ``NOT_EQUIVALENT`` or ``UNKNOWN``; equal to
+    those strings).
 
     ``counterexample`` (float64, shaped like one input): the double nearest to the exact point
     that f' rounds to the same input codes; ``counterexample_exact``: the exact point (an object
     array of ``Fraction``, same shape); ``outputs_exact``: ``(f(x), f'(x))`` there, exactly."""
 
-    verdict: str
+    verdict: Verdict
     counterexample: torch.Tensor | None = None
     reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
@@ -527,37 +530,25 @@ def verify_equivalence(
     fq: nn.Module,
     points: torch.Tensor | None = None,
     delta: float | Fraction | str | None = None,
-    relation: str = "top1",
-    eps: float | Fraction | str | None = None,
-    norm: str = "inf",
-    domain: tuple[Any, Any] | None = None,
-    timeout: float = 60.0,
-    samples: int = 256,
-    seed: int = 0,
-    use_bounds: bool = True,
-    boxes: tuple[torch.Tensor, torch.Tensor] | None = None,
-    branching: float = 0.5,
-    input_split: int = INPUT_SPLIT_DIMS,
     *,
+    config: VerifyConfig | Mapping[str, Any] | None = None,
+    boxes: tuple[torch.Tensor, torch.Tensor] | None = None,
     executor: Executor | Any | None = None,
-    workers: int = 1,
+    **options: Any,
 ) -> list[Result]:
     """Check ``f(x) ~ fq(x)`` for every input within ``delta`` (L-infinity) of each point.
 
-    ``points``: a batch shaped like the models' input.  ``relation``: ``"strict"``, ``"top1"``
-    (same argmax, ``torch.argmax``'s first-maximum rule) or ``"eps"`` (``||f - fq|| <= eps`` in
-    ``norm`` ``"inf"`` or ``"l1"``).  ``domain``: ``(lo, hi)``, numbers or tensors broadcastable
-    to one input, the box every input stays in (the points must lie in it).  ``boxes=(lo, hi)``:
-    regions given directly (batches shaped like the input) instead of points and delta.
-    ``delta``, ``eps`` and the numbers above are taken at their exact values (floats at their
-    binary value; ``Fraction`` or ``"p/q"`` strings for other rationals).  ``timeout``: seconds per
-    region; ``branching``: the share of it that branch and bound may use before z3 gets the rest.
-    Regions with at most ``input_split`` free input coordinates are first branched by splitting
-    the box; then the LP search on the MILP encoding takes over.  ``use_bounds=False`` skips bounds
-    and branching (the plain z3 encoding, for comparison).  ``samples``: random points per region
-    for falsification, drawn from region ``i``'s own generator seeded from ``(seed, i)``.  The
-    exact semantics of regions, networks, relations and verdicts is in the module docstring.
-    Empty regions raise ``QuantizationError`` before any solving.
+    ``points``: a batch shaped like the models' input; ``boxes=(lo, hi)``: regions given directly
+    (batches shaped like the input) instead of points and delta.  ``config``: a
+    :class:`~torchqv.verify.VerifyConfig` (relation, eps, norm, delta, domain, timeout, samples,
+    seed, use_bounds, branching, input_split, workers: see its docstring); keyword ``options``
+    with the same names, and ``delta``, override its fields (``verify_equivalence(f, fq, x, 0.01,
+    relation="eps", eps=0.1)``).  ``relation``: ``"strict"``, ``"top1"`` (same argmax,
+    ``torch.argmax``'s first-maximum rule) or ``"eps"`` (``||f - fq|| <= eps`` in ``norm``
+    ``"inf"`` or ``"l1"``).  Regions with at most ``input_split`` free input coordinates are first
+    branched by splitting the box; then the LP search on the MILP encoding takes over.  The exact
+    semantics of regions, networks, relations and verdicts is in the module docstring.  Empty
+    regions raise ``VerificationInputError`` before any solving.
 
     Many regions at once: ``workers=N`` (N > 1) decides them on a local pool of N processes
     (started for this call and ended before it returns, also on an error or Ctrl-C);
@@ -575,40 +566,21 @@ def verify_equivalence(
     """
     for name, model in (("f", f), ("fq", fq)):
         if not isinstance(model, nn.Module):
-            raise QuantizationError(f"{name} must be an nn.Module, got {type(model).__name__}")
-    if relation not in RELATIONS:
-        raise QuantizationError(f"relation must be one of {RELATIONS}, got {relation!r}")
-    if norm not in NORMS:
-        raise QuantizationError(f"norm must be one of {NORMS}, got {norm!r}")
-    exact_eps = None
-    if relation == "eps":
-        try:
-            exact_eps = exact_number(eps, "eps") if eps is not None else None
-        except QuantizationError:
-            exact_eps = None
-        if exact_eps is None or not exact_eps > 0:
-            raise QuantizationError(f"relation='eps' needs eps > 0 (a finite number), got {eps!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise QuantizationError(f"timeout must be > 0 seconds, got {timeout!r}")
-    if not 0 <= branching <= 1:
-        raise QuantizationError(f"timeout must be > 0 and branching in [0, 1], got {timeout}, {branching}")
-    for name, value, least in (
-        ("samples", samples, 0),
-        ("input_split", input_split, 0),
-        ("seed", seed, None),
-    ):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, numbers.Integral)
-            or (least is not None and value < least)
-        ):
-            at_least = "" if least is None else f" >= {least}"
-            raise QuantizationError(f"{name} must be an int{at_least}, got {value!r}")
+            raise VerificationInputError(f"{name} must be an nn.Module, got {type(model).__name__}")
+    if delta is not None:
+        options["delta"] = delta
+    cfg = VerifyConfig.coerce(config, "verify_equivalence", **options)
+    workers = cfg.workers
     check_executor(executor, workers)
-    p = _Problem(f, fq, _input_shape(points, boxes), relation, exact_eps, norm)
-    _, regions = _regions(points, delta, domain, boxes, p.grid)
+    p = _Problem(f, fq, _input_shape(points, boxes), cfg.relation, cfg.exact_eps, cfg.norm)
+    _, regions = _regions(points, cfg.delta, cfg.domain, boxes, p.grid)
     opts = _Options(
-        float(timeout), float(branching), int(samples), int(seed), bool(use_bounds), int(input_split)
+        float(cfg.timeout),
+        float(cfg.branching),
+        int(cfg.samples),
+        int(cfg.seed),
+        cfg.use_bounds,
+        int(cfg.input_split),
     )
     if executor is None and (workers == 1 or len(regions) <= 1):
         results = []
@@ -669,7 +641,7 @@ def _solve_region(p: _Problem, box: Box, index: int, opts: _Options) -> Result:
     try:
         res = _decide(p, box, deadline, bab_deadline, opts.samples, gen, stats, opts.input_split)
     except OracleMismatch as err:
-        res = Result("UNKNOWN", None, str(err), stats)
+        res = Result(Verdict.UNKNOWN, None, str(err), stats)
     del res.stats["use_bounds"]
     res.stats["seconds"] = time.perf_counter() - t0
     return res
@@ -737,7 +709,7 @@ def _refuted(p: _Problem, cex: Counterexample, reason: str, stats: dict) -> Resu
     x[:] = cex.x
     stats["oracle"] = cex.oracle
     return Result(
-        "NOT_EQUIVALENT",
+        Verdict.NOT_EQUIVALENT,
         torch.from_numpy(cex.double.copy()).reshape(p.shape),
         reason,
         stats,
@@ -770,19 +742,23 @@ def _decide(
     if use_bounds:
         stats["method"] = "bounds"
         if _prove_by_bounds(p, cf, cq):
-            return Result("EQUIVALENT", None, "linear bounds", stats)
+            return Result(Verdict.EQUIVALENT, None, "linear bounds", stats)
     todo, solver = _disjuncts(p, box, cf, cq, deadline, stats)
     lp = use_bounds and p.relation != "strict"
     if lp:  # the root LP of every disjunct: cheap, and it settles most of them
         stats["method"] = "LP branch and bound"
         found, todo = _lp_pass(p, solver, todo, bab_deadline, 1, stats)
         if found is not None or not todo:
-            return found or Result("EQUIVALENT", None, "LP bounds on every disjunct of the violation", stats)
+            return found or Result(
+                Verdict.EQUIVALENT, None, "LP bounds on every disjunct of the violation", stats
+            )
     stats["method"] = "z3"
     quick = min(0.02, 0.25 / max(len(todo), 1)) * (deadline - time.perf_counter())  # a quarter at most
     found, todo, reason = _z3_pass(p, solver, todo, deadline, quick)
     if found is not None or not todo:
-        return found or Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
+        return found or Result(
+            Verdict.EQUIVALENT, None, "z3: every disjunct of the violation is unsat", stats
+        )
     if lp:
         if box.free() <= input_split and bab_deadline > time.perf_counter():
             stats["method"] = "branch and bound"
@@ -791,23 +767,23 @@ def _decide(
             out = bab.run(box, t + 0.75 * (bab_deadline - t))  # most of it; the LP search next
             stats["depth"] = out.depth
             stats["nodes"] += out.nodes
-            if out.status == "proved":
-                return Result("EQUIVALENT", None, f"input branch and bound, {out.nodes} nodes", stats)
-            if out.status == "refuted":
+            if out.status is Decision.PROVED:
+                return Result(Verdict.EQUIVALENT, None, f"input branch and bound, {out.nodes} nodes", stats)
+            if out.status is Decision.REFUTED:
                 return _refuted(p, out.point, "branch and bound, replayed exactly", stats)
         stats["method"] = "LP branch and bound"
         found, todo = _lp_pass(p, solver, todo, bab_deadline, 20_000, stats)
         if found is not None or not todo:
             return found or Result(
-                "EQUIVALENT", None, "LP branch and bound on every disjunct of the violation", stats
+                Verdict.EQUIVALENT, None, "LP branch and bound on every disjunct of the violation", stats
             )
         stats["method"] = "z3"
     found, todo, reason = _z3_pass(p, solver, todo, deadline, np.inf)
     if found is not None:
         return found
     if todo:
-        return Result("UNKNOWN", None, reason, stats)
-    return Result("EQUIVALENT", None, "z3: every disjunct of the violation is unsat", stats)
+        return Result(Verdict.UNKNOWN, None, reason, stats)
+    return Result(Verdict.EQUIVALENT, None, "z3: every disjunct of the violation is unsat", stats)
 
 
 def _lp_pass(
@@ -824,9 +800,9 @@ def _lp_pass(
             break
         share = (deadline - now) / (len(todo) - i)
         status, info = solver.lp(query, now + share, max_nodes)
-        if status == "refuted":
+        if status is Decision.REFUTED:
             return _refuted(p, info, "LP branch and bound, replayed exactly", stats), []
-        if status == "open":
+        if status is Decision.OPEN:
             left.append(query)
     return None, left
 
@@ -864,9 +840,9 @@ def _z3_pass(
             now = time.perf_counter()
             budget = max(min(cap, (deadline - now) / (len(todo) - i)), 0.0)
             status, info = solver.z3(query, now + budget)
-            if status == "refuted":
+            if status is Decision.REFUTED:
                 return _refuted(p, info, f"z3 ({query.what}), replayed exactly", solver.stats), [], ""
-            if status == "unknown":
+            if status is Decision.OPEN:
                 left.append(query)
                 reason = info
                 stopped |= budget > 0 and time.perf_counter() - now >= 0.9 * budget  # ran out of its share

@@ -31,11 +31,12 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from .milp import Lin, Model, certified_lower, down
+from .verdicts import Decision
 
 
 @dataclass
 class LPOutcome:
-    status: str  # "proved" | "refuted" | "open"
+    status: Decision
     point: Any = None
     nodes: int = 0
     reason: str = ""
@@ -112,21 +113,25 @@ class LPBranch:
         nodes = 0
         while heap:
             if time.perf_counter() > deadline or nodes >= max_nodes:
-                return LPOutcome("open", None, nodes, f"LP branch and bound stopped after {nodes} nodes")
+                return LPOutcome(
+                    Decision.OPEN, None, nodes, f"LP branch and bound stopped after {nodes} nodes"
+                )
             _, _, lb, ub = heapq.heappop(heap)
             nodes += 1
             bound, v = self._solve(lb, ub, deadline)
             if v is None:
-                return LPOutcome("open", None, nodes, "the LP solver failed or ran out of time on a node")
+                return LPOutcome(
+                    Decision.OPEN, None, nodes, "the LP solver failed or ran out of time on a node"
+                )
             if bound > 0 or (not self.strict and bound >= 0):
                 continue
             x = self.candidate(v)
             if x is not None:
-                return LPOutcome("refuted", x, nodes)
+                return LPOutcome(Decision.REFUTED, x, nodes)
             frac = np.abs(v - np.rint(v))
             candidates = np.where(self.integer & (frac > 1e-6) & (ub > lb), self.priority + frac, -1.0)
             if candidates.size == 0 or candidates.max() < 0:
-                return LPOutcome("open", None, nodes, "an integral LP point that does not replay")
+                return LPOutcome(Decision.OPEN, None, nodes, "an integral LP point that does not replay")
             k = int(candidates.argmax())
             for side in (0, 1):
                 lb2, ub2 = lb.copy(), ub.copy()
@@ -135,4 +140,4 @@ class LPBranch:
                 else:
                     lb2[k] = math.ceil(v[k])
                 heapq.heappush(heap, (bound, next(order), lb2, ub2))
-        return LPOutcome("proved", None, nodes)
+        return LPOutcome(Decision.PROVED, None, nodes)

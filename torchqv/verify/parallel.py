@@ -4,7 +4,7 @@ The engine (:func:`torchqv.verify.verify_equivalence`) decides regions independe
 holds what it needs to hand them to an executor:
 
 * :func:`check_workers` and :func:`check_executor` validate the ``workers`` / ``executor``
-  arguments (``QuantizationError`` with the fix);
+  arguments (``VerificationInputError`` with the fix);
 * :func:`process_pool` starts a local pool of ``workers`` processes (``spawn``: a fresh
   interpreter, safe with torch's threads) and ends it: normally its idle processes exit, on an
   error or Ctrl-C (``KeyboardInterrupt``) it cancels what has not started and terminates the
@@ -36,15 +36,15 @@ from typing import Any
 
 import torch
 
-from ..formats import QuantizationError
+from ..errors import VerificationInputError
 
 PARENT_POLL = 0.5  # seconds between a worker's checks that its parent is alive
 
 
 def check_workers(workers: Any, what: str = "workers") -> int:
-    """``workers`` as an int >= 1, or ``QuantizationError`` naming ``what``."""
+    """``workers`` as an int >= 1, or ``VerificationInputError`` naming ``what``."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise QuantizationError(
+        raise VerificationInputError(
             f"{what} must be an int >= 1 (1: no worker processes; N: a local pool of N processes), "
             f"got {workers!r}"
         )
@@ -53,24 +53,24 @@ def check_workers(workers: Any, what: str = "workers") -> int:
 
 def check_executor(executor: Any, workers: int = 1, owner: str = "") -> None:
     """``executor`` (``None`` or able to ``submit(fn, *args)``) and ``workers`` (an int >= 1), not
-    both given; else ``QuantizationError`` (its message starts with ``owner``, e.g.
+    both given; else ``VerificationInputError`` (its message starts with ``owner``, e.g.
     ``"EquivalenceCheck: "``)."""
     check_workers(workers, f"{owner}workers")
     if executor is None:
         return
     if isinstance(executor, type):
-        raise QuantizationError(
+        raise VerificationInputError(
             f"{owner}executor must be an executor object, got the class {executor.__name__}; "
             f"create one, e.g. executor={executor.__name__}(...)"
         )
     if not callable(getattr(executor, "submit", None)):
-        raise QuantizationError(
+        raise VerificationInputError(
             f"{owner}executor must be a concurrent.futures.Executor or any object with submit(fn, *args) "
             "returning a future (e.g. a Dask distributed Client's client.get_executor()), got "
             f"{type(executor).__name__} {executor!r}; for a local process pool give workers=N instead"
         )
     if workers > 1:
-        raise QuantizationError(
+        raise VerificationInputError(
             f"{owner}give either executor (regions run on it) or workers={workers} (a local pool), not both"
         )
 

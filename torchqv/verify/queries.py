@@ -27,6 +27,7 @@ from .lp_branch import LPBranch
 from .milp import Lin, Model
 from .network import constants
 from .region import Box
+from .verdicts import Decision
 
 
 class QuerySolver:
@@ -150,16 +151,16 @@ class QuerySolver:
         return xs, to_point, [c for c in cols if c is not None]
 
     # ------------------------------------------------------------------ deciding queries
-    def z3(self, query: Query, deadline: float) -> tuple[str, Any]:
-        """``("unsat", None)``, ``("refuted", counterexample)``, ``("unknown", reason)``."""
+    def z3(self, query: Query, deadline: float) -> tuple[Decision, Any]:
+        """``(PROVED, None)`` (unsat), ``(REFUTED, counterexample)`` or ``(OPEN, reason)``."""
         try:
             s, y, yq, read = self._z3_encoding()
         except BuildTimeout:
             self._failed.add("z3")
-            return "unknown", "no decision within the timeout (building the z3 formula)"
+            return Decision.OPEN, "no decision within the timeout (building the z3 formula)"
         left = deadline - time.perf_counter()
         if left <= 0:
-            return "unknown", f"no decision within the timeout (z3 on {query.what})"
+            return Decision.OPEN, f"no decision within the timeout (z3 on {query.what})"
         if id(query) not in self._guards:  # each disjunct behind its own literal: no push/pop,
             guard = z3.Bool(f"disjunct{len(self._guards)}")  # which can take minutes
             s.add(z3.Implies(guard, query.violated(y, yq)))
@@ -171,34 +172,33 @@ class QuerySolver:
             answer = s.check(guard)
         interrupted = time.perf_counter() >= deadline  # the watchdog may have cut the answer short
         if answer == z3.unsat:
-            return "unsat", None
+            return Decision.PROVED, None
         point = sat_point(s, read) if answer == z3.sat else None
         if point is None:
-            return "unknown", f"no decision within the timeout (z3 on {query.what})"
+            return Decision.OPEN, f"no decision within the timeout (z3 on {query.what})"
         self.stats["replays"] += 1
         cex = self.p.confirm(point) if self.box.contains(self.p.grid_exact(point)) else None
         if cex is not None:
-            return "refuted", cex
+            return Decision.REFUTED, cex
         if interrupted:  # a model built as the watchdog interrupted z3 is not trusted
-            return "unknown", f"no decision within the timeout (z3 on {query.what}, interrupted at sat)"
+            return Decision.OPEN, f"no decision within the timeout (z3 on {query.what}, interrupted at sat)"
         return (
-            "unknown",
+            Decision.OPEN,
             f"internal: z3's model for {query.what} does not violate the relation on exact replay",
         )
 
-    def lp(self, query: Query, deadline: float, max_nodes: int = 20_000) -> tuple[str, Any]:
-        """``("proved", None)``, ``("refuted", counterexample)``, ``("open", reason)`` from the LP
-        search."""
+    def lp(self, query: Query, deadline: float, max_nodes: int = 20_000) -> tuple[Decision, Any]:
+        """``(PROVED, None)``, ``(REFUTED, counterexample)`` or ``(OPEN, reason)`` from the LP search."""
         p = self.p
         if query.objective is None or not (p.cf.floats_exact and p.cq_body.floats_exact):
-            return "open", "no LP form"
+            return Decision.OPEN, "no LP form"
         try:
             model, y, yq, to_point, input_vars, base = self._lp_model()
         except BuildTimeout:
             self._failed.add("lp")
-            return "open", "building the MILP took the whole time share"
+            return Decision.OPEN, "building the MILP took the whole time share"
         if time.perf_counter() >= deadline:
-            return "open", "no time left for the LP"
+            return Decision.OPEN, "no time left for the LP"
 
         def linear(form: tuple) -> Lin:
             a, b, c = form
@@ -225,7 +225,7 @@ class QuerySolver:
         search = LPBranch(model, matrices, linear(query.objective), query.strict, candidate, input_vars)
         out = search.run(deadline, max_nodes)
         self.stats["nodes"] += out.nodes
-        return out.status, (out.point if out.status == "refuted" else out.reason)
+        return out.status, (out.point if out.status is Decision.REFUTED else out.reason)
 
 
 def sat_point(s: z3.Solver, read: Any) -> list | None:

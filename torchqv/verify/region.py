@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..formats import QuantizationError
+from ..errors import VerificationInputError
 
 Point = Any  # a point of a region: an int64 code vector on a grid, a list of Fraction otherwise
 
@@ -55,17 +55,19 @@ def exact_number(value: Any, what: str) -> Fraction:
     """A user number at its exact value: ints, floats (their exact binary value), ``Fraction``,
     ``"p/q"`` or decimal strings, 0-d tensors.  NaN, infinities and booleans are errors."""
     if isinstance(value, bool):
-        raise QuantizationError(f"{what} must be a finite number, got {value!r}")
+        raise VerificationInputError(f"{what} must be a finite number, got {value!r}")
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        raise QuantizationError(f"{what} must be a finite number, got {value!r}")
+        raise VerificationInputError(f"{what} must be a finite number, got {value!r}")
     try:
         return Fraction(value)
     except (TypeError, ValueError, ZeroDivisionError):
-        raise QuantizationError(f"{what} must be a finite number or a 'p/q' string, got {value!r}") from None
+        raise VerificationInputError(
+            f"{what} must be a finite number or a 'p/q' string, got {value!r}"
+        ) from None
 
 
 def exact_values(value: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
@@ -80,9 +82,9 @@ def exact_values(value: Any, shape: tuple[int, ...] | None, what: str) -> np.nda
     else:
         arr = np.asarray(value)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise QuantizationError(f"{what} contains NaN or infinity")
+        raise VerificationInputError(f"{what} contains NaN or infinity")
     if arr.dtype.kind not in "fiuO":
-        raise QuantizationError(f"{what} must be numbers, got {arr.dtype}")
+        raise VerificationInputError(f"{what} must be numbers, got {arr.dtype}")
     flat = [exact_number(v, what) for v in arr.reshape(-1).tolist()]
     out = np.empty(len(flat), dtype=object)
     out[:] = flat
@@ -91,7 +93,7 @@ def exact_values(value: Any, shape: tuple[int, ...] | None, what: str) -> np.nda
         try:
             out = np.broadcast_to(out, shape)
         except ValueError:
-            raise QuantizationError(
+            raise VerificationInputError(
                 f"{what} of shape {arr.shape} does not broadcast to the inputs' shape {shape}"
             ) from None
     return out

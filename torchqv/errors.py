@@ -1,0 +1,75 @@
+"""torchqv's exceptions: one hierarchy under ``QuantizationError``.
+
+Every error torchqv raises for what a user gave it is a ``QuantizationError`` (a ``ValueError``,
+so ``except ValueError`` keeps working) of the kind below that names the culprit (the argument,
+the layer or node, the file) and says what to do.  Catch the base class for "torchqv refused
+this input", or a subclass for one kind:
+
+=============================  ===========================================================
+``FormatError``                a fixed-point format or its bits, step, range (``FixedPoint``)
+``OverflowToGridError``        a value off the grid of a format whose ``overflow="raise"``
+``ConfigError``                a config dataclass or keyword option out of range
+``UnsupportedModelError``      ``quantize`` met calls it cannot simulate exactly (all listed)
+``CalibrationError``           steps that could not be chosen (no data, NaN, empty ranges)
+``CheckpointError``            a state dict or checkpoint that does not fit the model
+``DataError``                  a dataset file or data module argument
+``ExportError``                ONNX export, parity and ONNX import
+``RoundingError``              ``round_weights`` and its callback
+``VerificationInputError``     ``verify_equivalence``/``search_bits`` arguments and regions
+``TheoryInputError``           the executable theory (``torchqv.theory``)
+=============================  ===========================================================
+
+``MissingExtraError`` (an ``ImportError``, not a ``QuantizationError``) says which optional
+extra to install.  Internal conditions (a solver timing out inside the engine, a cancelled
+task) use private exceptions that never reach the user.
+"""
+
+from __future__ import annotations
+
+
+class QuantizationError(ValueError):
+    """torchqv refused an input; the message names the culprit and the fix."""
+
+
+class FormatError(QuantizationError):
+    """An invalid fixed-point format (bits, step, range, rounding, flags)."""
+
+
+class OverflowToGridError(FormatError):
+    """A value fell outside the grid of a format whose ``overflow`` is ``"raise"``."""
+
+
+class ConfigError(QuantizationError):
+    """A configuration dataclass field or keyword option that is out of range or of a wrong type."""
+
+
+class UnsupportedModelError(QuantizationError):
+    """``quantize`` found calls it cannot quantize (the message lists every one)."""
+
+
+class CalibrationError(QuantizationError):
+    """Steps could not be chosen from the calibration data (missing, empty, NaN or inf)."""
+
+
+class CheckpointError(QuantizationError):
+    """A state dict or checkpoint does not fit the quantized model it is loaded into."""
+
+
+class DataError(QuantizationError):
+    """A dataset file or a data module argument is missing or malformed."""
+
+
+class ExportError(QuantizationError):
+    """An ONNX file cannot be written, compared or read in the requested form."""
+
+
+class RoundingError(QuantizationError):
+    """``round_weights`` cannot round this model with these data or options."""
+
+
+class VerificationInputError(QuantizationError):
+    """The networks, points, regions or settings given to the verifier are unusable."""
+
+
+class TheoryInputError(QuantizationError):
+    """An argument of the executable theory (``torchqv.theory``) is out of its domain."""
