@@ -425,9 +425,9 @@ def test_equivalence_check_on_workers_gives_the_serial_report(tmp_path: Path) ->
 
     assert rows(check.report) == rows(serial)
     assert {"EQUIVALENT", "NOT_EQUIVALENT"} <= {r.verdict for r in serial.regions}
-    with pytest.raises(QuantizationError, match=r"EquivalenceCheck: workers must be an int >= 1.*got 0"):
+    with pytest.raises(QuantizationError, match=r"VerifyConfig.workers must be an int >= 1.*got 0"):
         EquivalenceCheck(workers=0)
-    with pytest.raises(QuantizationError, match=r"EquivalenceCheck: workers must be an int >= 1.*got '2'"):
+    with pytest.raises(QuantizationError, match=r"VerifyConfig.workers must be an int >= 1.*got '2'"):
         EquivalenceCheck(workers="2")
     with pytest.raises(QuantizationError, match="executor must be"):
         EquivalenceCheck(executor="dask")

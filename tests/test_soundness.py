@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -474,21 +475,10 @@ def as_float_tensor(values: list[Fraction], shape: tuple) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float32).reshape(1, *shape)
 
 
-def one_case(seed: int, tally: Tally) -> None:
-    rng = random.Random(seed)
-    if rng.random() < 0.12:
-        return continuous_case(seed, rng, tally)
-    f, fq, exact_f, shape, kind, desc = build(rng)
-    q = input_quant(fq)
-    s = steps_of(q)[0]
-    kmin, kmax = code_range(q.fmt, zp_of(q))
-    dim = int(np.prod(shape))
-    # the centre: a float32 near a grid point (sometimes exactly on one), inside the grid's range
-    codes = [rng.randint(max(kmin, -6), min(kmax, 6)) for _ in range(dim)]
-    centre = [
-        Fraction(float(np.float32(float(k * s + Fraction(rng.choice([0, 0, 1, -1, 2]), 7) * s))))
-        for k in codes
-    ]
+def centre_and_radius(
+    rng: random.Random, codes: list[int], centre: list[Fraction], s: Fraction, dim: int
+) -> tuple[list[Fraction], Fraction | float]:
+    """The region's size: one grid point, many, its boundary on grid points, or none."""
     size = rng.choice(["one", "one", "many", "many", "many", "edge", "empty"])
     if size == "one":
         delta: Fraction | float = rng.choice([s / 3, float(s) / 4, Fraction(0)])
@@ -506,9 +496,14 @@ def one_case(seed: int, tally: Tally) -> None:
         delta = (
             rng.choice([s, 3 * s / 2, float(s) * 2.5, 3 * s]) if dim < 3 else rng.choice([s, float(s) * 1.5])
         )
+    return centre, delta
+
+
+def maybe_domain(
+    rng: random.Random, centre: list[Fraction], s: Fraction, lo: list[Fraction], hi: list[Fraction]
+) -> tuple[tuple[float, float] | None, list[Fraction], list[Fraction]]:
+    """A domain around the centre one time in three (float32 ends), and the region clipped to it."""
     use_domain = rng.random() < 0.35
-    lo = [c - Fraction(delta) for c in centre]
-    hi = [c + Fraction(delta) for c in centre]
     domain = None
     if use_domain:
         a = min(centre) - Fraction(rng.choice([0, 1, 2])) * s / 2
@@ -517,6 +512,94 @@ def one_case(seed: int, tally: Tally) -> None:
         domain = (min(domain[0], float(min(centre))), max(domain[1], float(max(centre))))
         lo = [max(v, Fraction(domain[0])) for v in lo]
         hi = [min(v, Fraction(domain[1])) for v in hi]
+    return domain, lo, hi
+
+
+def reachable_eps(rng: random.Random, norm: str, outs: list) -> Fraction | float:
+    """Mostly a difference that some grid point reaches exactly (the relation's edge)."""
+    norms = sorted(
+        {(max if norm == "inf" else sum)(abs(a - b) for a, b in zip(y, yq, strict=True)) for _, y, yq in outs}
+        - {0}
+    )
+    eps: Fraction | float = (
+        rng.choice(norms) if norms and rng.random() < 0.8 else Fraction(rng.choice([1, 3, 7]), 8)
+    )
+    if rng.random() < 0.3 and Fraction(float(eps)) == eps:
+        eps = float(eps)  # the same number as a float
+    return eps
+
+
+@dataclass
+class Region:
+    """What ``judge`` compares a verdict with: the networks and the enumerated region."""
+
+    f: nn.Module
+    fq: nn.Module
+    exact_f: Any
+    q: Any
+    shape: tuple[int, ...]
+    lo: list[Fraction]
+    hi: list[Fraction]
+    ranges: list
+    outs: list
+
+
+def judge(res: Any, case: Case, tally: Tally, r: Region, spec: tuple) -> None:
+    """The verdict against the exhaustive ground truth: EQUIVALENT needs every grid point to
+    agree, a counterexample must be a violating grid point of the region (with the same input
+    codes as its float), UNKNOWN only at the time limit."""
+    relation, norm, eps, timeout = spec
+    fq, exact_f, q, shape, lo, hi, ranges, outs = r.fq, r.exact_f, r.q, r.shape, r.lo, r.hi, r.ranges, r.outs
+    s = steps_of(q)[0]
+    dim = len(lo)
+    eps_x = Fraction(eps) if eps is not None else None
+    truth = all(holds(relation, norm, eps_x, y, yq) for _, y, yq in outs)
+    if res.verdict == "EQUIVALENT" and not truth:
+        tally.unsound += 1
+        tally.failures.append({"case": asdict(case), "unsound": res.reason})
+    elif res.verdict == "NOT_EQUIVALENT":
+        x = [Fraction(v) for v in np.asarray(res.counterexample_exact, dtype=object).reshape(-1).tolist()]
+        inside = (
+            len(x) == dim
+            and all(a <= v <= b for a, v, b in zip(lo, x, hi, strict=True))
+            and all((v / s).denominator == 1 and (v / s) in r for v, r in zip(x, ranges, strict=True))
+        )
+        xs = np.array(x, dtype=object).reshape(shape)
+        violated = inside and not holds(relation, norm, eps_x, exact_f(xs), quant_forward(fq, xs))
+        # the float tensor reported with it has the same input codes (rounded, then saturated)
+        same_codes = inside and all(
+            quantize(Fraction(float(v)), q.fmt, s, zp_of(q)) == c
+            for v, c in zip(res.counterexample.reshape(-1).tolist(), x, strict=True)
+        )
+        if not (violated and same_codes):
+            tally.invalid_counterexamples += 1
+            tally.failures.append({"case": asdict(case), "invalid": res.reason, "x": [str(v) for v in x]})
+    elif res.verdict == "UNKNOWN":
+        at_limit = "timeout" in res.reason and res.stats["seconds"] >= 0.8 * timeout
+        if not at_limit:
+            tally.unknown_not_at_time_limit += 1
+            tally.failures.append({"case": asdict(case), "unknown": res.reason})
+
+
+def one_case(seed: int, tally: Tally) -> None:
+    rng = random.Random(seed)
+    if rng.random() < 0.12:
+        return continuous_case(seed, rng, tally)
+    f, fq, exact_f, shape, kind, desc = build(rng)
+    q = input_quant(fq)
+    s = steps_of(q)[0]
+    kmin, kmax = code_range(q.fmt, zp_of(q))
+    dim = int(np.prod(shape))
+    # the centre: a float32 near a grid point (sometimes exactly on one), inside the grid's range
+    codes = [rng.randint(max(kmin, -6), min(kmax, 6)) for _ in range(dim)]
+    centre = [
+        Fraction(float(np.float32(float(k * s + Fraction(rng.choice([0, 0, 1, -1, 2]), 7) * s))))
+        for k in codes
+    ]
+    centre, delta = centre_and_radius(rng, codes, centre, s, dim)
+    lo = [c - Fraction(delta) for c in centre]
+    hi = [c + Fraction(delta) for c in centre]
+    domain, lo, hi = maybe_domain(rng, centre, s, lo, hi)
     ranges = region_codes(lo, hi, q)
     npoints = math.prod(len(r) for r in ranges)
     if npoints > MAX_POINTS:
@@ -532,18 +615,7 @@ def one_case(seed: int, tally: Tally) -> None:
         )
         for x in grid
     ]
-    eps = None
-    if relation == "eps":
-        norms = sorted(
-            {
-                (max if norm == "inf" else sum)(abs(a - b) for a, b in zip(y, yq, strict=True))
-                for _, y, yq in outs
-            }
-            - {0}
-        )
-        eps = rng.choice(norms) if norms and rng.random() < 0.8 else Fraction(rng.choice([1, 3, 7]), 8)
-        if rng.random() < 0.3 and Fraction(float(eps)) == eps:
-            eps = float(eps)  # the same number as a float
+    eps = reachable_eps(rng, norm, outs) if relation == "eps" else None
     timeout = 0.05 if rng.random() < 0.04 else TIMEOUT
     case = Case(
         seed,
@@ -634,33 +706,13 @@ def one_case(seed: int, tally: Tally) -> None:
     finally:
         tally.seconds += time.perf_counter() - t0
     tally.verdicts[res.verdict] += 1
-    eps_x = Fraction(eps) if eps is not None else None
-    truth = all(holds(relation, norm, eps_x, y, yq) for _, y, yq in outs)
-    if res.verdict == "EQUIVALENT" and not truth:
-        tally.unsound += 1
-        tally.failures.append({"case": asdict(case), "unsound": res.reason})
-    elif res.verdict == "NOT_EQUIVALENT":
-        x = [Fraction(v) for v in np.asarray(res.counterexample_exact, dtype=object).reshape(-1).tolist()]
-        inside = (
-            len(x) == dim
-            and all(a <= v <= b for a, v, b in zip(lo, x, hi, strict=True))
-            and all((v / s).denominator == 1 and (v / s) in r for v, r in zip(x, ranges, strict=True))
-        )
-        xs = np.array(x, dtype=object).reshape(shape)
-        violated = inside and not holds(relation, norm, eps_x, exact_f(xs), quant_forward(fq, xs))
-        # the float tensor reported with it has the same input codes (rounded, then saturated)
-        same_codes = inside and all(
-            quantize(Fraction(float(v)), q.fmt, s, zp_of(q)) == c
-            for v, c in zip(res.counterexample.reshape(-1).tolist(), x, strict=True)
-        )
-        if not (violated and same_codes):
-            tally.invalid_counterexamples += 1
-            tally.failures.append({"case": asdict(case), "invalid": res.reason, "x": [str(v) for v in x]})
-    elif res.verdict == "UNKNOWN":
-        at_limit = "timeout" in res.reason and res.stats["seconds"] >= 0.8 * timeout
-        if not at_limit:
-            tally.unknown_not_at_time_limit += 1
-            tally.failures.append({"case": asdict(case), "unknown": res.reason})
+    judge(
+        res,
+        case,
+        tally,
+        Region(f, fq, exact_f, q, shape, lo, hi, ranges, outs),
+        (relation, norm, eps, timeout),
+    )
 
 
 def continuous_case(seed: int, rng: random.Random, tally: Tally) -> None:

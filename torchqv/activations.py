@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .formats import FixedPoint, QuantizationError, round_approx
+from .errors import UnsupportedModelError
+from .formats import FixedPoint, round_approx
 
 # Relative error bound of the float64 formulas below (they are accurate to a few ulps; the
 # bound keeps a margin of about 2^14).
@@ -144,7 +145,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Activation:
 def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
     lo, hi = Fraction(min_val), Fraction(max_val)
     if lo > hi:
-        raise QuantizationError(f"hardtanh needs min_val <= max_val, got {min_val}, {max_val}")
+        raise UnsupportedModelError(f"hardtanh needs min_val <= max_val, got {min_val}, {max_val}")
     return _pwl(
         "hardtanh",
         lambda x: min(max(x, lo), hi),
@@ -277,7 +278,7 @@ def from_module(module: nn.Module) -> Activation | None:
         return silu()
     if isinstance(module, nn.GELU):
         if module.approximate != "none":
-            raise QuantizationError("GELU(approximate='tanh') is not supported; use approximate='none'")
+            raise UnsupportedModelError("GELU(approximate='tanh') is not supported; use approximate='none'")
         return gelu()
     if isinstance(module, nn.Mish):
         return mish()
@@ -297,7 +298,7 @@ def build(name: str, params: tuple[tuple[str, float], ...] = ()) -> Activation:
     every = (relu, identity, leaky_relu, hardtanh, hardsigmoid, hardswish, sigmoid, tanh, elu, silu, gelu)
     factories: dict[str, Callable[..., Activation]] = {f.__name__: f for f in (*every, mish, softplus)}
     if name not in factories:
-        raise QuantizationError(f"unknown activation {name!r}")
+        raise UnsupportedModelError(f"unknown activation {name!r}")
     return factories[name](**dict(params))
 
 

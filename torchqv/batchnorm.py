@@ -19,7 +19,7 @@ import copy
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .formats import QuantizationError
+from .errors import UnsupportedModelError
 
 PAIRS = (
     (nn.Conv1d, nn.BatchNorm1d, fuse_conv_bn_eval),
@@ -58,7 +58,7 @@ def fold_in_graph(graph: fx.Graph, root: nn.Module) -> list[str]:
         if fuse is None:
             continue
         if bn.running_mean is None or bn.running_var is None:
-            raise QuantizationError(
+            raise UnsupportedModelError(
                 f"{node.target}: batch norm without running statistics (track_running_stats=False) "
                 "cannot be folded; give it running statistics"
             )
@@ -84,7 +84,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
     try:
         graph = fx.Tracer().trace(root)
     except Exception as exc:
-        raise QuantizationError(
+        raise UnsupportedModelError(
             f"folding batch norm needs a torch.fx-traceable model, but tracing {type(model).__name__} "
             f"failed ({exc}); fold it yourself (torch.nn.utils.fusion.fuse_conv_bn_eval)"
         ) from exc

@@ -8,11 +8,11 @@ this input", or a subclass for one kind:
 =============================  ===========================================================
 ``FormatError``                a fixed-point format or its bits, step, range (``FixedPoint``)
 ``OverflowToGridError``        a value off the grid of a format whose ``overflow="raise"``
-``ConfigError``                a config dataclass or keyword option out of range
+``ConfigError``                an argument, config field or option of a wrong type or out of range
 ``UnsupportedModelError``      ``quantize`` met calls it cannot simulate exactly (all listed)
 ``CalibrationError``           steps that could not be chosen (no data, NaN, empty ranges)
 ``CheckpointError``            a state dict or checkpoint that does not fit the model
-``DataError``                  a dataset file or data module argument
+``DataError``                  input data: a batch with NaN/inf, a dataset file, a data module
 ``ExportError``                ONNX export, parity and ONNX import
 ``RoundingError``              ``round_weights`` and its callback
 ``VerificationInputError``     ``verify_equivalence``/``search_bits`` arguments and regions
@@ -40,7 +40,8 @@ class OverflowToGridError(FormatError):
 
 
 class ConfigError(QuantizationError):
-    """A configuration dataclass field or keyword option that is out of range or of a wrong type."""
+    """An argument, configuration field or keyword option of a wrong type or out of range (the
+    message names it and what it accepts)."""
 
 
 class UnsupportedModelError(QuantizationError):
@@ -56,7 +57,8 @@ class CheckpointError(QuantizationError):
 
 
 class DataError(QuantizationError):
-    """A dataset file or a data module argument is missing or malformed."""
+    """Input data is unusable: a batch with NaN or inf, a missing or malformed dataset file, a
+    data module argument."""
 
 
 class ExportError(QuantizationError):

@@ -40,7 +40,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .errors import ExportError, QuantizationError
+from .errors import DataError, ExportError, QuantizationError
 from .formats import FixedPoint, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
@@ -451,7 +451,7 @@ def _parity_inputs(inputs: Any) -> torch.Tensor:
     if isinstance(inputs, torch.Tensor):
         return inputs
     if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Iterable):
-        raise QuantizationError(
+        raise DataError(
             "check_onnx_parity: inputs must be a tensor, a list or tuple of tensors, or an iterable of "
             f"batches (a DataLoader of tensors or (x, y) pairs), got {type(inputs).__name__}"
         )
@@ -459,16 +459,16 @@ def _parity_inputs(inputs: Any) -> torch.Tensor:
     for i, batch in enumerate(inputs):
         x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
         if not isinstance(x, torch.Tensor):
-            raise QuantizationError(
+            raise DataError(
                 f"check_onnx_parity: inputs: batch {i} is a {type(x).__name__}, not a tensor (inputs must be "
                 "a tensor, a list or tuple of tensors, or an iterable of tensors or (x, y) pairs)"
             )
         batches.append(x)
     if not batches:
-        raise QuantizationError("check_onnx_parity: inputs holds no batches")
+        raise DataError("check_onnx_parity: inputs holds no batches")
     if len({tuple(b.shape[1:]) for b in batches}) > 1:
         shapes = sorted({tuple(b.shape) for b in batches})
-        raise QuantizationError(f"check_onnx_parity: inputs: the batches have different shapes {shapes[:3]}")
+        raise DataError(f"check_onnx_parity: inputs: the batches have different shapes {shapes[:3]}")
     return torch.cat(batches)
 
 

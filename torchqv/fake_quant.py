@@ -22,11 +22,13 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from .errors import CalibrationError, FormatError
 from .formats import (
     FixedPoint,
-    QuantizationError,
     as_step,
     dequantize_f64,
+    dequantize_groups,
+    expand_groups,
     fraction_to_float,
     round_certified,
 )
@@ -81,6 +83,7 @@ def fake_quantize(
         fmt.rounding == "half_even"
         and not fmt.binary
         and not step.requires_grad
+        and (step.numel() == 1 or step.shape[axis] == step.numel())  # not per-group (elementwise)
         and -(2**31) <= kmin
         and kmax < 2**31
         and x.dtype == torch.float32
@@ -109,7 +112,9 @@ class FakeQuantize(nn.Module):
     """A quantizer node: format + exact steps + observer.
 
     With a per-channel format there is one step per channel along ``axis`` (weights: the output
-    channel).
+    channel); with ``group_size`` one per (output channel, group): ``channels`` is then
+    ``out * G`` and the steps apply to consecutive blocks of ``group_size`` elements of the
+    weight in its row-major order (:meth:`FixedPoint.group_count`; ``axis`` must be 0).
     Steps are stored exactly as int64 ``step_num / step_den`` (``step_den == 0``: not set yet).
     """
 
@@ -128,7 +133,7 @@ class FakeQuantize(nn.Module):
         self.is_weight = weight  # weight observers look at the current tensor only
         fixed = fmt.fixed_steps()
         if fixed is not None and len(fixed) not in (1, channels):
-            raise QuantizationError(
+            raise FormatError(
                 f"{name}: format has {len(fixed)} per-channel steps but the tensor has {channels} channels"
             )
         n = channels if fmt.per_channel else 1
@@ -142,7 +147,7 @@ class FakeQuantize(nn.Module):
         self.learn_step = learn_step
         if fixed is not None:
             if fmt.affine:
-                raise QuantizationError(f"{name}: a fixed step needs a fixed zero_point (not None)")
+                raise FormatError(f"{name}: a fixed step needs a fixed zero_point (not None)")
             self.set_steps(list(fixed) * (n if len(fixed) == 1 else 1), fmt.zero_point or 0)
         else:
             self.observer = Observer(fmt, n, observer)
@@ -150,7 +155,7 @@ class FakeQuantize(nn.Module):
                 self.zero_point.fill_(fmt.zero_point)
         if learn_step:
             if fmt.power_of_two:
-                raise QuantizationError(f"{name}: learned steps (LSQ) cannot keep power_of_two steps")
+                raise FormatError(f"{name}: learned steps (LSQ) cannot keep power_of_two steps")
             self.step_param = nn.Parameter(torch.ones(n))
 
     # ------------------------------------------------------------- steps
@@ -181,14 +186,14 @@ class FakeQuantize(nn.Module):
         if not self.learn_step and self._cache.get("key") == key:
             return self._cache["steps"]
         if not self.calibrated:
-            raise QuantizationError(
+            raise FormatError(
                 f"{self.qname or 'quantizer'} has no step yet: run tq.calibrate(model, batches) "
                 "or give the format a step"
             )
         if self.learn_step:
             vals = self.step_param.detach().float().tolist()
             if min(vals) <= 0 or not all(math.isfinite(v) for v in vals):
-                raise QuantizationError(
+                raise FormatError(
                     f"{self.qname}: learned step became non-positive or non-finite; lower the learning rate"
                 )
             self._store([Fraction(v) for v in vals])  # the exact grid follows the learned step
@@ -211,7 +216,7 @@ class FakeQuantize(nn.Module):
         """The per-tensor grid (format, exact step, zero point) this quantizer rounds to."""
         steps = self.steps()
         if len(steps) != 1:
-            raise QuantizationError(f"{self.qname}: a per-channel quantizer has no single grid")
+            raise FormatError(f"{self.qname}: a per-channel quantizer has no single grid")
         return Grid(self.fmt, steps[0], self.zp)
 
     @property
@@ -220,6 +225,11 @@ class FakeQuantize(nn.Module):
 
     def code_range(self) -> tuple[int, int]:
         return self.fmt.code_range(self.zp)
+
+    @property
+    def grouped(self) -> bool:
+        """One step per (output channel, group of ``group_size`` elements)?"""
+        return self.fmt.group_size is not None and self.step_num.numel() > 1
 
     def _shape(self, x: torch.Tensor) -> list[int]:
         shape = [1] * x.dim()
@@ -230,12 +240,14 @@ class FakeQuantize(nn.Module):
     def step_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Steps broadcastable against ``x`` (float, LSQ parameter when learning)."""
         if self.learn_step:
+            if self.grouped:
+                return expand_groups(self.step_param.to(x.dtype), x.shape)
             return self.step_param.to(x.dtype).view(self._shape(x))
         steps = self.steps()
-        key = ("tensor", x.dtype, x.device, x.dim())
+        key = ("tensor", x.dtype, x.device, tuple(x.shape) if self.grouped else x.dim())
         if key not in self._cache:
             s = torch.tensor([fraction_to_float(f) for f in steps], dtype=x.dtype, device=x.device)
-            self._cache[key] = s.view(self._shape(x))
+            self._cache[key] = expand_groups(s, x.shape) if self.grouped else s.view(self._shape(x))
         return self._cache[key]
 
     # --------------------------------------------------------- observation
@@ -251,7 +263,7 @@ class FakeQuantize(nn.Module):
         if self.observer is None:
             return
         if not self.observer.has_data:
-            raise QuantizationError(
+            raise CalibrationError(
                 f"observer of {self.qname or 'a quantizer'} saw no data: did the calibration batches "
                 "reach this layer?"
             )
@@ -301,7 +313,7 @@ class FakeQuantize(nn.Module):
             rows = torch.arange(start, start + part.numel(), device=dev) // inner if len(steps) > 1 else 0
             if direct:
                 if not bool(torch.isfinite(part).all()):
-                    raise QuantizationError(
+                    raise FormatError(
                         f"{self.qname or 'tensor'}: NaN or infinite value reached quantization; check the "
                         "input data and the model parameters"
                     )
@@ -323,6 +335,8 @@ class FakeQuantize(nn.Module):
 
     def quantize_exact(self, x: torch.Tensor) -> torch.Tensor:
         """Grid values (float64, each the double nearest to ``k * step``)."""
+        if self.grouped:
+            return dequantize_groups(self.exact_codes(x), self.steps())
         return dequantize_f64(self.exact_codes(x), self.steps(), self.axis)
 
     def snap(self, x: torch.Tensor, where: str) -> torch.Tensor:
@@ -334,7 +348,7 @@ class FakeQuantize(nn.Module):
         t = x64 / s
         k = torch.round(t)
         if bool(((t - k).abs() > k.abs() * 2.0**-45 + 2.0**-45).any()):
-            raise QuantizationError(
+            raise FormatError(
                 f"{where}: input is not on the grid of {self.qname}; was the model fed through "
                 "its quantizers? (call the quantized model, not a sub-module, in eval mode)"
             )

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .errors import OverflowToGridError, QuantizationError
+from .errors import ConfigError, DataError, FormatError, OverflowToGridError, QuantizationError
 
 ROUNDINGS = ("half_away", "half_even", "floor")
 FLAGS = ("signed", "narrow", "binary", "per_channel", "power_of_two")
@@ -45,21 +45,21 @@ def as_step(value: Any, what: str = "step") -> Fraction:
     Strings such as ``"1/3"`` or ``"0.125"`` are parsed exactly (handy in Hydra configs).
     """
     if isinstance(value, bool):
-        raise QuantizationError(f"{what} must be a positive number, got {value!r}")
+        raise FormatError(f"{what} must be a positive number, got {value!r}")
     try:
         if isinstance(value, torch.Tensor):
             value = value.item()
         if isinstance(value, float) and not math.isfinite(value):
-            raise QuantizationError(f"{what} must be finite and positive, got {value!r}")
+            raise FormatError(f"{what} must be finite and positive, got {value!r}")
         frac = Fraction(value)
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         if isinstance(exc, QuantizationError):
             raise
-        raise QuantizationError(f"{what} must be a positive number or 'p/q' string, got {value!r}") from exc
+        raise FormatError(f"{what} must be a positive number or 'p/q' string, got {value!r}") from exc
     if frac <= 0:
-        raise QuantizationError(f"{what} must be positive, got {value!r}")
+        raise FormatError(f"{what} must be positive, got {value!r}")
     if frac.denominator > MAX_STEP_DEN or frac.numerator > MAX_STEP_DEN:
-        raise QuantizationError(
+        raise FormatError(
             f"{what}={value!r} has numerator or denominator above 2**62 and cannot be stored "
             "exactly; use a coarser step or frac_bits <= 62"
         )
@@ -118,6 +118,23 @@ class FixedPoint:
         One step per output channel (weights).
     power_of_two
         Observers round the step up to a power of two.
+    group_size
+        Per-group weight steps (implies ``per_channel``): one step per output channel and group
+        of ``group_size`` consecutive elements of the reduction dimension, as in torchao's
+        ``Int4WeightOnlyConfig(group_size=...)`` and Brevitas' group-wise scaling (block
+        floating-point groups: Darvish Rouhani et al., "Microscaling Data Formats for Deep
+        Learning"; grouped integer weights: Frantar et al., "GPTQ: Accurate Post-Training
+        Quantization for Generative Pre-trained Transformers").  The reduction dimension of a
+        weight ``W`` of shape ``[out, *rest]`` is ``rest`` flattened in the weight's own
+        (row-major) order: ``in_features`` for ``Linear``; ``in_channels / groups * kh * kw`` for
+        a convolution, so a group runs over the kernel window first and then over input channels
+        (``group_size = kh * kw`` is one step per (output channel, input channel)).  Element
+        ``j`` of row ``o`` of ``W.reshape(out, -1)`` has the step ``steps[o * G + j // group_size]``
+        with ``G = R / group_size`` groups per row (:meth:`group_count` validates that
+        ``group_size`` divides ``R``).  A fixed ``step`` is one step or a tuple of ``out * G``.
+        The affine map then computes ``sum_g s_w[o, g] s_x (k_w[o, g] . k_x[g])`` exactly and
+        rounds once; the bias sits on the grid ``s_x * min_g s_w[o, g]`` (the finest step of its
+        row).  Layers without a reduction (a standalone batch norm) keep per-channel steps.
     """
 
     bits: int = 8
@@ -131,69 +148,112 @@ class FixedPoint:
     overflow: str = "saturate"
     per_channel: bool = False
     power_of_two: bool = False
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_bits_and_flags()
+        self._check_levels()
+        self._check_step()
+        self._check_zero_point()
+
+    def _check_bits_and_flags(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise QuantizationError(f"bits must be an int, got {self.bits!r}")
+            raise FormatError(f"bits must be an int, got {self.bits!r}")
         for flag in FLAGS:
             if not isinstance(getattr(self, flag), bool):
-                raise QuantizationError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+                raise FormatError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if not 1 <= self.bits <= MAX_BITS:
-            raise QuantizationError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
+            raise FormatError(f"bits must be in [1, {MAX_BITS}], got {self.bits}")
+        if self.group_size is not None:
+            if (
+                isinstance(self.group_size, bool)
+                or not isinstance(self.group_size, int)
+                or self.group_size < 1
+            ):
+                raise FormatError(
+                    "group_size must be a positive int (or None for per-channel steps), got "
+                    f"{self.group_size!r}"
+                )
+            object.__setattr__(self, "per_channel", True)
         if self.rounding not in ROUNDINGS:
-            raise QuantizationError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+            raise FormatError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.overflow not in OVERFLOWS:
-            raise QuantizationError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+            raise FormatError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+
+    def _check_levels(self) -> None:
+        """Binary and one-bit grids: the level sets their flags allow."""
         if self.binary:
             if self.bits != 1:
-                raise QuantizationError("binary formats have bits=1 (levels {-1, +1} * step)")
+                raise FormatError("binary formats have bits=1 (levels {-1, +1} * step)")
             if self.zero_point != 0:
-                raise QuantizationError("binary formats are symmetric: zero_point must be 0")
+                raise FormatError("binary formats are symmetric: zero_point must be 0")
             if not (self.signed and self.narrow):
-                raise QuantizationError(
+                raise FormatError(
                     "binary formats are the levels {-1, +1} * step: signed=False and narrow=False do not "
                     "apply; use FixedPoint(bits=1, signed=False) for the levels {0, 1} * step"
                 )
         elif self.bits == 1 and self.signed and self.narrow:
-            raise QuantizationError(
+            raise FormatError(
                 "a signed narrow 1-bit grid has the single level 0; use tq.Binary(step) for "
                 "{-1, +1} * step, or signed=False for {0, 1}"
             )
+
+    def _check_step(self) -> None:
+        """``step`` / ``frac_bits``: exact positive rationals (normalised to ``Fraction``)."""
         if self.frac_bits is not None:
             if self.step is not None:
-                raise QuantizationError("give either step or frac_bits, not both")
+                raise FormatError("give either step or frac_bits, not both")
             if (
                 isinstance(self.frac_bits, bool)
                 or not isinstance(self.frac_bits, int)
                 or not (-62 <= self.frac_bits <= 62)
             ):
-                raise QuantizationError(f"frac_bits must be an int in [-62, 62], got {self.frac_bits!r}")
-        if self.step is not None:
-            steps = self.step if isinstance(self.step, (tuple, list)) else (self.step,)
-            if len(steps) == 0:
-                raise QuantizationError("a per-channel step tuple must not be empty")
-            parsed = tuple(as_step(s) for s in steps)
-            if isinstance(self.step, (tuple, list)):  # normalise: exact steps compare equal
-                object.__setattr__(self, "step", parsed)
-                object.__setattr__(self, "per_channel", True)
-            else:
-                object.__setattr__(self, "step", parsed[0])
-            if not all(is_dyadic(s) for s in parsed) and any(
-                s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
-            ):
-                raise QuantizationError(
-                    f"step {self.step!r}: a non-dyadic rational step needs numerator * 2^bits < 2^53 "
-                    "and denominator < 2^53 so that grid values round to doubles exactly once"
-                )
+                raise FormatError(f"frac_bits must be an int in [-62, 62], got {self.frac_bits!r}")
+        if self.step is None:
+            return
+        steps = self.step if isinstance(self.step, (tuple, list)) else (self.step,)
+        if len(steps) == 0:
+            raise FormatError("a per-channel step tuple must not be empty")
+        parsed = tuple(as_step(s) for s in steps)
+        if isinstance(self.step, (tuple, list)):  # normalise: exact steps compare equal
+            object.__setattr__(self, "step", parsed)
+            object.__setattr__(self, "per_channel", True)
+        else:
+            object.__setattr__(self, "step", parsed[0])
+        if not all(is_dyadic(s) for s in parsed) and any(
+            s.numerator * (2**self.bits) >= 2**53 or s.denominator >= 2**53 for s in parsed
+        ):
+            raise FormatError(
+                f"step {self.step!r}: a non-dyadic rational step needs numerator * 2^bits < 2^53 "
+                "and denominator < 2^53 so that grid values round to doubles exactly once"
+            )
+
+    def _check_zero_point(self) -> None:
         if self.zero_point is not None:
             if isinstance(self.zero_point, bool) or not isinstance(self.zero_point, int):
-                raise QuantizationError(f"zero_point must be an int or None, got {self.zero_point!r}")
+                raise FormatError(f"zero_point must be an int or None, got {self.zero_point!r}")
             if not self.qmin <= self.zero_point <= self.qmax:
-                raise QuantizationError(
+                raise FormatError(
                     f"zero_point={self.zero_point} lies outside the code range [{self.qmin}, {self.qmax}]"
                 )
         elif self.per_channel:
-            raise QuantizationError("affine (zero_point=None) formats are per-tensor (activations)")
+            raise FormatError("affine (zero_point=None) formats are per-tensor (activations)")
+
+    def group_count(self, reduction: int, where: str = "") -> int:
+        """Groups per output channel of a weight whose reduction dimension has ``reduction``
+        elements (1 without ``group_size``); raises unless ``group_size`` divides it."""
+        if self.group_size is None:
+            return 1
+        if reduction % self.group_size:
+            divisors = [d for d in range(1, reduction + 1) if reduction % d == 0]
+            near = sorted(divisors, key=lambda d: (abs(d - self.group_size), d))[:3]
+            raise FormatError(
+                f"{where or 'weight'}: group_size={self.group_size} does not divide the reduction size "
+                f"{reduction} (in_features, or in_channels/groups * kernel size for a convolution); "
+                f"use a divisor of {reduction} (e.g. {', '.join(map(str, sorted(near)))}) or override "
+                "this layer's weight format"
+            )
+        return reduction // self.group_size
 
     # ---------------------------------------------------------------- the grid
     @property
@@ -361,7 +421,8 @@ class FixedPoint:
         kind = "binary" if self.binary else ("int" if self.signed else "uint")
         steps = self.fixed_steps()
         step = "observed" if steps is None else (str(steps[0]) if len(steps) == 1 else "per-channel")
-        return f"{kind}{self.bits}(step={step}, {self.rounding})"
+        group = f", group_size={self.group_size}" if self.group_size is not None else ""
+        return f"{kind}{self.bits}(step={step}{group}, {self.rounding})"
 
 
 def checked_fields(cls: type, data: Any) -> dict[str, Any]:
@@ -369,7 +430,7 @@ def checked_fields(cls: type, data: Any) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise QuantizationError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; valid: {sorted(names)}")
     return dict(data)
 
 
@@ -391,7 +452,7 @@ def _named_grid(name: str, levels: str, defining: dict[str, Any], step: Any, kwa
     """A format whose levels are fixed by its name: arguments that would change them are errors."""
     other = {k: kwargs[k] for k in defining if k in kwargs and kwargs[k] != defining[k]}
     if other:
-        raise QuantizationError(
+        raise FormatError(
             f"{name} is the grid {levels} * step, so {other} does not apply; for another grid use "
             "FixedPoint(bits=..., signed=..., narrow=...) (bits=2, signed=False: the levels {0, 1, 2, 3})"
         )
@@ -417,7 +478,7 @@ def round_certified(
     exact values.  Returns a float64 tensor of integer codes.
     """
     if not bool(torch.isfinite(t_hat).all()):
-        raise QuantizationError(
+        raise DataError(
             f"{where or 'tensor'}: NaN or infinite value reached quantization; check the input data "
             "and the model parameters"
         )
@@ -466,6 +527,22 @@ def dequantize_f64(codes: torch.Tensor, steps: Sequence[Fraction], axis: int = 0
     if len(steps) > 1:
         num, den = num.view(shape), den.view(shape)
     return (codes * num) / den
+
+
+def expand_groups(values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """One value per (output channel, group) (``values`` of ``out * G`` elements, in that order)
+    repeated over the group's elements: a tensor of the weight's ``shape`` (differentiable)."""
+    n = values.numel()
+    total = math.prod(shape)
+    return values.reshape(n, 1).expand(n, total // n).reshape(tuple(shape))
+
+
+def dequantize_groups(codes: torch.Tensor, steps: Sequence[Fraction]) -> torch.Tensor:
+    """:func:`dequantize_f64` of weight codes with one step per (output channel, group): the
+    codes viewed as ``[out * G, group_size]`` rows, one step per row."""
+    if len(steps) == 1:
+        return dequantize_f64(codes, steps)
+    return dequantize_f64(codes.reshape(len(steps), -1), steps, 0).reshape(codes.shape)
 
 
 INT64_LIMIT = 2**62  # headroom below 2^63 for the doubled numerators of ``round_ratio``

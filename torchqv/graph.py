@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .fake_quant import FakeQuantize
-from .formats import QuantizationError
 from .grid import QTensor
 from .ops.base import REAL, Kind, NodeIO, OnGrid, Operation, Ref, Several, refs_in, resolve
 from .state_dict import check_state_dict, formats_record
@@ -233,13 +233,13 @@ def float_twin(qmodel: nn.Module) -> QuantizedModel:
     (the same float weights, exact activations, every edge real; batch norm stays folded).  Its
     eval mode computes f in float64, and the verifier reads it as f."""
     if not isinstance(qmodel, QuantizedModel):
-        raise QuantizationError(
+        raise ConfigError(
             f"float_twin expects a model returned by torchqv.quantize, got {type(qmodel).__name__}"
         )
     twin = copy.deepcopy(qmodel)
     for node, op in twin.operations():
         if getattr(op, "frozen", False):
-            raise QuantizationError(f"{node.name} is frozen (integer weights only): its float twin is lost")
+            raise ConfigError(f"{node.name} is frozen (integer weights only): its float twin is lost")
         for attr in ("weight_quant", "out_quant"):
             if getattr(op, attr, None) is not None:
                 setattr(op, attr, None)
@@ -254,7 +254,7 @@ def training_copy(model: nn.Module, where: str) -> nn.Module:
     frozen = [n for n, op in model.named_modules() if getattr(op, "frozen", False)]
     if frozen:
         names = ", ".join(frozen[:3]) + (", ..." if len(frozen) > 3 else "")
-        raise QuantizationError(
+        raise ConfigError(
             f"{where}: the model is frozen (tq.freeze: integer weights only, in layer(s) {names}), and "
             "this needs its training mode; pass the model before tq.freeze (freezing does not change "
             "its eval-mode outputs)"

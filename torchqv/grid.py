@@ -208,8 +208,9 @@ class Requantizer:
         if self.float_ok and bound + self.const_max < F64_EXACT:  # exact in float64 (see above)
             mults, const, den = self._tensors(device, ndim, torch.float64)
             if fmt.overflow == "saturate" or fmt.binary:  # saturation is one more clamp
-                lo, hi = (kmin if clip[0] is None else max(kmin, clip[0])), (
-                    kmax if clip[1] is None else min(kmax, clip[1])
+                lo, hi = (
+                    (kmin if clip[0] is None else max(kmin, clip[0])),
+                    (kmax if clip[1] is None else min(kmax, clip[1])),
                 )
                 return requantize_float(codes, mults, const, den, fmt, (lo, hi), code_dtype(self.out))
             k = requantize_float(codes, mults, const, den, fmt, clip, torch.float64)

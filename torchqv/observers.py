@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .formats import FixedPoint, QuantizationError
+from .errors import CalibrationError, ConfigError
+from .formats import FixedPoint
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse")
 MIN_STEP = 2.0**-36  # keeps step denominators far below the int64 buffers' limit
@@ -44,15 +45,15 @@ class ObserverConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in OBSERVERS:
-            raise QuantizationError(f"observer kind must be one of {OBSERVERS}, got {self.kind!r}")
+            raise ConfigError(f"observer kind must be one of {OBSERVERS}, got {self.kind!r}")
         if not 0 < self.averaging_constant <= 1:
-            raise QuantizationError("averaging_constant must be in (0, 1]")
+            raise ConfigError("averaging_constant must be in (0, 1]")
         if not 50 < self.percentile <= 100:
-            raise QuantizationError("percentile must be in (50, 100]")
+            raise ConfigError("percentile must be in (50, 100]")
         if self.grid < 2 or self.max_samples < 16:
-            raise QuantizationError("grid must be >= 2 and max_samples >= 16")
+            raise ConfigError("grid must be >= 2 and max_samples >= 16")
         if not 1 <= self.step_bits <= 24:
-            raise QuantizationError(f"step_bits must be in [1, 24], got {self.step_bits}")
+            raise ConfigError(f"step_bits must be in [1, 24], got {self.step_bits}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +66,7 @@ def as_observer_config(value: ObserverConfig | str | dict) -> ObserverConfig:
         return ObserverConfig(kind=value)
     if isinstance(value, dict):
         return ObserverConfig(**value)
-    raise QuantizationError(f"observer must be a kind string or an ObserverConfig, got {value!r}")
+    raise ConfigError(f"observer must be a kind string or an ObserverConfig, got {value!r}")
 
 
 def step_for_range(
@@ -133,7 +134,7 @@ class Observer(nn.Module):
         if rows.numel() == 0:
             return x
         if not bool(torch.isfinite(rows).all()):
-            raise QuantizationError("observer received NaN or infinite values")
+            raise CalibrationError("observer received NaN or infinite values")
         bmin, bmax = rows.min(dim=1).values, rows.max(dim=1).values
         if self.config.kind == "moving_average" and self.has_data:
             c = self.config.averaging_constant
@@ -157,7 +158,7 @@ class Observer(nn.Module):
     def compute_qparams(self) -> tuple[torch.Tensor, int]:
         """Steps (float32, one per channel) and the zero point."""
         if not self.has_data:
-            raise QuantizationError("observer saw no data")
+            raise CalibrationError("observer saw no data")
         kind = self.config.kind
         if kind in ("minmax", "moving_average") or self._samples is None:
             return step_for_range(self.fmt, self.min_val, self.max_val, step_bits=self.config.step_bits)

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .formats import FixedPoint, QuantizationError, checked_fields
+from .errors import ConfigError
+from .formats import FixedPoint, checked_fields
 from .observers import ObserverConfig, as_observer_config
 
 
@@ -35,17 +36,15 @@ class QConfig:
                 value = FixedPoint.from_dict(dict(value))
                 setattr(self, name, value)
             if value is not None and not isinstance(value, FixedPoint):
-                raise QuantizationError(f"QConfig.{name} must be a FixedPoint or None, got {value!r}")
+                raise ConfigError(f"QConfig.{name} must be a FixedPoint or None, got {value!r}")
         self.weight_observer = as_observer_config(self.weight_observer)
         self.activation_observer = as_observer_config(self.activation_observer)
         if self.weight is not None and self.weight.affine:
-            raise QuantizationError(
-                "weight formats are symmetric: give zero_point=0 (affine is for activations)"
-            )
+            raise ConfigError("weight formats are symmetric: give zero_point=0 (affine is for activations)")
         for name in ("activation", "input"):
             fmt = getattr(self, name)
             if fmt is not None and fmt.per_channel:
-                raise QuantizationError(f"QConfig.{name}: per-channel steps are for weights only")
+                raise ConfigError(f"QConfig.{name}: per-channel steps are for weights only")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

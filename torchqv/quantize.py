@@ -10,14 +10,15 @@ quantized exactly is reported up front, every offending call at once.  The seman
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import torch
 from torch import nn
 
+from .errors import CalibrationError, ConfigError
 from .fake_quant import FakeQuantize
-from .formats import QuantizationError
 from .graph import QuantizedModel, float_mode, quantized_models
 from .ops.affine import QuantAffine
 from .progress import progress_bar
@@ -38,9 +39,9 @@ def quantize(
     A pattern that matches no node is an error.  ``tq.summary(qm)`` lists the node names.
     """
     if not isinstance(model, nn.Module):
-        raise QuantizationError(f"quantize expects an nn.Module, got {type(model).__name__}")
+        raise ConfigError(f"quantize expects an nn.Module, got {type(model).__name__}")
     if quantized_models(model) or any(isinstance(m, FakeQuantize) for m in model.modules()):
-        raise QuantizationError(
+        raise ConfigError(
             f"quantize: model ({type(model).__name__}) is already quantized; pass the float model "
             "(tq.float_twin(qm) gives it back)"
         )
@@ -57,7 +58,7 @@ def quantizers(model: nn.Module) -> list[FakeQuantize]:
 def batch_inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
     """The input tensor of each batch (tensors or ``(x, y, ...)`` tuples)."""
     if isinstance(batches, torch.Tensor) or not isinstance(batches, Iterable):
-        raise QuantizationError(
+        raise ConfigError(
             f"batches must be an iterable of batches (tensors or (x, y) tuples), e.g. a DataLoader or "
             f"[x], got {type(batches).__name__}"
         )
@@ -71,6 +72,15 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool | None = 
     ``progress``: a progress bar (``None``: only for more than a few batches and when stderr is a
     terminal; :mod:`torchqv.progress`)."""
     _quantized(model, "calibrate")
+    for m in model.modules():  # per-group weight steps: group_size must divide each reduction (up front)
+        if isinstance(m, QuantAffine) and m.weight_quant is not None and m.weight_quant.fmt.group_size:
+            shape = m.weight_int.shape if m.frozen else m.weight.shape
+            groups = m.weight_quant.fmt.group_count(math.prod(shape[1:]), f"{m.qname}.weight")
+            if m.weight_quant.step_num.numel() != shape[0] * groups:
+                raise CalibrationError(
+                    f"{m.qname}.weight: {m.weight_quant.step_num.numel()} weight steps, but group_size="
+                    f"{m.weight_quant.fmt.group_size} needs {shape[0] * groups}; quantize the model again"
+                )
     with float_mode(model, observe=True), torch.no_grad():
         seen = 0
         total = len(batches) if isinstance(batches, Sized) and not isinstance(batches, torch.Tensor) else None
@@ -80,7 +90,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool | None = 
         for q in quantizers(model):
             if q.observer is not None and not q.is_weight:
                 if seen == 0:
-                    raise QuantizationError(f"calibrate got no batches, but {q.qname} needs data")
+                    raise CalibrationError(f"calibrate got no batches, but {q.qname} needs data")
                 q.compute_qparams()
         for m in model.modules():
             if isinstance(m, QuantAffine) and m.weight_quant is not None and not m.frozen:
@@ -115,7 +125,7 @@ def _quantized(model: Any, call: str) -> list[QuantizedModel]:
     """The quantized graphs in ``model``; none is an error naming ``call``."""
     graphs = quantized_models(model) if isinstance(model, nn.Module) else []
     if not graphs:
-        raise QuantizationError(
+        raise ConfigError(
             f"{call} expects a model returned by torchqv.quantize (or one that holds one), got "
             f"{type(model).__name__}; quantize it first: qm = tq.quantize(model, config)"
         )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .formats import QuantizationError
+from .errors import ConfigError
 from .graph import QuantizedModel, _map_values
 from .ops.structure import check_input
 from .rational import RTensor, from_tensor
@@ -26,7 +26,7 @@ from .rational import RTensor, from_tensor
 def _graph(model: nn.Module) -> QuantizedModel:
     if isinstance(model, QuantizedModel):
         return model
-    raise QuantizationError(
+    raise ConfigError(
         f"reference_forward expects a model returned by torchqv.quantize, got {type(model).__name__}"
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .fake_quant import FakeQuantize
 from .formats import FixedPoint, QuantizationError
 
@@ -52,7 +53,7 @@ def _read_record(record: Any, key: str) -> Mapping[str, Any]:
             return saved
     except (AttributeError, TypeError, ValueError, KeyError, UnicodeDecodeError):
         pass
-    raise QuantizationError(
+    raise CheckpointError(
         f"load_state_dict: {key} is not a torchqv format record; the state dict does not come from a "
         "torchqv QuantizedModel (or is corrupt)"
     )
@@ -78,7 +79,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Any], prefix: str) ->
                 and value.is_floating_point()
                 and not bool(value.isfinite().all())
             ):
-                raise QuantizationError(
+                raise CheckpointError(
                     f"load_state_dict: {where + pname} contains NaN or inf; the state dict is corrupt "
                     "(save it again from a model that trained without diverging)"
                 )
@@ -100,7 +101,7 @@ def _check_formats(model: nn.Module, record: Any, prefix: str) -> None:
         )
     if diffs:
         more = f" (and {len(diffs) - SHOWN} more)" if len(diffs) > SHOWN else ""
-        raise QuantizationError(
+        raise CheckpointError(
             "load_state_dict: the state dict comes from another quantization configuration: "
             + "; ".join(diffs[:SHOWN])
             + more
@@ -123,7 +124,7 @@ def _integer_tensor(value: Any, key: str) -> torch.Tensor | None:
         return None
     if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex():
         kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-        raise QuantizationError(
+        raise CheckpointError(
             f"load_state_dict: {key} must be an integer tensor, got {kind}; the state dict is corrupt or "
             "not from torchqv"
         )
@@ -139,13 +140,13 @@ def _check_steps(q: FakeQuantize, state: Mapping[str, Any], where: str) -> None:
             if n == 0 and d == 0 and fixed is None:
                 continue  # not calibrated yet
             if n <= 0 or d <= 0:
-                raise QuantizationError(
+                raise CheckpointError(
                     f"load_state_dict: {where}step_num/step_den holds the step {n}/{d} (channel {c}); steps "
                     "are positive (0/0 marks one not calibrated yet): the state dict is corrupt"
                 )
             want = fixed[c if len(fixed) > 1 else 0] if fixed is not None else None
             if want is not None and Fraction(n, d) != want:
-                raise QuantizationError(
+                raise CheckpointError(
                     f"load_state_dict: {where}step_num/step_den holds the step {Fraction(n, d)} (channel "
                     f"{c}) but the format {q.fmt.describe()} fixes it to {want}; {FIX}"
                 )
@@ -153,12 +154,12 @@ def _check_steps(q: FakeQuantize, state: Mapping[str, Any], where: str) -> None:
     for z in zero_point.flatten().tolist() if zero_point is not None else []:
         if not q.fmt.qmin <= z <= q.fmt.qmax or (not q.fmt.affine and z != q.fmt.zero_point):
             allowed = f"in [{q.fmt.qmin}, {q.fmt.qmax}]" if q.fmt.affine else f"{q.fmt.zero_point}"
-            raise QuantizationError(
+            raise CheckpointError(
                 f"load_state_dict: {where}zero_point is {z}, but {q.fmt.describe()} needs {allowed}; {FIX}"
             )
     learned = state.get(where + "step_param")
     if isinstance(learned, torch.Tensor) and not bool(((learned > 0) & learned.isfinite()).all()):
-        raise QuantizationError(
+        raise CheckpointError(
             f"load_state_dict: {where}step_param holds a non-positive or non-finite learned step; the state "
             "dict is corrupt (lower the learning rate of the run that saved it)"
         )
@@ -173,7 +174,7 @@ def _check_codes(fmt: FixedPoint, value: Any, key: str) -> None:
     if lo < fmt.qmin or hi > fmt.qmax or zero:
         levels = "{-1, +1}" if fmt.binary else f"[{fmt.qmin}, {fmt.qmax}]"
         among = " (0 among them)" if zero else ""
-        raise QuantizationError(
+        raise CheckpointError(
             f"load_state_dict: {key} holds integer weights from {lo} to {hi}{among}, off the grid {levels} "
             f"of {fmt.describe()}: the state dict is corrupt or from another configuration ({FIX})"
         )

@@ -25,7 +25,7 @@ from torch import fx, nn
 
 from . import ops  # noqa: F401  (registers every operation)
 from .batchnorm import fold_in_graph
-from .errors import QuantizationError, UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError
 from .graph import QNode, QuantizedModel
 from .ops.base import (
     Call,
@@ -90,7 +90,7 @@ def trace(model: nn.Module) -> fx.Graph:
     try:
         return _Tracer().trace(model)
     except Exception as exc:
-        raise QuantizationError(
+        raise UnsupportedModelError(
             f"torchqv.quantize traces the model with torch.fx, and tracing {type(model).__name__} failed: "
             f"{type(exc).__name__}: {exc}. Make forward() traceable (no control flow on tensor values; "
             "see https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing)"
@@ -277,23 +277,23 @@ def check_overrides(plan: Plan, qm: QuantizedModel) -> None:
     names = [n.name for n in qm.nodes]
     missing = [p for p in plan.overrides if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if missing:
-        raise QuantizationError(f"override pattern(s) {missing} match no node; node names are: {names}")
+        raise ConfigError(f"override pattern(s) {missing} match no node; node names are: {names}")
 
 
 def make_plan(config: QConfig | Mapping[str, Any], overrides: Mapping[str, Any] | None) -> Plan:
     if isinstance(config, Mapping):
         config = QConfig.from_dict(config)
     if not isinstance(config, QConfig):
-        raise QuantizationError(f"config must be a torchqv.QConfig, got {type(config).__name__}")
+        raise ConfigError(f"config must be a torchqv.QConfig, got {type(config).__name__}")
     if overrides is not None and not isinstance(overrides, Mapping):
-        raise QuantizationError(
+        raise ConfigError(
             f"overrides must map node-name patterns to QConfigs, got {type(overrides).__name__}"
         )
     plan = Plan(config)
     for pattern, over in (overrides or {}).items():
         over = QConfig.from_dict(over) if isinstance(over, Mapping) else over
         if not isinstance(pattern, str) or not (over is None or isinstance(over, QConfig)):
-            raise QuantizationError(
+            raise ConfigError(
                 f"overrides[{pattern!r}] = {over!r}: overrides map node-name patterns (str) to a QConfig, "
                 "a dict of its fields, or None (keep those nodes real-valued)"
             )

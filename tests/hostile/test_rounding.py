@@ -52,7 +52,7 @@ def calibrated(*widths: int) -> tuple[tq.QuantizedModel, torch.Tensor]:
         ({"time_limit": True}, r"time_limit must be a positive number of seconds or None, got True"),
         ({"solver": "gurobi"}, r"solver must be one of"),
         ({"target": "int"}, r"target must be one of"),
-        ({"method": "adaround"}, r"method must be 'qubo' or 'nearest'"),
+        ({"method": "adaround"}, r"RoundingConfig.method must be one of \('qubo', 'nearest'\), got 'ada"),
     ],
 )
 def test_options_are_checked_before_any_work(options, message):

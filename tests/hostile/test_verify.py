@@ -48,7 +48,7 @@ def test_a_frozen_model_is_a_clear_error():
         ({"timeout": "5"}, r"timeout must be > 0 seconds, got '5'"),
         ({"relation": "same"}, r"relation must be one of"),
         ({"relation": "eps"}, r"relation='eps' needs eps > 0"),
-        ({"delta": -0.1}, r"delta must be a finite non-negative number"),
+        ({"delta": -0.1}, r"VerifyConfig.delta must be a finite number >= 0"),
         ({"domain": (1.0, 0.0)}, r"domain=\(1.0, 0.0\) is empty: lo > hi.*lo <= hi"),
         (
             {"delta": 1e-6},

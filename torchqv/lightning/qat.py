@@ -29,6 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from ..errors import ConfigError
 from ..formats import QuantizationError
 from ..quantize import QConfig, calibrate, quantize, quantizers
 from ..tracing import make_plan
@@ -257,7 +258,7 @@ def load_quantized_checkpoint(
     overrides) go to Lightning's ``load_from_checkpoint``.
     """
     if not (isinstance(module_cls, type) and issubclass(module_cls, pl.LightningModule)):
-        raise QuantizationError(
+        raise ConfigError(
             f"load_quantized_checkpoint: module_cls must be a LightningModule class, got {module_cls!r}"
         )
 

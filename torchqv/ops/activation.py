@@ -20,8 +20,9 @@ from onnx import TensorProto
 from torch import nn
 
 from .. import activations as A
+from ..errors import UnsupportedModelError
 from ..fake_quant import DIV_ERR, FakeQuantize
-from ..formats import QuantizationError, fraction_to_float, is_dyadic, round_certified
+from ..formats import fraction_to_float, is_dyadic, round_certified
 from ..grid import Grid, QTensor, Requantizer, as_codes
 from ..rational import RTensor, as_ints, saturate
 from .base import Call, Kind, NodeIO, OnGrid, Operation, Real, Unsupported, register
@@ -167,7 +168,7 @@ class QuantAct(Operation, nn.Module):
         values = x.exact()
         if self.out_quant is None:  # a real-valued activation: exact only where it is rational
             if not self.act.rational_everywhere:
-                raise QuantizationError(
+                raise UnsupportedModelError(
                     f"reference: {self.qname} ({self.act.name}) has no output format, so its real value "
                     "is transcendental; give QConfig.activation a format"
                 )

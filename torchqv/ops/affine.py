@@ -18,6 +18,7 @@ use a certified float64 path with an exact rational fall-back for values near a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 from typing import Any
@@ -28,8 +29,15 @@ import torch.nn.functional as F
 from onnx import TensorProto
 from torch import nn
 
+from ..errors import ConfigError, UnsupportedModelError
 from ..fake_quant import DIV_ERR, FakeQuantize, fake_quantize
-from ..formats import QuantizationError, dequantize_f64, fraction_to_float, round_certified
+from ..formats import (
+    dequantize_f64,
+    dequantize_groups,
+    expand_groups,
+    fraction_to_float,
+    round_certified,
+)
 from ..grid import Grid, QTensor, Requantizer, as_codes, tensor_max_abs
 from ..rational import (
     INT64_SAFE,
@@ -57,7 +65,7 @@ def _gamma(n: int) -> float:
 def check_finite(name: str, **tensors: torch.Tensor | None) -> None:
     for what, t in tensors.items():
         if t is not None and not bool(torch.isfinite(t).all()):
-            raise QuantizationError(f"{name}: {what} contains NaN or inf; fix the float model first")
+            raise UnsupportedModelError(f"{name}: {what} contains NaN or inf; fix the float model first")
 
 
 class QuantAffine(Operation, nn.Module):
@@ -69,11 +77,16 @@ class QuantAffine(Operation, nn.Module):
         self.qname = name
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        wfmt = cfg.weight
+        if wfmt is not None and wfmt.group_size is not None and not self.has_reduction:
+            wfmt = dataclasses.replace(wfmt, group_size=None)  # one weight per channel: per-channel steps
+        # weight steps: one per output channel, or one per (output channel, group)
+        n_steps = weight.shape[0]
+        if wfmt is not None:
+            n_steps *= wfmt.group_count(int(weight[0].numel()), f"{name}.weight")
         self.weight_quant = (
-            FakeQuantize(
-                cfg.weight, weight.shape[0], 0, cfg.weight_observer, cfg.learn_step, f"{name}.weight", True
-            )
-            if cfg.weight is not None
+            FakeQuantize(wfmt, n_steps, 0, cfg.weight_observer, cfg.learn_step, f"{name}.weight", True)
+            if wfmt is not None
             else None
         )
         self.out_quant = (
@@ -82,6 +95,9 @@ class QuantAffine(Operation, nn.Module):
             else None
         )
         self._cache: dict[str, Any] = {}
+
+    has_reduction: bool = True  # False: each output reads one weight (batch norm): no groups
+    slices_groups: bool = False  # True: a step group is a slice of the input's last dimension (Linear)
 
     # ------------------------------------------------------------ subclass hooks
     def linear_map(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,7 +164,7 @@ class QuantAffine(Operation, nn.Module):
         if self.frozen:
             return self.weight_int.to(torch.float64)
         if self.weight_quant is None:
-            raise QuantizationError(f"{self.qname}: weights are not quantized (QConfig.weight is None)")
+            raise ConfigError(f"{self.qname}: weights are not quantized (QConfig.weight is None)")
         key = (self.weight._version, self.weight.data_ptr(), self.weight_quant.state_key())
         cached = self._cache.get("weight_codes")
         if cached is None or cached[0] != key:  # kept compact: int8/16/32 by the format's width
@@ -163,14 +179,65 @@ class QuantAffine(Operation, nn.Module):
         state["_cache"] = {}
         return state
 
+    @property
+    def group_size(self) -> int | None:
+        """The weight format's ``group_size`` when this layer has per-group steps, else ``None``."""
+        wq = self.weight_quant
+        return wq.fmt.group_size if wq is not None and wq.grouped else None
+
+    def weight_step_groups(self) -> list[list[Fraction]]:
+        """The weight steps as ``[out][G]`` (``G = 1`` without ``group_size``): row ``o``'s
+        element ``j`` (weight flattened to ``[out, R]``) has step ``[o][j // group_size]``."""
+        steps = self.weight_quant.steps()  # type: ignore[union-attr]
+        out = self.out_channels_
+        if len(steps) == 1:
+            return [list(steps)] * out
+        per = len(steps) // out
+        return [steps[o * per : (o + 1) * per] for o in range(out)]
+
     def weight_steps(self) -> list[Fraction]:
-        """One step per output channel."""
+        """One step per output channel (formats without ``group_size``; see
+        :meth:`weight_step_groups` and :meth:`row_steps`)."""
+        if self.group_size is not None:
+            raise ConfigError(
+                f"{self.qname}: weights have per-group steps (group_size={self.group_size}); use "
+                "weight_step_groups() (or row_steps() for the bias grid)"
+            )
         steps = self.weight_quant.steps()  # type: ignore[union-attr]
         return steps if len(steps) > 1 else steps * self.out_channels_
 
+    def row_steps(self) -> list[Fraction]:
+        """Per output channel: the weight step (per-channel formats), or the finest step of the
+        row's groups (``group_size``); the bias grid is ``row_steps() * s_x``."""
+        return [min(row) for row in self.weight_step_groups()]
+
+    def weight_step_tensor(self) -> torch.Tensor:
+        """Each weight's step (float64, the weight's shape; the double nearest to the step)."""
+        shape = self.weight_int.shape if self.frozen else self.weight.shape
+        flat = torch.tensor(
+            [fraction_to_float(f) for row in self.weight_step_groups() for f in row], dtype=torch.float64
+        )
+        return expand_groups(flat, shape)
+
     def dequantized_weight(self) -> torch.Tensor:
         """The quantized weights as real values (float64)."""
+        if self.group_size is not None:
+            return dequantize_groups(self.weight_codes(), self.weight_quant.steps())  # type: ignore[union-attr]
         return dequantize_f64(self.weight_codes(), self.weight_steps(), 0)
+
+    def group_parts(self, kw: torch.Tensor) -> list[torch.Tensor]:
+        """The weight codes split by step group: ``G`` tensors of ``kw``'s shape, each zero outside
+        its group (so ``map(x, kw) = sum_g map(x, part_g)``); ``[kw]`` without ``group_size``."""
+        gs = self.group_size
+        if gs is None:
+            return [kw]
+        rows = kw.reshape(kw.shape[0], -1)
+        parts = []
+        for g in range(rows.shape[1] // gs):
+            part = torch.zeros_like(rows)
+            part[:, g * gs : (g + 1) * gs] = rows[:, g * gs : (g + 1) * gs]
+            parts.append(part.reshape(kw.shape))
+        return parts
 
     def bias_codes(self, scale: list[Fraction]) -> torch.Tensor | None:
         """Bias on the accumulator grid ``s_w * s_x`` (unsaturated; the weight format's rounding)."""
@@ -199,7 +266,7 @@ class QuantAffine(Operation, nn.Module):
         bias_int = None
         if self.bias is not None and in_quant is not None:
             sx = in_quant.steps()[0]
-            bias_int = self.bias_codes([s * sx for s in self.weight_steps()])
+            bias_int = self.bias_codes([s * sx for s in self.row_steps()])
         del self.weight
         self.register_buffer("weight_int", kw.to(dtype))
         if bias_int is not None:
@@ -224,14 +291,17 @@ class QuantAffine(Operation, nn.Module):
     def qat(self, args: tuple, kwargs: dict, io: NodeIO) -> torch.Tensor:
         (x,) = args
         if self.frozen:
-            raise QuantizationError(f"{self.qname} is frozen (integer weights); train the unfrozen model")
+            raise ConfigError(f"{self.qname} is frozen (integer weights); train the unfrozen model")
         wq = self.weight_quant
         w = self.weight if wq is None else wq(self.weight)
         b = self.bias
         inq = io.in_quants[0] if io.in_quants else None
         if b is not None and wq is not None and inq is not None and wq.fake_quant_enabled:
             sx = fraction_to_float(inq.steps()[0])
-            s_acc = (wq.step_tensor(self.weight).detach().flatten() * sx).to(b.dtype)
+            st = wq.step_tensor(self.weight).detach()
+            if self.group_size is not None:  # the bias grid: the finest step of each row
+                st = st.reshape(st.shape[0], -1).min(1).values
+            s_acc = (st.flatten() * sx).to(b.dtype)
             b = fake_quantize(b, s_acc, wq.fmt.integer_rounding(), float("-inf"), float("inf"))
         y = self.linear_map(x, w, b)
         return self.out_quant(y) if self.out_quant is not None else y
@@ -254,25 +324,45 @@ class QuantAffine(Operation, nn.Module):
             return self._cache
         kw = self.weight_codes()
         self._cache = {k: v for k, v in self._cache.items() if k == "weight_codes"}
-        steps = self.weight_steps()
-        scale = [s * sx for s in steps]
+        groups = self.weight_step_groups()
+        scale = [s * sx for s in self.row_steps()]  # the bias grid (the weight step per channel)
         bias = self.bias_codes(scale)
         so = self.out_quant.steps()[0] if self.out_quant is not None else None
-        absw = kw.abs().reshape(kw.shape[0], -1)
-        w_max = int(absw.max()) if absw.numel() else 0
+        parts = []
+        gs = self.group_size
+        sliced = gs is not None and self.slices_groups
+        if sliced:  # the group's slice of the features (and of the input's last dimension)
+            split = [kw[:, g * gs : (g + 1) * gs] for g in range(kw.shape[1] // gs)]
+        else:
+            split = self.group_parts(kw)
+        for g, codes in enumerate(split):  # one part per step group (one without)
+            absw = codes.abs().reshape(codes.shape[0], -1)
+            w_max = int(absw.max()) if absw.numel() else 0
+            parts.append(
+                {
+                    "codes": codes.to(torch.float32) if w_max < F32_EXACT else codes,
+                    "w_max": w_max,
+                    "l1_max": int(absw.sum(1).max()) if absw.numel() else 0,
+                    "rate": [row[g] * sx for row in groups],
+                    "cols": slice(g * gs, (g + 1) * gs) if sliced else None,
+                }
+            )
         self._cache |= {
             "key": key,
-            "codes": kw.to(torch.float32) if w_max < F32_EXACT else kw,
-            "w_max": w_max,
-            "l1_max": int(absw.sum(1).max()) if absw.numel() else 0,
+            "parts": parts,
             "bias": bias.to(torch.int64) if bias is not None else None,
             "scale": scale,
         }
-        if so is not None:  # t = (A + B) s_w s_x / s_out: the bias codes enter as per-channel constants
+        if so is not None:
+            # t = (sum_g A_g s_w[g] s_x + B s_b s_x) / s_out: one term per group, the bias codes enter
+            # as per-channel constants
             mult = [s / so for s in scale]
             const = [int(b) * m for b, m in zip(bias.tolist(), mult, strict=True)] if bias is not None else 0
             self._cache["requant"] = Requantizer(
-                [mult], self.out_quant.grid(), const or Fraction(0), self.channel_axis
+                [[r / so for r in part["rate"]] for part in parts],
+                self.out_quant.grid(),
+                const or Fraction(0),
+                self.channel_axis,
             )
         return self._cache
 
@@ -301,14 +391,54 @@ class QuantAffine(Operation, nn.Module):
         (x,) = args
         if isinstance(x, QTensor) and self.quantized:
             p = self._integer_params(x.grid.step)
-            acc = self.accumulate(x.codes, p)
+            accs = [
+                self.accumulate(x.codes if part["cols"] is None else x.codes[..., part["cols"]], part)
+                for part in p["parts"]
+            ]
             if self.out_quant is None:  # a real output, as configured
-                acc = acc.to(torch.int64)
+                if len(accs) > 1:
+                    return self._real_groups(accs, p)
+                acc = accs[0].to(torch.int64)
                 if p["bias"] is not None:
                     acc = acc + p["bias"].view(self._channel_shape(acc))
                 return acc.to(torch.float64) * self._column(p["scale"], acc)
-            return QTensor(p["requant"]([acc], self.qname), self.out_quant.grid())
+            return QTensor(p["requant"](accs, self.qname), self.out_quant.grid())
         return self._certified(x)
+
+    def _real_groups(self, accs: list[torch.Tensor], p: dict[str, Any]) -> torch.Tensor:
+        """The real output ``sum_g A_g s_w[g] s_x + B s_b s_x`` of per-group steps, each element the
+        double nearest to its exact value: ``N / L`` over the common denominator ``L`` of a
+        channel, with ``N`` an exact integer in float64 when it stays below ``2^53`` (one
+        division, one rounding), else with Python integers."""
+        rates = [part["rate"] for part in p["parts"]]
+        if p["bias"] is not None:
+            accs = [*accs, p["bias"].to(torch.float64).view(self._channel_shape(accs[0]))]
+            rates.append(p["scale"])
+        channels = len(rates[0])
+        common = [math.lcm(*(r[c].denominator for r in rates)) for c in range(channels)]
+        ints = [[int(r[c] * common[c]) for c in range(channels)] for r in rates]
+        bound = sum(tensor_max_abs(a) * max(map(abs, m)) for a, m in zip(accs, ints, strict=True))
+        shape = self._channel_shape(accs[0])
+        if bound < F64_EXACT and max(common) < F64_EXACT:
+            num = sum(
+                a.to(torch.float64) * torch.tensor(m, dtype=torch.float64, device=a.device).view(shape)
+                for a, m in zip(accs, ints, strict=True)
+            )
+            return num / torch.tensor(common, dtype=torch.float64, device=num.device).view(shape)
+        ndim, ax = accs[0].dim(), self.channel_axis % accs[0].dim()
+
+        def column(values: list[int]) -> np.ndarray:
+            col = np.empty(channels, dtype=object)
+            col[:] = values
+            return col.reshape([channels if d == ax else 1 for d in range(ndim)])
+
+        num = sum(
+            np.array(a.to(torch.int64).cpu().tolist(), dtype=object) * column(m)
+            for a, m in zip(accs, ints, strict=True)
+        )
+        den = np.broadcast_to(column(common), num.shape)
+        out = [fraction_to_float(Fraction(int(n), int(d))) for n, d in zip(num.flat, den.flat, strict=True)]
+        return torch.tensor(out, dtype=torch.float64, device=accs[0].device).reshape(num.shape)
 
     def _channel_shape(self, out: torch.Tensor) -> list[int]:
         shape = [1] * out.dim()
@@ -327,31 +457,43 @@ class QuantAffine(Operation, nn.Module):
         else:
             xm, sx = x.to(torch.float64), None
         if self.quantized:
-            kw, sw = self.weight_codes(), self.weight_steps()
+            kw, groups = self.weight_codes(), self.weight_step_groups()
+            parts, sw = self.group_parts(kw), self.row_steps()
+            rates = [[row[g] for row in groups] for g in range(len(parts))]
         else:
             kw, sw = self.weight.detach().to(torch.float64), [Fraction(1)] * self.out_channels_
-        scale = [s * sx for s in sw] if sx is not None else sw
+            parts, rates = [kw], [sw]
+        scale = [s * sx for s in sw] if sx is not None else sw  # the bias grid
+        if sx is not None:
+            rates = [[r * sx for r in rate] for rate in rates]
         if self.bias is not None and self.quantized and sx is not None:
             bias = [int(b) * s for b, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
         elif "bias_int" in self._buffers:
-            raise QuantizationError(
+            raise ConfigError(
                 f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
             )
         elif self.bias is not None:
             bias = [Fraction(b) for b in self.bias.detach().double().tolist()]
         else:
             bias = [Fraction(0)] * len(scale)
-        acc = self.linear_map(xm, kw)
+        accs = [self.linear_map(xm, part) for part in parts]
         if self.out_quant is None:
-            return acc * self._column(scale, acc) + self._column(bias, acc)
+            return sum(a * self._column(r, a) for a, r in zip(accs, rates, strict=True)) + self._column(
+                bias, accs[0]
+            )
         so = self.out_quant.steps()[0]
-        mult, offs = [s / so for s in scale], [c / so for c in bias]
-        mf, of = self._column(mult, acc), self._column(offs, acc)
-        acc_err = _gamma(kw[0].numel()) * self.linear_map(xm.abs(), kw.abs())
-        t_hat = acc * mf + of
-        err = (acc_err * mf.abs() + (acc * mf).abs() * DIV_ERR + of.abs() * DIV_ERR) * (1 + DIV_ERR)
-        err = err + t_hat.abs() * DIV_ERR
-        shape = acc.shape
+        mults, offs = [[r / so for r in rate] for rate in rates], [c / so for c in bias]
+        mfs, of = [self._column(m, accs[0]) for m in mults], self._column(offs, accs[0])
+        terms = [a * mf for a, mf in zip(accs, mfs, strict=True)]
+        t_hat = sum(terms) + of
+        err = of.abs() * DIV_ERR
+        for part, mf, term in zip(parts, mfs, terms, strict=True):
+            acc_err = _gamma(kw[0].numel()) * self.linear_map(xm.abs(), part.abs())
+            err = err + acc_err * mf.abs() + term.abs() * DIV_ERR
+        if len(terms) > 1:  # the float sum of the group terms
+            err = err + _gamma(len(terms) + 1) * (sum(term.abs() for term in terms) + of.abs())
+        err = err * (1 + DIV_ERR) + t_hat.abs() * DIV_ERR
+        shape = t_hat.shape
         fmt = self.out_quant.fmt
         rows_cache: dict[int | None, torch.Tensor] = {}
 
@@ -361,9 +503,12 @@ class QuantAffine(Operation, nn.Module):
             if group not in rows_cache:
                 rows_cache[group] = self.patches(xm, group)
             patch = rows_cache[group][row].tolist()
-            weights = kw[c].flatten().tolist()
-            dot = sum(Fraction(a) * Fraction(b) for a, b in zip(weights, patch, strict=True) if a and b)
-            return Fraction(dot) * mult[c] + offs[c]
+            total = offs[c]
+            for part, mult in zip(parts, mults, strict=True):
+                weights = part[c].flatten().tolist()
+                dot = sum(Fraction(a) * Fraction(b) for a, b in zip(weights, patch, strict=True) if a and b)
+                total += Fraction(dot) * mult[c]
+            return total
 
         codes = round_certified(
             fmt, t_hat, err, lambda idx: [fmt.round_exact(exact_t(i)) for i in idx], self.qname
@@ -377,14 +522,32 @@ class QuantAffine(Operation, nn.Module):
         """The map on exact arrays (integers or Fractions), exactly."""
         raise NotImplementedError
 
-    def reference_weights(self) -> tuple[np.ndarray, list[Fraction]]:
-        """Integer weight codes re-quantized from the float weights with exact arithmetic."""
-        steps = self.weight_steps()
+    def reference_weights(self) -> tuple[np.ndarray, list[list[Fraction]]]:
+        """Integer weight codes re-quantized from the float weights with exact arithmetic, and
+        their steps ``[out][G]`` (``G`` groups of ``group_size`` elements of each flattened row)."""
+        groups = self.weight_step_groups()
         if self.frozen:
-            return self.weight_int.cpu().numpy().astype(np.int64), steps
+            return self.weight_int.cpu().numpy().astype(np.int64), groups
         wq = self.weight_quant
-        codes = float_codes(self.weight.detach().cpu().numpy(), steps, wq.fmt, axis=0)
-        return ref_saturate(codes, Grid(wq.fmt, steps[0], 0), f"{self.qname}.weight"), steps
+        flat = [s for row in groups for s in row]
+        w = self.weight.detach().cpu().numpy()
+        codes = float_codes(w.reshape(len(flat), -1), flat, wq.fmt, axis=0).reshape(w.shape)
+        return ref_saturate(codes, Grid(wq.fmt, flat[0], 0), f"{self.qname}.weight"), groups
+
+    @staticmethod
+    def _reference_parts(kw: np.ndarray, n_groups: int) -> list[np.ndarray]:
+        """``kw`` split into ``n_groups`` arrays, each zero outside its block of consecutive
+        elements of the flattened rows."""
+        if n_groups == 1:
+            return [kw]
+        rows = kw.reshape(kw.shape[0], -1)
+        size = rows.shape[1] // n_groups
+        parts = []
+        for g in range(n_groups):
+            part = np.zeros_like(rows)
+            part[:, g * size : (g + 1) * size] = rows[:, g * size : (g + 1) * size]
+            parts.append(part.reshape(kw.shape))
+        return parts
 
     def _channel_column(self, values: list[Any], ndim: int) -> np.ndarray:
         shape = [1] * ndim
@@ -396,13 +559,13 @@ class QuantAffine(Operation, nn.Module):
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]
         if x.grid is not None and self.quantized:
-            kw, sw = self.reference_weights()
-            scale = [s * x.grid.step for s in sw]
+            kw, sg = self.reference_weights()
+            sx = x.grid.step
+            scale = [min(row) * sx for row in sg]  # the bias grid: the finest weight step of the row
             bound = max_abs(x.data) * (
                 int(np.abs(kw).reshape(kw.shape[0], -1).sum(1).max()) if kw.size else 0
             )
             xi = x.data.astype(np.int64 if bound < INT64_SAFE else object)
-            acc = self.reference_map(xi, kw.astype(xi.dtype))
             if "bias_int" in self._buffers:
                 bias = self.bias_int.cpu().numpy().astype(object)
             elif self.bias is not None:
@@ -410,19 +573,35 @@ class QuantAffine(Operation, nn.Module):
                 bias = float_codes(self.bias.detach().cpu().numpy(), scale, fmt, axis=0).astype(object)
             else:
                 bias = np.zeros(len(scale), dtype=object)
-            n = acc.astype(object) + self._channel_column(list(bias), acc.ndim)
+            # value = (sum_g A_g (s_w[g] s_x L) + B (s_b s_x L)) / L over a common denominator L per channel
+            rates = [[row[g] * sx for row in sg] for g in range(len(sg[0]))]
+            common = [
+                math.lcm(scale[c].denominator, *(r[c].denominator for r in rates)) for c in range(len(sg))
+            ]
+            n = None
+            for part, rate in zip(self._reference_parts(kw, len(rates)), rates, strict=True):
+                acc = self.reference_map(xi, part.astype(xi.dtype)).astype(object)
+                term = acc * self._channel_column(
+                    [int(r * L) for r, L in zip(rate, common, strict=True)], acc.ndim
+                )
+                n = term if n is None else n + term
+            b_ints = [int(b) * int(s * L) for b, s, L in zip(bias, scale, common, strict=True)]
+            n = n + self._channel_column(b_ints, n.ndim)
             if self.out_quant is None:
-                return RTensor(n * self._channel_column(scale, n.ndim))
+                return RTensor(n * self._channel_column([Fraction(1, L) for L in common], n.ndim))
             grid = self.out_quant.grid()
-            mult = [s / grid.step for s in scale]
+            mult = [Fraction(1, L) / grid.step for L in common]
             return RTensor(round_scaled(n, mult, grid, self.channel_axis, self.qname), grid)
         if "bias_int" in self._buffers:
-            raise QuantizationError(
+            raise ConfigError(
                 f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
             )
         if self.quantized:
-            kw, sw = self.reference_weights()
-            w = kw.astype(object) * self._channel_column(sw, kw.ndim).reshape([-1] + [1] * (kw.ndim - 1))
+            kw, sg = self.reference_weights()
+            steps = np.empty((kw.shape[0], len(sg[0])), dtype=object)
+            steps[:] = sg
+            per = kw[0].size // len(sg[0])  # each step repeated over its group's elements
+            w = kw.astype(object) * np.repeat(steps, per, axis=1).reshape(kw.shape)
         else:
             w = fractions(self.weight.detach().cpu().numpy())
         value = self.reference_map(x.exact(), w)
@@ -442,10 +621,10 @@ class QuantAffine(Operation, nn.Module):
         x = cb.consume(args[0], self.qname)
         n = int(np.prod(x.shape))
         if self.quantized:
-            values, row_scale = self.weight_codes(), self.weight_steps()
+            values, row_scale = self._integer_rows()
             inq = io.in_quants[0] if io.in_quants else None
             if inq is not None and (self.bias is not None or "bias_int" in self._buffers):
-                scale = [s * inq.steps()[0] for s in row_scale]
+                scale = [s * inq.steps()[0] for s in self.row_steps()]
                 bias = [int(k) * s for k, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
             elif "bias_int" in self._buffers:
                 raise Unsupported(f"{self.qname}: the frozen integer bias needs its input grid")
@@ -481,6 +660,30 @@ class QuantAffine(Operation, nn.Module):
         return cb.dense(
             matrix, [row_scale[c] for c in channels], [bias[c] for c in channels], out_grid, out_shape
         )
+
+    def _integer_rows(self) -> tuple[torch.Tensor, list[Fraction]]:
+        """Weights as whole numbers times one exact scale per row (float64 tensor, scales): the
+        codes and the per-channel steps, or with ``group_size`` the codes times
+        ``s_w[o, g] / r_o`` for the row's greatest common divisor ``r_o`` of its group steps
+        (an exact integer multiple of it), so each row is integers times one scale."""
+        kw = self.weight_codes()
+        if self.group_size is None:
+            return kw, self.weight_steps()
+        factors, scales = [], []
+        for row in self.weight_step_groups():
+            common = math.lcm(*(s.denominator for s in row))
+            ints = [int(s * common) for s in row]
+            unit = math.gcd(*ints)
+            factors.append([v // unit for v in ints])
+            scales.append(Fraction(unit, common))
+        flat = torch.tensor([float(f) for row in factors for f in row], dtype=torch.float64)
+        values = kw * expand_groups(flat, kw.shape)
+        if values.numel() and float(values.abs().max()) >= 2.0**53:
+            raise Unsupported(
+                f"{self.qname}: per-group steps (group_size={self.group_size}) differ so much within a row "
+                "that the weights as integer multiples of one row scale exceed 2^53; use power-of-two steps"
+            )
+        return values, scales
 
     # ------------------------------------------------------------ ONNX
     def onnx_channel_shape(self, ndim: int) -> list[int]:
@@ -525,6 +728,10 @@ class QuantAffine(Operation, nn.Module):
             raise Unsupported(f"{self.qname}: the integer form needs quantized weights (QConfig.weight)")
         if self.out_quant is None:
             raise Unsupported(f"{self.qname}: the integer form needs an output format (QConfig.activation)")
+        out = self.out_quant.grid()
+        ch = self.onnx_channel_shape(len(x.example_shape))
+        if self.group_size is not None:
+            return em.value(io, self._onnx_groups(em, x, out, ch), out)
         kw = self.weight_codes().cpu().numpy()
         scale = [s * x.grid.step for s in self.weight_steps()]
         bias = self.bias_codes(scale)
@@ -532,12 +739,33 @@ class QuantAffine(Operation, nn.Module):
         b_max = int(bias.abs().max()) if bias is not None else 0
         t_max = l1 * x.grid.max_abs_code + b_max
         acc = self.onnx_accumulate(em, x, kw, t_max)
-        ch = self.onnx_channel_shape(len(x.example_shape))
         if bias is not None:
             acc = em.g.op("Add", [acc, em.g.const(bias.cpu().numpy().reshape(ch))])
-        out = self.out_quant.grid()
         codes = em.requantize([(acc, [s / out.step for s in scale], t_max)], out, self.qname, ch)
         return em.value(io, codes, out)
+
+    def _onnx_groups(self, em: Any, x: Any, out: Grid, ch: list[int]) -> str:
+        """The integer form with per-group steps: one exact integer product per group (the weight
+        codes zero outside the group, ``MatMulInteger``/``ConvInteger`` where they fit 8 bits), and
+        one requantization of ``sum_g A_g s_w[g] s_x / s_out + B s_b s_x / s_out`` (exact in float64,
+        rounded once)."""
+        sx = x.grid.step
+        groups = self.weight_step_groups()
+        scale = [s * sx for s in self.row_steps()]
+        bias = self.bias_codes(scale)
+        terms = []
+        # full-size products of zero-masked codes (no Slice: the graph stays in the operator set that
+        # torchqv.verify.from_onnx reads back)
+        for g, part in enumerate(self.group_parts(self.weight_codes())):
+            kw = part.cpu().numpy()
+            l1 = int(np.abs(kw).reshape(kw.shape[0], -1).sum(1).max()) if kw.size else 0
+            t_max = l1 * x.grid.max_abs_code
+            acc = self.onnx_accumulate(em, x, kw, t_max)
+            terms.append((acc, [row[g] * sx / out.step for row in groups], t_max))
+        if bias is not None:
+            b = em.g.const(bias.cpu().numpy().astype(np.float64).reshape(ch))
+            terms.append((b, [s / out.step for s in scale], int(bias.abs().max())))
+        return em.requantize(terms, out, self.qname, ch)
 
     def onnx_qdq(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         g, x = em.g, args[0]
@@ -547,19 +775,32 @@ class QuantAffine(Operation, nn.Module):
             kw = self.weight_codes().cpu().numpy()
             if np.abs(kw).max() > 127:
                 raise Unsupported(f"{self.qname}: the QDQ form stores 8-bit weights")
-            steps = np.array([fraction_to_float(f) for f in self.weight_steps()], dtype=f32)
-            zeros = g.const(np.zeros(len(steps)), dtype=np.int8)
-            w = g.op(
-                "DequantizeLinear",
-                [g.const(kw, dtype=np.int8), g.const(steps, dtype=f32), zeros],
-                "w",
-                axis=0,
-            )
+            if self.group_size is not None:  # opset 17 has no blocked DequantizeLinear: codes times steps
+                codes = g.op(
+                    "DequantizeLinear",
+                    [
+                        g.const(kw, dtype=np.int8),
+                        g.const(np.float32(1.0), dtype=f32),
+                        g.const(np.int8(0), dtype=np.int8),
+                    ],
+                    "w",
+                )
+                steps_w = self.weight_step_tensor().numpy().astype(f32)
+                w = g.op("Mul", [codes, g.const(steps_w, dtype=f32)])
+            else:
+                steps = np.array([fraction_to_float(f) for f in self.weight_steps()], dtype=f32)
+                zeros = g.const(np.zeros(len(steps)), dtype=np.int8)
+                w = g.op(
+                    "DequantizeLinear",
+                    [g.const(kw, dtype=np.int8), g.const(steps, dtype=f32), zeros],
+                    "w",
+                    axis=0,
+                )
         else:
             w = g.const(self.weight.detach().cpu().numpy(), dtype=f32)
         y = self.onnx_float_map(em, x.name, w, len(x.example_shape))
         if x.grid is not None and self.quantized:
-            scale = [s * x.grid.step for s in self.weight_steps()]
+            scale = [s * x.grid.step for s in self.row_steps()]
             codes = self.bias_codes(scale)
             bias = (
                 None if codes is None else codes.cpu().double().numpy() * np.array([float(f) for f in scale])
@@ -583,6 +824,7 @@ class QuantLinear(QuantAffine):
     """``nn.Linear`` (on inputs of any rank: the last dimension is the feature dimension)."""
 
     channel_axis = -1
+    slices_groups = True
 
     def __init__(self, mod: nn.Linear, cfg: Any, name: str = ""):
         super().__init__(mod.weight, mod.bias, cfg, name)
@@ -761,7 +1003,10 @@ class QuantBatchNorm(QuantAffine):
     """A BatchNorm that follows no foldable layer (e.g. after a ReLU, DenseNet's order): with its
     running statistics it is the per-channel affine map ``y = a_c x + c_c``,
     ``a = gamma / sqrt(var + eps)``, ``c = beta - mean a`` (computed in float64, then taken at
-    their exact values); ``a`` is quantized per channel like a weight."""
+    their exact values); ``a`` is quantized per channel like a weight (a weight format's
+    ``group_size`` does not apply: each output reads one weight)."""
+
+    has_reduction = False
 
     def __init__(self, mod: nn.modules.batchnorm._BatchNorm, cfg: Any, name: str = ""):
         if mod.running_mean is None or mod.running_var is None:

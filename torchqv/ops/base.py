@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..formats import QuantizationError
+from ..errors import UnsupportedModelError
 
 
-class Unsupported(QuantizationError):
+class Unsupported(UnsupportedModelError):
     """An operation (or one of its variants) that torchqv cannot execute exactly."""
 
 

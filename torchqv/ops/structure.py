@@ -19,8 +19,8 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
+from ..errors import DataError
 from ..fake_quant import FakeQuantize
-from ..formats import QuantizationError
 from ..grid import QTensor, as_codes
 from ..rational import RTensor, fractions, round_fractions
 from .base import PY, Call, Const, Kind, NodeIO, OnGrid, Operation, Real
@@ -32,14 +32,14 @@ SHAPE_ATTRIBUTES = ("shape", "ndim", "dtype", "device")
 def check_input(x: Any, where: str) -> torch.Tensor:
     """A floating-point, finite network input (clear errors otherwise)."""
     if not isinstance(x, torch.Tensor):
-        raise QuantizationError(f"{where}: expected a tensor input, got {type(x).__name__}")
+        raise DataError(f"{where}: expected a tensor input, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise QuantizationError(
+        raise DataError(
             f"{where}: the input has dtype {x.dtype}; quantized models take floating-point inputs "
             "(convert with x.float(), and scale integer pixels as the float model expects)"
         )
     if not bool(torch.isfinite(x).all()):
-        raise QuantizationError(f"{where}: the input contains NaN or inf")
+        raise DataError(f"{where}: the input contains NaN or inf")
     return x
 
 

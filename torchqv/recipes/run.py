@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..errors import VerificationInputError
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
 from ..graph import QuantizedModel
 from ..jobconfig import plain
@@ -288,7 +289,7 @@ def _measure(
     return row
 
 
-class NoInputGrid(QuantizationError):
+class NoInputGrid(VerificationInputError):
     """``verify.delta="<k> steps"`` for a network without an input grid."""
 
 

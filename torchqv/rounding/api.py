@@ -23,7 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic
-from ..formats import QuantizationError, fraction_to_float
+from ..errors import RoundingError
+from ..formats import fraction_to_float
 from ..graph import QNode, QuantizedModel, float_mode
 from ..grid import QTensor
 from ..ops.affine import QuantAffine
@@ -116,7 +117,7 @@ def _inputs(qm: QuantizedModel, node: QNode, x: torch.Tensor) -> torch.Tensor:
     except _Stop:
         pass
     if not got:
-        raise QuantizationError(f"{node.name}: the calibration batches did not reach this layer")
+        raise RoundingError(f"{node.name}: the calibration batches did not reach this layer")
     xin = got[0]
     xin = xin.values() if isinstance(xin, QTensor) else xin
     return xin.detach().to(torch.float64)
@@ -132,7 +133,7 @@ def _nearest(problem: LayerQUBO, codes: torch.Tensor, bias: torch.Tensor | None,
     delta = problem.delta
     z = torch.where(delta != 0, (codes - problem.lower) / torch.where(delta != 0, delta, 1), 0)
     if not bool(((z == 0) | (z == 1)).all()):
-        raise QuantizationError(f"{where}: nearest rounding is not one of the two QUBO levels")
+        raise RoundingError(f"{where}: nearest rounding is not one of the two QUBO levels")
     return z
 
 
@@ -140,16 +141,16 @@ def _apply(
     m: QuantAffine, kw: torch.Tensor, kb: torch.Tensor | None, bias_step: list[Fraction] | None
 ) -> None:
     """Write the chosen codes back as exact grid values and check that they re-quantize to them."""
-    steps = torch.tensor([fraction_to_float(f) for f in m.weight_steps()], dtype=torch.float64)
+    steps = m.weight_step_tensor().reshape(kw.shape)  # each weight's own step (per channel or group)
     with torch.no_grad():
-        m.weight.copy_((kw * steps.unsqueeze(1)).reshape(m.weight.shape).to(m.weight.dtype))
+        m.weight.copy_((kw * steps).reshape(m.weight.shape).to(m.weight.dtype))
         if kb is not None:
             sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)  # type: ignore[union-attr]
             m.bias.copy_((kb * sb).to(m.bias.dtype))
     if not torch.equal(m.weight_codes().reshape(kw.shape), kw):
-        raise QuantizationError(f"{m.qname}: rounded weights do not re-quantize to the chosen codes")
+        raise RoundingError(f"{m.qname}: rounded weights do not re-quantize to the chosen codes")
     if kb is not None and not torch.equal(m.bias_codes(bias_step), kb):  # type: ignore[arg-type]
-        raise QuantizationError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
+        raise RoundingError(f"{m.qname}: rounded bias does not re-quantize to the chosen codes")
 
 
 def round_weights(
@@ -186,14 +187,14 @@ def round_weights(
     cfg = RoundingConfig.coerce(config, "round_weights", **options)
     batches = [x for x in batch_inputs(calibration_data)]
     if not batches:
-        raise QuantizationError("round_weights needs calibration data")
+        raise RoundingError("round_weights needs calibration data")
     if not isinstance(qmodel, QuantizedModel):
-        raise QuantizationError(
+        raise RoundingError(
             f"round_weights expects a model returned by torchqv.quantize, got {type(qmodel).__name__}"
         )
     layers = _layers(qmodel)
     if not layers:
-        raise QuantizationError("round_weights found no quantized layer (QConfig.weight) to round")
+        raise RoundingError("round_weights found no quantized layer (QConfig.weight) to round")
     deadline = time.perf_counter() + cfg.time_limit if cfg.time_limit is not None else None
     solver = cfg.effective_solver
     settings = _Solve(cfg, solver, cfg.bound and solver is not Solver.NEAREST, deadline)
@@ -252,7 +253,7 @@ def _round_layers(
             xq = [_inputs(qmodel, node, x) for x in batches]
         xt = xq if target is Target.QUANTIZED else float_inputs[node.name]
         inq = qmodel.io(node).in_quants[0]
-        bias_step = [s * inq.steps()[0] for s in m.weight_steps()] if m.bias is not None and inq else None
+        bias_step = [s * inq.steps()[0] for s in m.row_steps()] if m.bias is not None and inq else None
         kw = m.weight_codes().reshape(m.weight.shape[0], -1)
         kb = m.bias_codes(bias_step) if bias_step is not None else None
         stats = group_stats([m.patches(x) for x in xq], [m.patches(x) for x in xt], m.groups_)

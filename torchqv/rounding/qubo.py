@@ -31,7 +31,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from ..formats import QuantizationError, fraction_to_float
+from ..errors import RoundingError
+from ..formats import fraction_to_float
 from ..ops.affine import QuantAffine
 
 
@@ -173,14 +174,13 @@ def build_layer_qubo(
     """
     wq = m.weight_quant
     if wq is None or m.frozen:
-        raise QuantizationError(f"{m.qname}: QUBO rounding needs quantized, unfrozen weights")
+        raise RoundingError(f"{m.qname}: QUBO rounding needs quantized, unfrozen weights")
     rows = rows if rows is not None else slice(0, m.weight.shape[0])
     fmt = wq.fmt
     w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)[rows]  # C x d
-    steps = m.weight_steps()[rows]
+    s = m.weight_step_tensor().reshape(m.weight.shape[0], -1)[rows]  # each weight's own step (C x d)
     bias = m.bias.detach()[rows] if m.bias is not None else None
     bias_step = bias_step[rows] if bias_step is not None else None
-    s = torch.tensor([fraction_to_float(f) for f in steps], dtype=torch.float64).unsqueeze(1)
     kmin, kmax = wq.code_range()
     t = w / s
     if fmt.binary:
@@ -219,7 +219,7 @@ def build_layer_qubo(
         1,
     ).T.contiguous()
     if not math.isfinite(float(stats.G.abs().max())):
-        raise QuantizationError(f"{m.qname}: calibration inputs contain NaN or inf")
+        raise RoundingError(f"{m.qname}: calibration inputs contain NaN or inf")
     return LayerQUBO(
         stats, theta_low, sigma, theta_f, lower_c, delta_c, bias is not None and bias_step is not None
     )

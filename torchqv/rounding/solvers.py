@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..formats import QuantizationError
+from ..errors import RoundingError
 from .qubo import LayerQUBO
 
 EXACT_MAX = 24
@@ -60,7 +60,7 @@ def exact_neuron(problem: LayerQUBO, c: int) -> np.ndarray:
     """Exhaustive minimisation of neuron ``c`` (at most ``EXACT_MAX`` free variables)."""
     free = problem.free(c)
     if len(free) > EXACT_MAX:
-        raise QuantizationError(
+        raise RoundingError(
             f"solver='exact': neuron {c} has {len(free)} free variables, more than EXACT_MAX = {EXACT_MAX} "
             "(exhaustive search); use solver='auto' or 'neal' for this layer"
         )

@@ -50,7 +50,8 @@ import torch
 from torch import nn
 
 from .. import activations as A
-from ..formats import QuantizationError, fraction_to_float
+from ..errors import TheoryInputError
+from ..formats import fraction_to_float
 from ..ops.affine import QuantLinear
 from ..quantize import QConfig, quantize
 from .universality import UNIVERSAL, q_format, representability, rounded_codes
@@ -131,7 +132,7 @@ def _module(activation: nn.Module | str) -> nn.Module:
         return activation
     if isinstance(activation, str) and activation.lower() in _MODULES:
         return _MODULES[activation.lower()]()
-    raise QuantizationError(f"activation must be a torch activation module or one of {sorted(_MODULES)}")
+    raise TheoryInputError(f"activation must be a torch activation module or one of {sorted(_MODULES)}")
 
 
 def _target(table: Target, p: int, s: int, d: int | None) -> tuple[list[tuple[Fraction, ...]], list[int]]:
@@ -141,7 +142,7 @@ def _target(table: Target, p: int, s: int, d: int | None) -> tuple[list[tuple[Fr
     def code(v: Any, where: str) -> int:
         t = Fraction(v) * s
         if t.denominator != 1 or abs(t) > kmax:
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"{where} = {v!r} is not in Q_{p},{s} (multiples of 1/{s} up to {kmax}/{s})"
             )
         return int(t)
@@ -150,15 +151,15 @@ def _target(table: Target, p: int, s: int, d: int | None) -> tuple[list[tuple[Fr
         keys = {tuple(code(x, "input coordinate") for x in k): v for k, v in table.items()}
         d = len(next(iter(keys))) if keys else d
         if not keys or d is None or any(len(k) != d for k in keys):
-            raise QuantizationError("table keys must be tuples of one length d (points of Q_{p,s}^d)")
+            raise TheoryInputError("table keys must be tuples of one length d (points of Q_{p,s}^d)")
         _check_inputs(p, s, d)
         points = all_inputs(p, s, d)
         missing = [x for x in points if tuple(int(c * s) for c in x) not in keys]
         if missing:
-            raise QuantizationError(f"table misses {len(missing)} of {len(points)} inputs, e.g. {missing[0]}")
+            raise TheoryInputError(f"table misses {len(missing)} of {len(points)} inputs, e.g. {missing[0]}")
         return points, [code(keys[tuple(int(c * s) for c in x)], f"f*{x}") for x in points]
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise QuantizationError(f"a callable f* needs the input dimension d, an int >= 1, got d={d!r}")
+        raise TheoryInputError(f"a callable f* needs the input dimension d, an int >= 1, got d={d!r}")
     _check_inputs(p, s, d)
     points = all_inputs(p, s, d)
     return points, [code(table(x), f"f*{x}") for x in points]
@@ -168,7 +169,7 @@ def _check_inputs(p: int, s: int, d: int) -> None:
     """Refuse, before enumerating them, more inputs than the construction can visit."""
     count = (2 ** (p + 1) - 1) ** d
     if count > MAX_INPUTS:
-        raise QuantizationError(
+        raise TheoryInputError(
             f"Q_{p},{s}^{d} has {count} inputs, more than MAX_INPUTS = {MAX_INPUTS}: the construction visits "
             "every input (and has one indicator per input where f* differs from its most frequent value); "
             "use a smaller p or d"
@@ -202,13 +203,13 @@ def build_representing_network(
     module = _module(activation)
     act = A.from_module(module)
     if act is None:
-        raise QuantizationError(f"{type(module).__name__} is not a supported activation module")
+        raise TheoryInputError(f"{type(module).__name__} is not a supported activation module")
     res = representability(act, p, s)
     if res.verdict != UNIVERSAL:
-        raise QuantizationError(f"{act.name} under Q_{p},{s} is {res.verdict}: {res.reason}")
+        raise TheoryInputError(f"{act.name} under Q_{p},{s} is {res.verdict}: {res.reason}")
     cond = res.condition1
     if cond is None or (cond.alpha, cond.beta) != (1, 1):  # never met by a torch module (docstring)
-        raise QuantizationError(
+        raise TheoryInputError(
             f"Condition 1 holds only with ({cond}); the construction needs alpha = beta = 1"
         )
     points, values = _target(table, p, s, d)
@@ -265,7 +266,7 @@ def _check_size(widths: list[int]) -> None:
     """Refuse, before any row is built, a network whose dense layers would be too large."""
     dense = sum(a * c for a, c in itertools.pairwise(widths))
     if dense > MAX_DENSE_PARAMETERS:
-        raise QuantizationError(
+        raise TheoryInputError(
             f"the network for this f* has layer widths {widths}: {dense} dense weights, more than "
             f"MAX_DENSE_PARAMETERS = {MAX_DENSE_PARAMETERS}; use a smaller p, s or d, or an f* that differs "
             "from its most frequent value at fewer inputs (one indicator per such input)"

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..formats import QuantizationError
+from ..errors import TheoryInputError
 
 Arc = tuple[str, str]
 DataPoint = tuple[tuple[int, ...], tuple[int, ...]]
@@ -48,9 +48,7 @@ DataPoint = tuple[tuple[int, ...], tuple[int, ...]]
 def check_d(d: Any) -> int:
     """The domain size d: an integer >= 1 (Ganian et al., sec. 2)."""
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise QuantizationError(
-            f"d must be an integer >= 1 (Z_2 = {{0,1}}, Z_3 = {{-1,0,1}}, ...), got {d!r}"
-        )
+        raise TheoryInputError(f"d must be an integer >= 1 (Z_2 = {{0,1}}, Z_3 = {{-1,0,1}}, ...), got {d!r}")
     return d
 
 
@@ -84,41 +82,41 @@ class Architecture:
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "arcs", arcs)
         if len(layers) < 2:
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"an architecture needs at least 2 layers (inputs, outputs), got {len(layers)}"
             )
         layer_of: dict[str, int] = {}
         for i, layer in enumerate(layers):
             if not layer:
-                raise QuantizationError(f"layer {i} is empty; drop it or give it neurons")
+                raise TheoryInputError(f"layer {i} is empty; drop it or give it neurons")
             for v in layer:
                 if not isinstance(v, str):
-                    raise QuantizationError(f"node names must be strings, got {v!r} in layer {i}")
+                    raise TheoryInputError(f"node names must be strings, got {v!r} in layer {i}")
                 if v in layer_of:
-                    raise QuantizationError(f"node {v!r} appears twice (layers {layer_of[v]} and {i})")
+                    raise TheoryInputError(f"node {v!r} appears twice (layers {layer_of[v]} and {i})")
                 layer_of[v] = i
         preds: dict[str, list[tuple[str, int]]] = {v: [] for v in layer_of}
         has_succ: set[str] = set()
         for k, arc in enumerate(arcs):
             if len(arc) != 2 or arc[0] not in layer_of or arc[1] not in layer_of:
-                raise QuantizationError(f"arc {arc!r} must be a (tail, head) pair of known nodes")
+                raise TheoryInputError(f"arc {arc!r} must be a (tail, head) pair of known nodes")
             u, v = arc
             if layer_of[v] != layer_of[u] + 1:
-                raise QuantizationError(
+                raise TheoryInputError(
                     f"arc {arc!r} goes from layer {layer_of[u]} to layer {layer_of[v]}; "
                     "arcs may only go from layer i to layer i + 1 (paper 002, sec. 2)"
                 )
             if any(p == u for p, _ in preds[v]):
-                raise QuantizationError(f"arc {arc!r} is given twice")
+                raise TheoryInputError(f"arc {arc!r} is given twice")
             preds[v].append((u, k))
             has_succ.add(u)
         for v, i in layer_of.items():
             if i > 0 and not preds[v]:
-                raise QuantizationError(
+                raise TheoryInputError(
                     f"node {v!r} in layer {i} has no incoming arc: every source must be an input in layer 0"
                 )
             if i < len(layers) - 1 and v not in has_succ:
-                raise QuantizationError(
+                raise TheoryInputError(
                     f"node {v!r} in layer {i} has no outgoing arc: it would be a sink (an output) "
                     "outside the last layer, but all sinks lie in one layer (paper 002, sec. 2)"
                 )
@@ -134,7 +132,7 @@ class Architecture:
         """Complete bipartite arcs between consecutive layers; nodes ``x{j}``, ``h{l}_{j}``, ``y{j}``."""
         widths = list(widths)
         if len(widths) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"widths must be >= 2 positive integers (input, ..., output), got {widths!r}"
             )
         names = [[f"x{j}" for j in range(widths[0])]]
@@ -199,7 +197,7 @@ def _as_int(v: Any, what: str) -> int:
     try:
         return operator.index(v)
     except TypeError:
-        raise QuantizationError(f"{what} must be an integer, got {v!r}") from None
+        raise TheoryInputError(f"{what} must be an integer, got {v!r}") from None
 
 
 def check_data(arch: Architecture, data: Iterable[Any], d: int) -> tuple[DataPoint, ...]:
@@ -212,11 +210,11 @@ def check_data(arch: Architecture, data: Iterable[Any], d: int) -> tuple[DataPoi
             x, y = point
             x, y = tuple(x), tuple(y)
         except (TypeError, ValueError):
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"data point {i} must be a pair (x, y) of integer sequences, got {point!r}"
             ) from None
         if len(x) != alpha or len(y) != omega:
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"data point {i} has {len(x)} inputs and {len(y)} outputs; the architecture has "
                 f"{alpha} input and {omega} output neurons"
             )
@@ -225,7 +223,7 @@ def check_data(arch: Architecture, data: Iterable[Any], d: int) -> tuple[DataPoi
         for kind, vec in (("input", x), ("output", y)):
             for j, v in enumerate(vec):
                 if v not in dom:
-                    raise QuantizationError(
+                    raise TheoryInputError(
                         f"data point {i} {kind} {j} is {v}, outside Z_{d} = [{dom[0]}, {dom[-1]}]"
                     )
         out.append((x, y))
@@ -260,7 +258,7 @@ class Network:
         arch, dom = self.architecture, z_domain(self.d)
         if set(self.weights) != set(arch.arcs):
             missing, unknown = set(arch.arcs) - set(self.weights), set(self.weights) - set(arch.arcs)
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"weights need exactly the arcs as keys; missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
         if set(self.biases) != set(arch.non_sources):
@@ -268,14 +266,14 @@ class Network:
                 set(arch.non_sources) - set(self.biases),
                 set(self.biases) - set(arch.non_sources),
             )
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"biases need exactly the non-source nodes as keys; missing {sorted(missing)}, "
                 f"unknown {sorted(unknown)}"
             )
         for what, table in (("weight", self.weights), ("bias", self.biases)):
             for key, v in table.items():
                 if _as_int(v, f"{what} {key!r}") not in dom:
-                    raise QuantizationError(
+                    raise TheoryInputError(
                         f"{what} {key!r} is {v}, outside Z_{self.d} = [{dom[0]}, {dom[-1]}]"
                     )
         object.__setattr__(self, "weights", {a: int(self.weights[a]) for a in arch.arcs})
@@ -340,11 +338,11 @@ def check_problem(
     points = check_data(architecture, data, d)
     if max_error is None:
         if not minimize:
-            raise QuantizationError("max_error is required unless minimize=True")
+            raise TheoryInputError("max_error is required unless minimize=True")
         return points, len(points)
     cap = _as_int(max_error, "max_error")
     if cap < 0:
-        raise QuantizationError(f"max_error must be >= 0 (an error is a count of data points), got {cap}")
+        raise TheoryInputError(f"max_error must be >= 0 (an error is a count of data points), got {cap}")
     return points, cap
 
 
@@ -365,7 +363,7 @@ def brute_force(
     n_w, n_b = len(architecture.arcs), len(architecture.non_sources)
     space = d ** (n_w + n_b)
     if space > max_assignments:
-        raise QuantizationError(
+        raise TheoryInputError(
             f"brute force would enumerate {d}^{n_w + n_b} = {space} assignments (> max_assignments="
             f"{max_assignments}); use train_exact or raise max_assignments"
         )

@@ -32,7 +32,7 @@ from typing import Any
 
 import z3
 
-from ..formats import QuantizationError
+from ..errors import TheoryInputError
 from ..z3_deadline import Z3Deadline
 from .qnnt import Architecture, Network, Status, TrainResult, check_problem, conflict_bound, z_domain
 
@@ -253,9 +253,9 @@ def train_exact(
     """
     points, cap = check_problem(architecture, data, d, max_error, minimize)
     if encoding not in ENCODINGS:
-        raise QuantizationError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        raise TheoryInputError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise QuantizationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise TheoryInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
     t0 = time.perf_counter()
     floor = conflict_bound(points, d)
     stats: dict[str, Any] = {"encoding": encoding, "parameters": architecture.n_parameters()}

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..formats import QuantizationError
+from ..errors import TheoryInputError
 from .qnnt import Architecture, Network, QNNTInstance
 
 T = TypeVar("T")
@@ -37,10 +37,10 @@ T = TypeVar("T")
 
 def _check_family(universe: tuple[int, ...], family: tuple[frozenset[int], ...]) -> None:
     if len(set(universe)) != len(universe):
-        raise QuantizationError(f"universe has repeated elements: {universe}")
+        raise TheoryInputError(f"universe has repeated elements: {universe}")
     for i, s in enumerate(family):
         if not s <= set(universe):
-            raise QuantizationError(
+            raise TheoryInputError(
                 f"set {i} = {sorted(s)} has elements outside the universe: {sorted(s - set(universe))}"
             )
 
@@ -110,7 +110,7 @@ def _sample(draw: Callable[[], T], ok: Callable[[T], bool], what: str) -> T:
         inst = draw()
         if ok(inst):
             return inst
-    raise QuantizationError(f"no {what} in 10000 random draws; change the sizes")
+    raise TheoryInputError(f"no {what} in 10000 random draws; change the sizes")
 
 
 def random_exact_set_cover(
@@ -152,9 +152,9 @@ class HittingSet:
         object.__setattr__(self, "family", tuple(frozenset(s) for s in self.family))
         _check_family(self.universe, self.family)
         if not self.family:
-            raise QuantizationError("the family must be non-empty (each set is an output neuron)")
+            raise TheoryInputError("the family must be non-empty (each set is an output neuron)")
         if not 1 <= self.k <= len(self.universe):
-            raise QuantizationError(f"k must be in [1, |U|] = [1, {len(self.universe)}], got {self.k}")
+            raise TheoryInputError(f"k must be in [1, |U|] = [1, {len(self.universe)}], got {self.k}")
 
     def is_solution(self, chosen: Sequence[int]) -> bool:
         return (
@@ -191,7 +191,7 @@ def hitting_set_to_network(inst: HittingSet, chosen: Sequence[int]) -> Network:
     """The proof's network: input p_i is associated with the i-th chosen element (repeated to k
     if fewer), weight(p_i, F) = [s_i in F], all biases 0: each d_{s_i}^i and d* fit."""
     if not chosen:
-        raise QuantizationError("a hitting set of a non-empty family is non-empty")
+        raise TheoryInputError("a hitting set of a non-empty family is non-empty")
     s = [*chosen, *[chosen[0]] * (inst.k - len(chosen))]
     arch = hitting_set_to_qnnt(inst).architecture
     w = {(f"p{i + 1}", f"F{j + 1}"): int(s[i] in f) for i in range(inst.k) for j, f in enumerate(inst.family)}
@@ -240,14 +240,14 @@ class ThreeSat:
     def __post_init__(self) -> None:
         object.__setattr__(self, "clauses", tuple(tuple(c) for c in self.clauses))
         if self.n_vars < 1:
-            raise QuantizationError(f"n_vars must be >= 1, got {self.n_vars}")
+            raise TheoryInputError(f"n_vars must be >= 1, got {self.n_vars}")
         for j, c in enumerate(self.clauses):
             if (
                 len(c) != 3
                 or len({abs(lit) for lit in c}) != 3
                 or not all(1 <= abs(lit) <= self.n_vars for lit in c)
             ):
-                raise QuantizationError(
+                raise TheoryInputError(
                     f"clause {j} = {c} must have 3 literals on distinct variables in 1..{self.n_vars}"
                 )
 
@@ -314,7 +314,7 @@ def random_three_sat(rng: random.Random, n_vars: int, n_clauses: int, answer: bo
     """answer=True: random clauses satisfied by a hidden assignment (yes by construction); False:
     uniform random clauses until ``solve`` finds no model; None: uniform random clauses."""
     if n_vars < 3:
-        raise QuantizationError(f"3-SAT clauses need 3 distinct variables, got n_vars={n_vars}")
+        raise TheoryInputError(f"3-SAT clauses need 3 distinct variables, got n_vars={n_vars}")
 
     def draw() -> ThreeSat:
         hidden, clauses = [rng.random() < 0.5 for _ in range(n_vars)], []

@@ -72,8 +72,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import activations as A
+from ..errors import TheoryInputError
 from ..fake_quant import DIV_ERR
-from ..formats import FixedPoint, QuantizationError, is_dyadic, round_certified
+from ..formats import FixedPoint, is_dyadic, round_certified
 from ..ops.activation import U64
 
 UNIVERSAL, NOT_UNIVERSAL, UNDETERMINED = "UNIVERSAL", "NOT_UNIVERSAL", "UNDETERMINED"
@@ -84,9 +85,9 @@ def q_format(p: int, s: int) -> FixedPoint:
     """``Q_{p,s}`` as a torchqv format (Park et al., Eq. 4): ``FixedPoint(bits=p+1, step=1/s)``."""
     for name, v in (("p", p), ("s", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise QuantizationError(f"{name} must be a positive int, got {v!r}")
+            raise TheoryInputError(f"{name} must be a positive int, got {v!r}")
     if p > MAX_P:
-        raise QuantizationError(f"p={p} needs 2^(p+1) evaluations of sigma; use p <= {MAX_P}")
+        raise TheoryInputError(f"p={p} needs 2^(p+1) evaluations of sigma; use p <= {MAX_P}")
     return FixedPoint(bits=p + 1, step=Fraction(1, s))
 
 
@@ -134,7 +135,7 @@ def paper_activation(name: str, s: int) -> A.Activation:
     if key == "5s*hardtanh":
         return scaled_hardtanh(5 * s)
     if key not in _BUILDERS:
-        raise QuantizationError(f"unknown activation {name!r}; known: {', '.join(PAPER_ACTIVATIONS)}")
+        raise TheoryInputError(f"unknown activation {name!r}; known: {', '.join(PAPER_ACTIVATIONS)}")
     return _BUILDERS[key]()
 
 
@@ -147,9 +148,9 @@ def as_activation(activation: A.Activation | nn.Module | str, s: int) -> A.Activ
     if isinstance(activation, nn.Module):
         act = A.from_module(activation)
         if act is None:
-            raise QuantizationError(f"{type(activation).__name__} is not a supported activation module")
+            raise TheoryInputError(f"{type(activation).__name__} is not a supported activation module")
         return act
-    raise QuantizationError(f"activation must be an Activation, nn.Module or name, got {activation!r}")
+    raise TheoryInputError(f"activation must be an Activation, nn.Module or name, got {activation!r}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -209,7 +210,7 @@ def rounding_cell(j: int, p: int, s: int) -> tuple[int | None, int | None]:
     unbounded, the saturated ends ``j = +-(2^p - 1)``)."""
     kmax, a = 2**p - 1, abs(j)
     if a > kmax:
-        raise QuantizationError(f"code {j} is outside Q_{p},{s}")
+        raise TheoryInputError(f"code {j} is outside Q_{p},{s}")
     if a == 0:
         h = (s + 1) // 2 - 1
         return -h, h
@@ -318,7 +319,7 @@ class RoundedLattice:
 def _beta(b: Fraction | int, s: int) -> int:
     t = Fraction(b) * s
     if t.denominator != 1:
-        raise QuantizationError(f"{b} is not in Q_inf,{s} = (1/{s})Z")
+        raise TheoryInputError(f"{b} is not in Q_inf,{s} = (1/{s})Z")
     return int(t)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import activations as A
+from ..errors import UnsupportedModelError, VerificationInputError
 from ..formats import QuantizationError
 from ..graph import QuantizedModel
 from ..grid import Grid
@@ -61,7 +62,7 @@ class ChainBuilder:
     def consume(self, v: Any, where: str) -> ChainVal:
         """The value an operation reads: it must be the latest one (the network is a chain)."""
         if not isinstance(v, ChainVal) or v.position != len(self.layers):
-            raise QuantizationError(
+            raise UnsupportedModelError(
                 f"{where}: the verifier handles chains of operations (each reads the previous one's "
                 "output); residual adds and other joins are not supported yet"
             )
@@ -75,7 +76,7 @@ class ChainBuilder:
     @staticmethod
     def check_size(inputs: int, outputs: int, where: str) -> None:
         if inputs * outputs > MAX_DENSE:
-            raise QuantizationError(
+            raise UnsupportedModelError(
                 f"{where}: its dense expansion has {outputs} x {inputs} entries, more than the verifier's "
                 f"limit {MAX_DENSE}; verify a network with smaller inputs or fewer channels"
             )
@@ -94,7 +95,7 @@ class ChainBuilder:
             layer = Affine.from_ints(matrix, list(row_scale), list(bias))
         else:  # float weights at their exact binary values
             if any(s != 1 for s in row_scale):
-                raise QuantizationError("a layer of float weights takes no row scales")
+                raise VerificationInputError("a layer of float weights takes no row scales")
             layer = Affine.from_floats(matrix, list(bias))
         layer.out = self.rounding(out)
         self.layers.append(layer)
@@ -104,7 +105,7 @@ class ChainBuilder:
         try:
             supported_activation(act)
         except QuantizationError as exc:
-            raise QuantizationError(f"{where}: {exc}") from None
+            raise UnsupportedModelError(f"{where}: {exc}") from None
         self.layers.append(Act(act, self.rounding(out)))
         return ChainVal(v.shape, len(self.layers))
 
@@ -150,4 +151,4 @@ def as_graph(model: nn.Module, what: str) -> QuantizedModel:
     try:
         return quantize(model, QConfig())
     except QuantizationError as exc:
-        raise QuantizationError(f"the verifier cannot read {what}: {exc}") from exc
+        raise UnsupportedModelError(f"the verifier cannot read {what}: {exc}") from exc

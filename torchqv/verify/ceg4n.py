@@ -59,7 +59,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, QuantizationError, VerificationInputError
+from ..errors import ConfigError, VerificationInputError
 from ..formats import MAX_BITS, FixedPoint
 from ..graph import QuantizedModel, quantized_models
 from ..grid import QTensor
@@ -200,7 +200,7 @@ def _layers(f: nn.Module) -> _Layers:
         elif isinstance(op, QuantAct) and out.names:
             out.acts[node.name] = len(out.names) - 1
     if not out.names:
-        raise QuantizationError("search_bits needs a network with at least one nn.Linear layer")
+        raise VerificationInputError("search_bits needs a network with at least one nn.Linear layer")
     return out
 
 
@@ -239,7 +239,7 @@ def quantize_bits(
     layers = _layers(f)
     bits = tuple(int(b) for b in bits)
     if len(bits) != len(layers.names):
-        raise QuantizationError(
+        raise VerificationInputError(
             f"{len(bits)} bit widths for the {len(layers.names)} Linear layers {layers.names}"
         )
     _check_mode(cfg, layers, calibration)
@@ -248,7 +248,7 @@ def quantize_bits(
 
 def _check_mode(cfg: BitSearchConfig, layers: _Layers, calibration: Any) -> None:
     if cfg.mode == "full" and calibration is None:
-        raise QuantizationError(
+        raise VerificationInputError(
             "mode='full' needs calibration data (typical inputs) for the activation steps"
         )
 
@@ -350,7 +350,7 @@ class _Lattice:
     def _cost(self, b: tuple[int, ...]) -> float:
         c = self.cost(b)
         if not isinstance(c, (int, float)) or not math.isfinite(c):
-            raise QuantizationError(f"the cost of {b} must be a finite number, got {c!r}")
+            raise VerificationInputError(f"the cost of {b} must be a finite number, got {c!r}")
         return float(c)
 
     def pop(self) -> tuple[float, tuple[int, ...]] | None:
@@ -362,7 +362,7 @@ class _Lattice:
             if b[i] < self.hi and nxt not in self.seen:
                 cn = self._cost(nxt)
                 if cn < c:
-                    raise QuantizationError(
+                    raise VerificationInputError(
                         f"the cost must not decrease when a layer gains a bit: cost{nxt}={cn} < cost{b}={c}"
                     )
                 self.seen.add(nxt)
@@ -391,14 +391,14 @@ def _check_inputs(f: nn.Module, points: torch.Tensor, spec: VerifyConfig, bits: 
         raise VerificationInputError("search_bits needs delta (the radius of the regions), got None")
     ok = isinstance(bits, (tuple, list)) and len(bits) == 2 and all(isinstance(b, int) for b in bits)
     if not ok or not 2 <= bits[0] <= bits[1] <= MAX_BITS:
-        raise QuantizationError(
+        raise VerificationInputError(
             f"bits must be a range (lo, hi) of ints with 2 <= lo <= hi <= {MAX_BITS}, got {bits!r} "
             "(2 is the narrowest signed grid with a non-zero level, thesis sec. 4.4.4)"
         )
     d = math.prod(points.shape[1:])
     first = next((op for _, op in quantize(f, QConfig()).operations() if isinstance(op, QuantLinear)), None)
     if first is not None and first.in_features != d:
-        raise QuantizationError(
+        raise VerificationInputError(
             f"points have {d} features per point (shape {tuple(points.shape)}) but f's first layer "
             f"takes {first.in_features}; pass points shaped (n, {first.in_features})"
         )
@@ -470,24 +470,18 @@ def search_bits(
     with optional_pool(spec.workers) as pool:  # one pool for the whole search
         while True:
             # bit search: the cheapest vector that agrees with f on every counterexample so far
-            while True:
+            found = _cheapest_passing(lattice, s, left, bar)
+            if found is None:
                 if left() <= 0:
                     return result(
                         SearchStatus.TO, f"time limit of {cfg.time_limit} s reached during the bit search"
                     )
-                item = lattice.pop()
-                if item is None and skipped:
+                if skipped:
                     return result(
                         SearchStatus.VF, f"no bit vector in {tuple(bits)} proved; undecided: {skipped}"
                     )
-                if item is None:
-                    return result(
-                        SearchStatus.QF, f"every bit vector in {tuple(bits)} fails on a counterexample"
-                    )
-                c, b = item
-                bar.update()
-                if s.passes(b):
-                    break
+                return result(SearchStatus.QF, f"every bit vector in {tuple(bits)} fails on a counterexample")
+            c, b = found
             if len(history) == cfg.max_iterations:
                 return result(SearchStatus.TO, f"iteration limit of {cfg.max_iterations} reached")
             fq = s.model(b)
@@ -508,6 +502,21 @@ def search_bits(
             if cfg.on_unknown == "vf":
                 return result(SearchStatus.VF, why)
             skipped.append(b)
+
+
+def _cheapest_passing(
+    lattice: _Lattice, s: _Search, left: Callable[[], float], bar: Any
+) -> tuple[float, tuple[int, ...]] | None:
+    """The next ``(cost, bits)`` of the lattice that passes the concrete check, or ``None`` when
+    the lattice runs out or the time is spent."""
+    while left() > 0:
+        item = lattice.pop()
+        if item is None:
+            return None
+        bar.update()
+        if s.passes(item[1]):
+            return item
+    return None
 
 
 class _Search:

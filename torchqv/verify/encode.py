@@ -9,7 +9,7 @@ whose input is on one side of a kink is linear; only the cone of influence of th
 encoded. Relations (Matos Júnior, "An automated method for neural network quantization refinement" (PhD
 thesis, UFAM, 2025), Definitions 2.4.1-2.4.3) are encoded as their negation, split into small disjuncts
 (``queries``), so ``unsat`` for each proves equivalence. The top-1 tie rule is the one of ``torch.argmax``:
-the first index of the maximum. """
+the first index of the maximum."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 from ..atomic import keeps_modes
-from ..errors import QuantizationError, VerificationInputError
+from ..errors import QuantizationError, UnsupportedModelError, VerificationInputError
 from ..formats import fraction_to_float, is_dyadic
 from ..graph import training_copy
 from ..reference import reference_forward
@@ -182,10 +182,10 @@ class _Problem:
         self.cf = float_chain(f, shape)
         self.cq = quant_chain(fq, shape)
         if self.cf.out_features != self.cq.out_features:
-            raise QuantizationError("f and f' have different output sizes")
+            raise VerificationInputError("f and f' have different output sizes")
         self.grid: Rounding | None = self.cq.inp
         if self.grid is not None and self.grid.fmt.binary:
-            raise QuantizationError(
+            raise UnsupportedModelError(
                 "the verifier does not support a binary input format (its grid {-s, +s} is not a "
                 "range of codes); give QConfig.input a FixedPoint with bits >= 2"
             )
@@ -206,7 +206,7 @@ class _Problem:
                     f = cand
                     break
             else:  # pragma: no cover - a cell narrower than three doubles
-                raise QuantizationError(f"input step {g.step}: no double rounds to code {k}")
+                raise VerificationInputError(f"input step {g.step}: no double rounds to code {k}")
             self._cells[k] = f
         return self._cells[k]
 
@@ -413,96 +413,27 @@ def _regions(
     grid: Rounding | None,
 ) -> tuple[tuple[int, ...], list[Box]]:
     """The regions, exactly (see the module docstring), and the shape of one input.  Raises
-    ``QuantizationError`` for bad arguments and for empty regions, naming them."""
+    ``VerificationInputError`` for bad arguments and for empty regions, naming them."""
     if (boxes is None) == (points is None):
-        raise QuantizationError("give either points and delta, or boxes=(lo, hi)")
+        raise VerificationInputError("give either points and delta, or boxes=(lo, hi)")
     if boxes is not None:
-        if not isinstance(boxes, (tuple, list)) or len(boxes) != 2:
-            raise QuantizationError("boxes must be a pair (lo, hi) of batches shaped like the input")
-        lo_t, hi_t = (torch.as_tensor(b) for b in boxes)
-        if lo_t.shape != hi_t.shape:
-            raise QuantizationError(
-                f"boxes: lo {tuple(lo_t.shape)} and hi {tuple(hi_t.shape)} differ in shape"
-            )
-        if lo_t.dim() < 2:
-            raise QuantizationError("boxes: lo and hi are batches (n, *input_shape)")
-        shape = tuple(lo_t.shape[1:])
-        lo = exact_values(lo_t, None, "boxes lo").reshape(len(lo_t), -1)
-        hi = exact_values(hi_t, None, "boxes hi").reshape(len(hi_t), -1)
-        bad = [i for i in range(len(lo)) if any(a > b for a, b in zip(lo[i], hi[i], strict=True))]
-        if bad:
-            raise QuantizationError(
-                f"boxes {_describe(bad)}: some lo > hi; give lo <= hi in every coordinate"
-            )
+        shape, lo, hi = _given_boxes(boxes)
         centres = None
     else:
-        if delta is None:
-            raise QuantizationError("delta must be a finite non-negative number, got None")
-        try:
-            d = exact_number(delta, "delta")
-        except QuantizationError:
-            raise QuantizationError(f"delta must be a finite non-negative number, got {delta}") from None
-        if d < 0:
-            raise QuantizationError(f"delta must be a finite non-negative number, got {delta}")
-        pts = torch.as_tensor(points)
-        if pts.dim() < 2:
-            raise QuantizationError("points must be a batch (n, *input_shape)")
-        shape = tuple(pts.shape[1:])
-        try:
-            centres = exact_values(pts, None, "points").reshape(len(pts), -1)
-        except QuantizationError:
-            raise QuantizationError("points or boxes contain NaN or inf") from None
-        lo = np.vectorize(lambda c: c - d, otypes=[object])(centres) if centres.size else centres
-        hi = np.vectorize(lambda c: c + d, otypes=[object])(centres) if centres.size else centres
-    n, dim = lo.shape if lo.ndim == 2 else (0, 0)
+        shape, centres, lo, hi = _balls(points, delta)
     if domain is not None:
-        if not isinstance(domain, (tuple, list)) or len(domain) != 2:
-            raise QuantizationError("domain must be a pair (lo, hi) of numbers or tensors")
-        d_lo = exact_values(domain[0], shape, "domain lo").reshape(-1)
-        d_hi = exact_values(domain[1], shape, "domain hi").reshape(-1)
-        wrong = [j for j in range(dim) if d_lo[j] > d_hi[j]]
-        if wrong:
-            raise QuantizationError(
-                f"domain=({domain[0]}, {domain[1]}) is empty: lo > hi at input coordinate(s) "
-                f"{_describe(wrong)}; give the domain as (lo, hi) with lo <= hi"
-            )
-        if centres is not None:
-            outside = [
-                i
-                for i in range(n)
-                if any(not a <= c <= b for a, c, b in zip(d_lo, centres[i], d_hi, strict=True))
-            ]
-            if outside:
-                i = outside[0]
-                j = next(j for j in range(dim) if not d_lo[j] <= centres[i][j] <= d_hi[j])
-                raise QuantizationError(
-                    f"points {_describe(outside)} lie outside domain=({domain[0]}, {domain[1]}) (point {i}, "
-                    f"coordinate {j} is {float(centres[i][j])!r}): their regions would be empty or cut; "
-                    "scale the points to the domain's range (e.g. pixels 0-255 to [0, 1]) or widen the domain"
-                )
-        lo = np.array([[max(a, b) for a, b in zip(row, d_lo, strict=True)] for row in lo], dtype=object)
-        hi = np.array([[min(a, b) for a, b in zip(row, d_hi, strict=True)] for row in hi], dtype=object)
-        disjoint = [i for i in range(n) if any(a > b for a, b in zip(lo[i], hi[i], strict=True))]
-        if disjoint:
-            raise QuantizationError(
-                f"boxes {_describe(disjoint)} are disjoint from domain=({domain[0]}, {domain[1]}): their "
-                "regions are empty; give boxes that meet the domain"
-            )
-    regions = []
+        lo, hi = _clip_to_domain(lo, hi, centres, domain, shape)
+    n = lo.shape[0] if lo.ndim == 2 else 0
     if grid is None:
         return shape, [Box(list(lo[i]), list(hi[i])) for i in range(n)]
     kmin, kmax = grid.code_range
-    empty = []
-    for i in range(n):
-        box = grid_box(list(lo[i]), list(hi[i]), grid.step, kmin, kmax)
-        if box is None:
-            empty.append(i)
-        regions.append(box)
+    regions = [grid_box(list(lo[i]), list(hi[i]), grid.step, kmin, kmax) for i in range(n)]
+    empty = [i for i, box in enumerate(regions) if box is None]
     if empty:
         i = empty[0]
         far = _grid_distance(grid, centres[i] if centres is not None else None)
         where = f"the ball of radius delta={delta} around point(s)" if centres is not None else "box(es)"
-        raise QuantizationError(
+        raise VerificationInputError(
             f"{where} {_describe(empty)} hold(s) no grid point of f''s input format (step {grid.step}, "
             f"values {kmin * grid.step} to {kmax * grid.step}){far}: such a region is empty; "
             + (
@@ -511,7 +442,92 @@ def _regions(
                 else "widen the boxes to hold a grid point"
             )
         )
-    return shape, regions
+    return shape, regions  # type: ignore[return-value]  (no None left)
+
+
+def _given_boxes(boxes: Any) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """``boxes=(lo, hi)`` at their exact values: (input shape, lo, hi), one row per box."""
+    if not isinstance(boxes, (tuple, list)) or len(boxes) != 2:
+        raise VerificationInputError("boxes must be a pair (lo, hi) of batches shaped like the input")
+    lo_t, hi_t = (torch.as_tensor(b) for b in boxes)
+    if lo_t.shape != hi_t.shape:
+        raise VerificationInputError(
+            f"boxes: lo {tuple(lo_t.shape)} and hi {tuple(hi_t.shape)} differ in shape"
+        )
+    if lo_t.dim() < 2:
+        raise VerificationInputError("boxes: lo and hi are batches (n, *input_shape)")
+    lo = exact_values(lo_t, None, "boxes lo").reshape(len(lo_t), -1)
+    hi = exact_values(hi_t, None, "boxes hi").reshape(len(hi_t), -1)
+    bad = [i for i in range(len(lo)) if any(a > b for a, b in zip(lo[i], hi[i], strict=True))]
+    if bad:
+        raise VerificationInputError(
+            f"boxes {_describe(bad)}: some lo > hi; give lo <= hi in every coordinate"
+        )
+    return tuple(lo_t.shape[1:]), lo, hi
+
+
+def _balls(points: Any, delta: Any) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """The closed L-infinity balls of radius ``delta`` around ``points``, exactly: (input shape,
+    centres, lo, hi), one row per point."""
+    if delta is None:
+        raise VerificationInputError("delta must be a finite non-negative number, got None")
+    try:
+        d = exact_number(delta, "delta")
+    except QuantizationError:
+        raise VerificationInputError(f"delta must be a finite non-negative number, got {delta}") from None
+    if d < 0:
+        raise VerificationInputError(f"delta must be a finite non-negative number, got {delta}")
+    pts = torch.as_tensor(points)
+    if pts.dim() < 2:
+        raise VerificationInputError("points must be a batch (n, *input_shape)")
+    try:
+        centres = exact_values(pts, None, "points").reshape(len(pts), -1)
+    except QuantizationError:
+        raise VerificationInputError("points or boxes contain NaN or inf") from None
+    lo = np.vectorize(lambda c: c - d, otypes=[object])(centres) if centres.size else centres
+    hi = np.vectorize(lambda c: c + d, otypes=[object])(centres) if centres.size else centres
+    return tuple(pts.shape[1:]), centres, lo, hi
+
+
+def _clip_to_domain(
+    lo: np.ndarray, hi: np.ndarray, centres: np.ndarray | None, domain: Any, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The regions intersected with ``domain``; points outside it and regions left empty are errors."""
+    n, dim = lo.shape if lo.ndim == 2 else (0, 0)
+    if not isinstance(domain, (tuple, list)) or len(domain) != 2:
+        raise VerificationInputError("domain must be a pair (lo, hi) of numbers or tensors")
+    d_lo = exact_values(domain[0], shape, "domain lo").reshape(-1)
+    d_hi = exact_values(domain[1], shape, "domain hi").reshape(-1)
+    named = f"domain=({domain[0]}, {domain[1]})"
+    wrong = [j for j in range(dim) if d_lo[j] > d_hi[j]]
+    if wrong:
+        raise VerificationInputError(
+            f"{named} is empty: lo > hi at input coordinate(s) {_describe(wrong)}; give the domain as "
+            "(lo, hi) with lo <= hi"
+        )
+    if centres is not None:
+        outside = [
+            i
+            for i in range(n)
+            if any(not a <= c <= b for a, c, b in zip(d_lo, centres[i], d_hi, strict=True))
+        ]
+        if outside:
+            i = outside[0]
+            j = next(j for j in range(dim) if not d_lo[j] <= centres[i][j] <= d_hi[j])
+            raise VerificationInputError(
+                f"points {_describe(outside)} lie outside {named} (point {i}, "
+                f"coordinate {j} is {float(centres[i][j])!r}): their regions would be empty or cut; "
+                "scale the points to the domain's range (e.g. pixels 0-255 to [0, 1]) or widen the domain"
+            )
+    lo = np.array([[max(a, b) for a, b in zip(row, d_lo, strict=True)] for row in lo], dtype=object)
+    hi = np.array([[min(a, b) for a, b in zip(row, d_hi, strict=True)] for row in hi], dtype=object)
+    disjoint = [i for i in range(n) if any(a > b for a, b in zip(lo[i], hi[i], strict=True))]
+    if disjoint:
+        raise VerificationInputError(
+            f"boxes {_describe(disjoint)} are disjoint from {named}: their regions are empty; give boxes "
+            "that meet the domain"
+        )
+    return lo, hi
 
 
 def _grid_distance(grid: Rounding, centre: Any) -> str:
@@ -656,7 +672,7 @@ class _Job:
         try:
             self.blob = pickle.dumps((f, fq), protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, AttributeError, TypeError) as err:
-            raise QuantizationError(
+            raise VerificationInputError(
                 f"f and f' must be picklable to be sent to workers ({type(err).__name__}: {err}); define "
                 "their classes at module level (not inside a function), or verify with workers=1 and "
                 "no executor"
@@ -698,7 +714,7 @@ def _input_shape(points: Any, boxes: Any) -> tuple[int, ...]:
     src = points if points is not None else (boxes[0] if isinstance(boxes, (tuple, list)) and boxes else None)
     t = torch.as_tensor(src) if src is not None else None
     if t is None or t.dim() < 2:
-        raise QuantizationError(
+        raise VerificationInputError(
             "give either points (a batch (n, *input_shape)) and delta, or boxes=(lo, hi) of such batches"
         )
     return tuple(t.shape[1:])

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .. import activations as A
-from ..formats import FixedPoint, QuantizationError, dequantize_f64, round_certified
+from ..errors import UnsupportedModelError, VerificationInputError
+from ..formats import FixedPoint, dequantize_f64, round_certified
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _dyadic_rows(D: np.ndarray) -> tuple[np.ndarray, list[Fraction]]:
     if D.size == 0:
         return D.astype(np.int64), [Fraction(1)] * D.shape[0]
     if not np.isfinite(D).all():
-        raise QuantizationError("the verifier got a weight or bias that is NaN or infinite")
+        raise VerificationInputError("the verifier got a weight or bias that is NaN or infinite")
     mant, exp = np.frexp(D)
     M = (mant * 2.0**53).astype(np.int64)  # exact: |mant| < 1 has 53 significant bits
     E = exp.astype(np.int64) - 53
@@ -139,7 +140,7 @@ class Affine:
     ) -> None:
         if ints is None:
             if W is None:
-                raise QuantizationError("Affine needs W or ints and scale")
+                raise VerificationInputError("Affine needs W or ints and scale")
             rows = [[Fraction(v) for v in row] for row in W]
             scale = [Fraction(1, math.lcm(1, *(v.denominator for v in row))) for row in rows]
             flat = [int(v / s) for row, s in zip(rows, scale, strict=True) for v in row]
@@ -150,12 +151,12 @@ class Affine:
             if all(abs(v) < 2**62 for v in flat):
                 ints = ints.astype(np.int64)
         if ints.ndim != 2 or scale is None or len(scale) != ints.shape[0]:
-            raise QuantizationError("Affine: ints must be (outputs, inputs) with one scale per row")
+            raise VerificationInputError("Affine: ints must be (outputs, inputs) with one scale per row")
         self.ints = ints
         self.scale = [Fraction(s) for s in scale]
         self.b = [Fraction(v) for v in (b if b is not None else [0] * ints.shape[0])]
         if len(self.b) != ints.shape[0]:
-            raise QuantizationError("Affine: one bias per output row")
+            raise VerificationInputError("Affine: one bias per output row")
         self.out = out
         sf = np.array([float(s) for s in self.scale], dtype=np.float64)
         self.Wf = ints.astype(np.float64) * sf[:, None]  # float64 copies for bounds and sampling
@@ -175,9 +176,9 @@ class Affine:
         codes = np.asarray(codes)
         if codes.dtype.kind == "f":
             if not bool((codes == np.round(codes)).all()):
-                raise QuantizationError("Affine.from_ints: the codes are not whole numbers")
+                raise VerificationInputError("Affine.from_ints: the codes are not whole numbers")
             if np.abs(codes).max(initial=0) >= 2**62:
-                raise QuantizationError("Affine.from_ints: codes beyond 2^62")
+                raise VerificationInputError("Affine.from_ints: codes beyond 2^62")
             codes = codes.astype(np.int64)
         return cls(None, b, None, ints=codes, scale=scale)
 
@@ -293,9 +294,9 @@ def supported_activation(act: A.Activation) -> A.Activation:
     """The activation, if the verifier's bounds and encodings handle it (piecewise linear and
     monotone); else a clear error before any work."""
     if not act.piecewise_linear:
-        raise QuantizationError(f"the verifier supports piecewise-linear activations, not {act.name}")
+        raise UnsupportedModelError(f"the verifier supports piecewise-linear activations, not {act.name}")
     if act.name == "leaky_relu" and act.param("negative_slope") < 0:
-        raise QuantizationError(
+        raise UnsupportedModelError(
             f"the verifier supports LeakyReLU with negative_slope >= 0 (monotone), got "
             f"{act.param('negative_slope')}; use a slope >= 0"
         )

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import fx, nn
 
+from ..errors import ExportError
 from ..export import check_onnx, load_onnx
-from ..formats import QuantizationError
 
 OPSETS = range(7, 23)
 DTYPES = {
@@ -96,7 +96,7 @@ def _matmul_integer(a, b, az=None, bz=None):
 def _symmetric_pads(pads: list[int]) -> list[int]:
     half = len(pads) // 2
     if list(pads[:half]) != list(pads[half:]):
-        raise QuantizationError(f"asymmetric padding {pads} is not supported")
+        raise ExportError(f"asymmetric padding {pads} is not supported")
     return list(pads[:half])
 
 
@@ -198,7 +198,7 @@ class _Importer:
         if name in self.consts:
             self.env[name] = self.const_node(name)
             return self.env[name]
-        raise QuantizationError(f"ONNX graph uses {name!r} before it is defined")
+        raise ExportError(f"ONNX graph uses {name!r} before it is defined")
 
     def is_integer(self, name: str) -> bool | None:
         """Does the value hold integers (``None``: the model does not say)?"""
@@ -242,7 +242,7 @@ def from_onnx(source: str | Path | onnx.ModelProto) -> fx.GraphModule:
     """Import an ONNX model, a file or a ``ModelProto`` (both checked by ``onnx.checker`` as
     untrusted input), as a ``torch.fx.GraphModule``."""
     if not isinstance(source, (str, Path, onnx.ModelProto)):
-        raise QuantizationError(
+        raise ExportError(
             f"from_onnx(source): expected a file path or an onnx.ModelProto, got {type(source).__name__}"
         )
     model = (
@@ -250,16 +250,16 @@ def from_onnx(source: str | Path | onnx.ModelProto) -> fx.GraphModule:
     )
     opsets = {o.domain or "": o.version for o in model.opset_import}
     if set(opsets) - {"", "ai.onnx"}:
-        raise QuantizationError(f"unsupported operator domains {sorted(set(opsets) - {'', 'ai.onnx'})}")
+        raise ExportError(f"unsupported operator domains {sorted(set(opsets) - {'', 'ai.onnx'})}")
     version = opsets.get("", opsets.get("ai.onnx", 0))
     if version not in OPSETS:
-        raise QuantizationError(
+        raise ExportError(
             f"ONNX opset {version} is not supported (supported: {OPSETS.start}-{OPSETS.stop - 1})"
         )
     known = set(HANDLERS)
     unsupported = sorted({n.op_type for n in model.graph.node} - known)
     if unsupported:
-        raise QuantizationError(f"unsupported ONNX operators {unsupported}; supported: {sorted(known)}")
+        raise ExportError(f"unsupported ONNX operators {unsupported}; supported: {sorted(known)}")
     imp = _Importer(model)
     inputs = [i for i in model.graph.input if i.name not in imp.consts]
     for k, i in enumerate(inputs):
@@ -328,7 +328,7 @@ def _h_conv(imp: _Importer, node, rest) -> int:
     dil = list(a.get("dilations", [1, 1]))
     group = a.get("group", 1)
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise QuantizationError(f"Conv {node.name!r}: auto_pad is not supported; give explicit pads")
+        raise ExportError(f"Conv {node.name!r}: auto_pad is not supported; give explicit pads")
     bias_name = node.input[2] if len(node.input) > 2 else ""
     if kernel is not None and kernel.ndim == 4 and (not bias_name or bias_name in imp.consts):
         conv = nn.Conv2d(
@@ -459,7 +459,7 @@ def _h_attrs(fn: Callable, *names: tuple[str, Any]) -> Callable:
 def _h_cast(imp, node, rest) -> int:
     to = _attrs(node)["to"]
     if to not in DTYPES:
-        raise QuantizationError(f"Cast {node.name!r}: unsupported target type {to}")
+        raise ExportError(f"Cast {node.name!r}: unsupported target type {to}")
     imp.env[node.output[0]] = imp.call(_cast, imp.value(node.input[0]), DTYPES[to])
     return 0
 
@@ -468,7 +468,7 @@ def _h_quant(fn: Callable) -> Callable:
     def handler(imp: _Importer, node, rest) -> int:
         args = [imp.value(i) for i in node.input]
         if len(args) < 3:
-            raise QuantizationError(f"{node.op_type} {node.name!r} needs an explicit zero point")
+            raise ExportError(f"{node.op_type} {node.name!r} needs an explicit zero point")
         imp.env[node.output[0]] = imp.call(fn, *args[:3], _attrs(node).get("axis", 1))
         return 0
 
