@@ -288,3 +288,59 @@ def test_real_mnist_through_torchvision(tmp_path: Path) -> None:
     x, y = load_mnist(SHARED_DATA, "test")
     assert torch.equal(dm.test_set.images.float() / 255, x) and torch.equal(dm.test_set.labels, y)
     assert full.labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes"), [("digits", (64,), 10), ("iris", (4,), 3), ("seeds", (7,), 3)]
+)
+def test_every_datamodule_describes_its_data_before_setup(name: str, shape: tuple, classes: int) -> None:
+    dm = TabularDataModule(name=name, val_size=0.0)
+    assert (dm.input_shape, dm.num_classes, dm.num_features) == (shape, classes, shape[0])  # before setup
+    dm.setup()
+    x, _ = dm.train_set[0]
+    assert tuple(x.shape) == dm.input_shape
+    assert int(max(dm.train_set.tensors[1].max(), dm.test_set.tensors[1].max())) + 1 == dm.num_classes
+    for cls in (TabularDataModule, MNISTDataModule, CIFAR10DataModule):  # the same attributes everywhere
+        assert isinstance(cls.input_shape, property)
+        assert isinstance(cls.num_classes, property)
+
+
+def test_subsets_keep_the_first_examples_deterministically(tmp_path: Path) -> None:
+    full = TabularDataModule(name="iris", val_size=0.2, seed=1)
+    full.setup()
+    dm = TabularDataModule(name="iris", val_size=0.2, seed=1, train_subset=10, test_subset=5)
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (10, len(full.val_set), 5)
+    assert all(torch.equal(dm.train_set[i][0], full.train_set[i][0]) for i in range(10))
+    assert all(torch.equal(dm.test_set[i][0], full.test_set[i][0]) for i in range(5))
+    write_idx_set(tmp_path / "MNIST/raw", "", "t10k", 10)
+    kw = dict(root=str(tmp_path), cache_dir=str(tmp_path / "c"), verify_md5=False, val_size=5, seed=3)
+    whole, cut = MNISTDataModule(**kw), MNISTDataModule(**kw, train_subset=4, test_subset=N_TEST)
+    whole.setup()
+    cut.setup()
+    assert len(cut.train_set) == 4 and len(cut.test_set) == N_TEST
+    assert all(torch.equal(cut.train_set[i][0], whole.train_set[i][0]) for i in range(4))
+    assert cut.val_set.indices == whole.val_set.indices  # the validation split is untouched
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"train_subset": 0}, r"train_subset must be a positive int .*got 0"),
+        ({"test_subset": 2.5}, r"test_subset must be a positive int .*got 2.5"),
+        ({"train_subset": True}, r"train_subset must be a positive int .*got True"),
+    ],
+)
+def test_subset_values_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TabularDataModule(name="iris", **kwargs)
+    with pytest.raises(ValueError, match=message):
+        VisionDataModule(name="mnist", **kwargs)
+
+
+def test_subset_larger_than_the_split_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"test_subset=64 exceeds the 38 examples of iris's test split"):
+        TabularDataModule(name="iris", test_subset=64).setup()
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(ValueError, match=r"train_subset=9 exceeds the 8 examples of cifar10's training"):
+        CIFAR10DataModule(root=str(tmp_path), verify_md5=False, val_size=0.2, train_subset=9).setup()

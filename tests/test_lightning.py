@@ -31,6 +31,7 @@ from torchqv.lightning import (
     QATReport,
     QuantizationAwareTraining,
     QUBORounding,
+    load_quantized_checkpoint,
     restore_quantized,
 )
 from torchqv.lightning._trainer import quantizer_keys
@@ -218,6 +219,30 @@ def test_checkpoint_test_and_load_cycle_with_folded_batchnorm(tmp_path: Path) ->
         )
     with pytest.raises(QuantizationError, match="ckpt_path"):
         make_trainer(tmp_path, [QuantizationAwareTraining(CFG)]).test(Classifier(), datamodule=dm)
+
+
+def test_load_quantized_checkpoint_without_trainer_or_hook(tmp_path: Path) -> None:
+    """A real checkpoint file of a QAT fit loads back into the plain module class (no
+    on_load_checkpoint hook, no callback): same class, same state, same outputs."""
+    dm = iris()
+    module = Classifier(batchnorm=True)
+    trainer = make_trainer(tmp_path, [QuantizationAwareTraining(CFG, calibration_batches=2)], max_epochs=1)
+    trainer.fit(module, datamodule=dm)
+    path = tmp_path / "qat.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(RuntimeError, match="Missing key"):  # what users hit: Lightning builds the float net
+        Classifier.load_from_checkpoint(path)
+    loaded = load_quantized_checkpoint(path, Classifier)
+    assert type(loaded) is Classifier and loaded.hparams.batchnorm and loaded.hparams.lr == 0.05
+    assert_same_state(loaded.state_dict(), module.state_dict())
+    x = torch.rand(32, 4)
+    assert torch.equal(loaded.eval()(x), module.eval()(x))
+    assert any(isinstance(m, tq.QuantizedModel) for m in loaded.modules())  # the quantized network
+    # hyperparameter overrides and map_location go to load_from_checkpoint; a hooked class works too
+    assert load_quantized_checkpoint(path, Classifier, lr=0.01, map_location="cpu").hparams.lr == 0.01
+    assert type(load_quantized_checkpoint(path, RestoringClassifier)) is RestoringClassifier
+    with pytest.raises(QuantizationError, match="module_cls must be a LightningModule class"):
+        load_quantized_checkpoint(path, nn.Linear)
 
 
 def test_resume_equals_uninterrupted_training(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ API; bad overrides fail with messages that name the culprit; one real multirun s
 from __future__ import annotations
 
 import json
+import logging
+import re
 import runpy
 import sys
 from fractions import Fraction
@@ -19,10 +21,10 @@ from torch import nn
 import torchqv as tq
 from tests.test_datamodules import write_cifar, write_idx_set
 from torchqv.recipes.ceg4n import critical_points, run_ceg4n, train_full_batch
-from torchqv.recipes.config import Ceg4nRecipeConfig, RunConfig, as_config
+from torchqv.recipes.config import Ceg4nRecipeConfig, RunConfig, VerifyConfig, as_config
 from torchqv.recipes.networks import accuracy, build_model, load_data, tensors
 from torchqv.recipes.report import aggregate
-from torchqv.recipes.run import region_centres, run
+from torchqv.recipes.run import NoInputGrid, qconfig, radius, region_centres, run, widths, widths_note
 from torchqv.recipes.theory import run_degradation, run_representability
 from torchqv.theory.degradation import fit_defined
 from torchqv.theory.universality import markdown_table as verdict_table
@@ -75,7 +77,15 @@ def test_run_recipe_end_to_end(tiny_run: tuple[Path, dict]) -> None:
     f.load_state_dict(torch.load(out / "float_model.pt", weights_only=True))
     assert accuracy(f, data.test) == res["float_accuracy"] == rows[0]["float_accuracy"]
     md = (out / "results.md").read_text()
-    assert "| digits | mlp 64-16-10 | ptq | 4/4/4 |" in md and "| digits | mlp 64-16-10 | ptq | 2/2/2 |" in md
+    # low-bit weights, 8-bit activations and input (quant.input_bits follows the activations)
+    assert "| digits | mlp 64-16-10 | ptq | 4/8/8 |" in md and "| digits | mlp 64-16-10 | ptq | 2/8/8 |" in md
+    # regions of radius 2 input steps (conf/run.yaml): >= 3 grid points in each of the 64 coordinates
+    for r in rows:
+        assert r["delta"] == 2 * r["input_step"] and r["grid_points"] >= 3**64
+        assert all(v["grid_points"] >= 3**64 for v in r["verdicts"])
+    assert "grid points / region" in md
+    assert re.search(r"\| \d/\d/\d, \d/\d/\d \| >= 10\^3\d \|", md)  # 3^64 > 10^30
+    assert "across the rows the weight bits vary (activation 8 bits, input 8 bits)" in md
 
 
 def test_sweep_report_combines_the_jobs(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
@@ -118,6 +128,8 @@ def test_qubo_paper_recipe_on_mnist_files(tmp_path: Path) -> None:
         f"dataset.root={tmp_path / 'data'}",
         f"dataset.cache_dir={tmp_path / 'cache'}",
         "dataset.verify_md5=false",  # generated files
+        "dataset.train_subset=null",  # all 20 + 6 (more than a split holds is an error)
+        "dataset.test_subset=null",
     )
     res = run(cfg, tmp_path / "out")
     rows = res["rows"]
@@ -146,6 +158,8 @@ def test_run_recipe_with_resnet20_on_cifar_files(tmp_path: Path) -> None:
         f"dataset.root={tmp_path / 'data'}",
         f"dataset.cache_dir={tmp_path / 'cache'}",
         "dataset.verify_md5=false",
+        "dataset.train_subset=10",
+        "dataset.test_subset=3",
         "quant.bits=[8]",
         "rounding.method=[nearest]",
         "quant.weight_observer=minmax",
@@ -242,6 +256,84 @@ def test_region_centres_are_input_grid_points_inside_the_domain() -> None:
     assert region_centres(f, x, (0.0, 1.0)) is x  # no input grid: the points themselves
 
 
+def test_input_bits_follow_the_activations_not_the_weights() -> None:
+    """``quant.bits=2,8 quant.activation_bits=8`` used to round the input to 2 bits too (input_bits
+    followed the weights); the plots and tables name what varies with the bits."""
+    cfg = as_config(composed("run", "quant.bits=[2,8]", "quant.activation_bits=8"), RunConfig)
+    qc = qconfig(cfg.quant, 2, "nearest")
+    assert (qc.weight.bits, qc.activation.bits, qc.input.bits) == (2, 8, 8)
+    quant = lambda *o: as_config(composed("run", *o), RunConfig).quant  # noqa: E731
+    assert widths(quant("quant.activation_bits=same"), 2) == (2, 2)  # input follows activations = weights
+    assert widths(quant("quant.input_bits=4"), 2) == (8, 4)
+    assert widths(quant("quant.input_bits=same"), 2) == (8, 2)
+    assert widths(quant("quant.activation_bits=null", "verify.delta=0.01"), 2) == (None, None)
+
+    def rows(a, i):
+        return [{"bits": b, "activation_bits": a(b), "input_bits": i(b)} for b in (2, 8)]
+
+    assert widths_note(rows(lambda b: 8, lambda b: 8)) == ("weight bits", "activation 8 bits, input 8 bits")
+    assert widths_note(rows(lambda b: b, lambda b: b)) == ("weight = activation = input bits", "")
+    assert widths_note(rows(lambda b: b, lambda b: 8)) == ("weight = activation bits", "input 8 bits")
+    assert widths_note(rows(lambda b: None, lambda b: None)) == (
+        "weight bits",
+        "activation float, input float",
+    )
+
+
+def test_region_radius_in_input_steps() -> None:
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(3, 2))
+    cfg = tq.QConfig(weight=tq.FixedPoint(bits=4), input=tq.FixedPoint(bits=8, signed=False))
+    qm = tq.calibrate(tq.quantize(f, cfg), [torch.rand(16, 3)], progress=False)
+    (step,) = qm.input_quant.steps()
+    steps = as_config({"delta": "2 steps"}, VerifyConfig)
+    assert radius(qm, steps) == (2 * step, step)
+    assert radius(qm, as_config({"delta": 0.01}, VerifyConfig)) == (0.01, step)
+    weight_only = tq.quantize(f, tq.QConfig(weight=tq.FixedPoint(bits=4), input=None))
+    with pytest.raises(NoInputGrid, match="counts input grid steps, but f' has a float input"):
+        radius(weight_only, steps)  # recorded as verify_skipped by the recipe, not a crash
+
+
+def test_cnn_with_the_default_config_skips_verification_up_front(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``model=cnn`` used to fail with the default config (digits are tabular; then the verifier
+    stopped at max pooling after training): digits are read as 1 x 8 x 8 images, and verification
+    is skipped with its reason, said before training and recorded in the results."""
+    caplog.set_level(logging.INFO, logger="torchqv.recipes.run")
+    cfg = composed("run", "+preset=tiny", "model=cnn", "quant.bits=[4]", "rounding.method=[nearest]")
+    (row,) = run(cfg, tmp_path)["rows"]
+    assert row["model"] == "cnn 1-4-10"
+    assert "MaxPool2d" in row["verify_skipped"] and row["proved"] is None
+    assert row["reference_match"] is True and 0 <= row["accuracy"] <= 1
+    messages = [r.getMessage() for r in caplog.records]
+    said = next(i for i, m in enumerate(messages) if m.startswith("verification will be skipped: "))
+    assert said < next(i for i, m in enumerate(messages) if m.startswith("float network"))
+    md = (tmp_path / "results.md").read_text()
+    assert "| 4/8/8 |" in md and "| skipped |" in md and "verification skipped: " in md
+
+
+def test_a_short_recipe_run_prints_no_progress_bars_when_captured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """Lightning's bar and the recipe's own printed 2,600 lines for ``make demo`` into a log."""
+    assert as_config(composed("run"), RunConfig).trainer.progress is None  # automatic: a terminal only
+    argv = [
+        "recipes/run.py",
+        "+preset=tiny",
+        "quant.bits=[4]",
+        "rounding.method=[nearest]",
+        "verify=disabled",
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, f"hydra.run.dir={tmp_path}"])
+    runpy.run_path(str(REPO / "recipes" / "run.py"), run_name="__main__")
+    out, err = capfd.readouterr()
+    lines = (out + err).replace("\r", "\n").splitlines()
+    assert not [line for line in lines if "it/s" in line or "Epoch" in line or "s/it" in line]
+    assert len(lines) < 30, lines  # the log lines and the report's tables
+    assert (tmp_path / "results.md").exists()
+
+
 # ------------------------------------------------------------------------ bad overrides
 def test_unknown_keys_and_bad_types_are_composition_errors() -> None:
     with pytest.raises(ConfigCompositionException) as err:
@@ -271,7 +363,11 @@ def test_unknown_keys_and_bad_types_are_composition_errors() -> None:
             r"rounding.method must be one of \('qubo', 'nearest'\), got 'qubbo'",
         ),
         ("run", ["quant.bits=[9,0]"], r"quant.bits must be an int in \[1, 32\], got 0"),
-        ("run", ["quant.bits=1"], r"set quant.activation_bits to an int >= 2 or null"),
+        ("run", ["quant.bits=1", "quant.activation_bits=same"], r"set quant.activation_bits to an int >= 2"),
+        ("run", ["quant.input_bits=null"], r"verify.delta='2 steps' counts steps of the input grid, but the"),
+        ("run", ["verify.delta=-0.1"], r"verify.delta must be a finite number >= 0 or '<k> steps'"),
+        ("run", ["verify.delta=2stepz"], r"verify.delta must be a finite number >= 0 or '<k> steps'"),
+        ("run", ["dataset.train_subset=0"], r"dataset.train_subset must be a positive int or null"),
         ("run", ["model=cnn", "dataset=iris"], r"model.kind='cnn' needs images; dataset 'iris' is tabular"),
         ("run", ["verify.relation=eps"], r"relation='eps' needs eps > 0"),
         ("run", ["verify.workers=0"], r"VerifyConfig.workers must be an int >= 1 .*got 0"),

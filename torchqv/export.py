@@ -28,7 +28,7 @@ accumulators below 2^24); ``check_onnx_parity`` reports how many output steps ap
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,7 +40,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .errors import ExportError, QuantizationError
+from .errors import DataError, ExportError, QuantizationError
 from .formats import FixedPoint, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
@@ -444,18 +444,44 @@ class ParityReport:
         return self.mismatched == 0
 
 
+def _parity_inputs(inputs: Any) -> torch.Tensor:
+    """One input tensor from ``inputs``: a batch (tensor), a list or tuple of batches, or an
+    iterable of batches such as a DataLoader (tensors or ``(x, y, ...)`` pairs, whose first entry
+    is taken); anything else is an error naming the argument."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Iterable):
+        raise DataError(
+            "check_onnx_parity: inputs must be a tensor, a list or tuple of tensors, or an iterable of "
+            f"batches (a DataLoader of tensors or (x, y) pairs), got {type(inputs).__name__}"
+        )
+    batches = []
+    for i, batch in enumerate(inputs):
+        x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+        if not isinstance(x, torch.Tensor):
+            raise DataError(
+                f"check_onnx_parity: inputs: batch {i} is a {type(x).__name__}, not a tensor (inputs must be "
+                "a tensor, a list or tuple of tensors, or an iterable of tensors or (x, y) pairs)"
+            )
+        batches.append(x)
+    if not batches:
+        raise DataError("check_onnx_parity: inputs holds no batches")
+    if len({tuple(b.shape[1:]) for b in batches}) > 1:
+        shapes = sorted({tuple(b.shape) for b in batches})
+        raise DataError(f"check_onnx_parity: inputs: the batches have different shapes {shapes[:3]}")
+    return torch.cat(batches)
+
+
 def check_onnx_parity(
-    qmodel: nn.Module, path: str | Path, inputs: torch.Tensor | Sequence[torch.Tensor], optimize: bool = True
+    qmodel: nn.Module, path: str | Path, inputs: torch.Tensor | Iterable[Any], optimize: bool = True
 ) -> ParityReport:
-    """Run the exported file in onnxruntime (CPU) and the simulation on ``inputs`` (a batch, or a
-    list of batches); report the maximum difference in output steps (of the model's output
-    format; absolute if it has none)."""
+    """Run the exported file in onnxruntime (CPU) and the simulation on ``inputs`` (a batch, a
+    list or tuple of batches, or a DataLoader-like iterable of batches: tensors or ``(x, y)``
+    pairs); report the maximum difference in output steps (of the model's output format;
+    absolute if it has none)."""
     import onnxruntime as ort
 
-    if isinstance(inputs, (list, tuple)):
-        inputs = torch.cat([torch.as_tensor(t) for t in inputs])
-    if not isinstance(inputs, torch.Tensor):
-        raise QuantizationError(f"inputs must be a tensor or a list of tensors, got {type(inputs).__name__}")
+    inputs = _parity_inputs(inputs)
     check_input(inputs, "check_onnx_parity: inputs")
     qm = _graph_of(qmodel)
     model = load_onnx(path)

@@ -11,17 +11,17 @@ quantized exactly is reported up front, every offending call at once.  The seman
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .errors import CalibrationError, ConfigError
 from .fake_quant import FakeQuantize
 from .graph import QuantizedModel, float_mode, quantized_models
 from .ops.affine import QuantAffine
+from .progress import progress_bar
 from .qconfig import QConfig
 from .tracing import build_graph, check_overrides, make_plan
 
@@ -66,9 +66,11 @@ def batch_inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
         yield batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -> nn.Module:
+def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool | None = None) -> nn.Module:
     """Choose every observed step: activations from ``batches`` (tensors or ``(x, y)`` pairs) run
-    through the float model, weights from the weights.  Observers are off afterwards."""
+    through the float model, weights from the weights.  Observers are off afterwards.
+    ``progress``: a progress bar (``None``: only for more than a few batches and when stderr is a
+    terminal; :mod:`torchqv.progress`)."""
     _quantized(model, "calibrate")
     for m in model.modules():  # per-group weight steps: group_size must divide each reduction (up front)
         if isinstance(m, QuantAffine) and m.weight_quant is not None and m.weight_quant.fmt.group_size:
@@ -81,7 +83,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], progress: bool = True) -
                 )
     with float_mode(model, observe=True), torch.no_grad():
         seen = 0
-        for x in tqdm(batch_inputs(batches), desc="calibrate", disable=not progress, leave=False):
+        total = len(batches) if isinstance(batches, Sized) and not isinstance(batches, torch.Tensor) else None
+        for x in progress_bar(batch_inputs(batches), "calibrate", total, progress, leave=False):
             model(x)
             seen += 1
         for q in quantizers(model):

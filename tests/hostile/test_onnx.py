@@ -141,11 +141,40 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[tq.QuantizedMode
             r"check_onnx_parity: inputs: the input contains NaN or inf",
         ),
         (torch.ones(2, 4, dtype=torch.int64), r"check_onnx_parity: inputs: the input has dtype torch.int64"),
-        ("x", r"inputs must be a tensor or a list of tensors, got str"),
+        ("x", r"check_onnx_parity: inputs must be a tensor, a list or tuple of tensors, .*got str"),
     ],
 )
 def test_parity_inputs_are_checked(exported, inputs, message):
     """NaN inputs used to surface as an onnxruntime Gather error."""
+    qm, path = exported
+    with pytest.raises(tq.QuantizationError, match=message):
+        tq.check_onnx_parity(qm, path, inputs)
+
+
+def test_parity_takes_batches_lists_and_loaders(exported):
+    """A list, a tuple, a DataLoader of (x, y) pairs and a generator give the tensor's report."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    qm, path = exported
+    x = torch.rand(12, 4) * 2 - 1
+    want = tq.check_onnx_parity(qm, path, x)
+    loader = DataLoader(TensorDataset(x, torch.zeros(12, dtype=torch.int64)), batch_size=5)
+    for inputs in ([x], [x[:5], x[5:]], (x[:7], x[7:]), loader, (b for b in x.split(4)), [(x, None)]):
+        got = tq.check_onnx_parity(qm, path, inputs)
+        assert (got.total, got.max_abs_diff) == (want.total, want.max_abs_diff)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (3, r"check_onnx_parity: inputs must be a tensor, .*got int"),
+        ({"x": torch.ones(2, 4)}, r"check_onnx_parity: inputs must be a tensor, .*got dict"),
+        ([torch.ones(2, 4), "y"], r"check_onnx_parity: inputs: batch 1 is a str, not a tensor"),
+        ([], r"check_onnx_parity: inputs holds no batches"),
+        ([torch.ones(2, 4), torch.ones(2, 3)], r"inputs: the batches have different shapes"),
+    ],
+)
+def test_parity_rejects_other_inputs_by_name(exported, inputs, message):
     qm, path = exported
     with pytest.raises(tq.QuantizationError, match=message):
         tq.check_onnx_parity(qm, path, inputs)

@@ -11,6 +11,12 @@
 
 Splits are deterministic: the validation set is a seeded random subset of the training split
 (stratified for the tabular sets), the shuffling of the training batches is seeded too.
+
+Every DataModule describes its data before ``setup()``: ``input_shape`` (one example's shape)
+and ``num_classes``.  ``train_subset`` / ``test_subset`` (``None``: all) keep the first N
+examples of the training split (after the validation split is taken out; its order is already
+a seeded shuffle, so the first N are a deterministic random sample) and of the test split (in
+its published order); a count larger than the split is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .tabular import TABULAR, train_test
+from .tabular import TABULAR, TABULAR_SHAPES, train_test
 from .torchvision_sets import load_split, locate, vision_set
 
 
@@ -34,7 +40,8 @@ class VisionDataConfig:
     or ``cifar10``.  ``val_size``: a fraction of the training split in (0, 1), or a count (0: no
     validation set).  ``cache_dir``: where archives are unpacked (default ``$TORCHQV_CACHE``,
     else ``~/.cache/torchqv``).  ``verify_md5``: check files against torchvision's checksums
-    (archives when unpacked; CIFAR-10's files at every load)."""
+    (archives when unpacked; CIFAR-10's files at every load).  ``train_subset`` /
+    ``test_subset``: keep the first N training / test examples (``None``: all)."""
 
     name: str = "mnist"
     root: str | None = None
@@ -47,6 +54,8 @@ class VisionDataConfig:
     num_workers: int = 0
     seed: int = 0
     flatten: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
 
     def __post_init__(self) -> None:
         vision_set(self.name)
@@ -56,7 +65,8 @@ class VisionDataConfig:
 @dataclass
 class TabularDataConfig:
     """An embedded set (``digits``, ``iris``, ``seeds``): ``test_size`` of the whole set is the
-    test split, ``val_size`` of the rest the validation split (fractions, stratified)."""
+    test split, ``val_size`` of the rest the validation split (fractions, stratified).
+    ``train_subset`` / ``test_subset``: keep the first N training / test examples (``None``: all)."""
 
     name: str = "digits"
     test_size: float = 0.25
@@ -65,6 +75,8 @@ class TabularDataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in TABULAR:
@@ -83,6 +95,22 @@ def _check_loader_fields(cfg: Any) -> None:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.val_size < 0 or (cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size)):
         raise ValueError(f"val_size must be a fraction in [0, 1) or a whole count, got {cfg.val_size}")
+    for name in ("train_subset", "test_subset"):
+        n = getattr(cfg, name)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"{name} must be a positive int (a number of examples) or None, got {n!r}")
+
+
+def subset(ds: Dataset, n: int | None, what: str, data: str) -> Dataset:
+    """The first ``n`` examples of ``ds`` (``None``: all); more than ``ds`` holds is an error naming
+    ``what`` (the config field) and ``data`` (the split)."""
+    if n is None:
+        return ds
+    if n > len(ds):
+        raise ValueError(
+            f"{what}={n} exceeds the {len(ds)} examples of {data}; use at most {len(ds)} or None (all)"
+        )
+    return ds if n == len(ds) else Subset(ds, range(n))
 
 
 def _config(cls: type, config: Any, overrides: Mapping[str, Any]) -> Any:
@@ -186,9 +214,11 @@ class VisionDataModule(_SplitDataModule):
             full = ImageTensors(images, labels, cfg.flatten)
             perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
             n_val = _val_count(cfg.val_size, len(full))
-            self.val_set, self.train_set = Subset(full, perm[:n_val]), Subset(full, perm[n_val:])
+            self.val_set, train = Subset(full, perm[:n_val]), Subset(full, perm[n_val:])
+            self.train_set = subset(train, cfg.train_subset, "train_subset", f"{cfg.name}'s training split")
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = ImageTensors(*load_split(cfg.name, root, False, cfg.verify_md5), cfg.flatten)
+            test = ImageTensors(*load_split(cfg.name, root, False, cfg.verify_md5), cfg.flatten)
+            self.test_set = subset(test, cfg.test_subset, "test_subset", f"{cfg.name}'s test split")
 
 
 class _FixedVisionDataModule(VisionDataModule):
@@ -235,8 +265,18 @@ class TabularDataModule(_SplitDataModule):
         self.config: TabularDataConfig = _config(TabularDataConfig, config, overrides)
         self.save_hyperparameters(asdict(self.config))
         self.train_set = self.val_set = self.test_set = None
-        self.num_features: int | None = None  # known after setup()
-        self.num_classes: int | None = None
+
+    @property
+    def num_features(self) -> int:
+        return TABULAR_SHAPES[self.config.name][0]
+
+    @property
+    def num_classes(self) -> int:
+        return TABULAR_SHAPES[self.config.name][1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.num_features,)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -249,7 +289,9 @@ class TabularDataModule(_SplitDataModule):
             )
         else:
             xva, yva = xtr[:0], ytr[:0]
-        self.train_set = TensorDataset(xtr, ytr)
+        if (xtr.shape[1], int(torch.cat([ytr, yte]).max()) + 1) != TABULAR_SHAPES[cfg.name]:
+            raise ValueError(f"the embedded {cfg.name} data does not match TABULAR_SHAPES")
+        train, test = TensorDataset(xtr, ytr), TensorDataset(xte, yte)
+        self.train_set = subset(train, cfg.train_subset, "train_subset", f"{cfg.name}'s training split")
         self.val_set = TensorDataset(xva, yva)
-        self.test_set = TensorDataset(xte, yte)
-        self.num_features, self.num_classes = xtr.shape[1], int(torch.cat([ytr, yte]).max()) + 1
+        self.test_set = subset(test, cfg.test_subset, "test_subset", f"{cfg.name}'s test split")

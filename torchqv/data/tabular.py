@@ -16,6 +16,10 @@ import torch
 from ..formats import QuantizationError
 
 TABULAR = ("digits", "iris", "seeds")
+# what each set holds, known without loading it: (features, classes)
+TABULAR_SHAPES = {"digits": (64, 10), "iris": (4, 3), "seeds": (7, 3)}
+# sets whose features are the pixels of an image (row by row): the image's C x H x W shape
+TABULAR_IMAGES = {"digits": (1, 8, 8)}
 
 
 def _seeds() -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Lightning callbacks: quantization-aware training, QUBO rounding and equivalence checks."""
 
 from .equivalence import EquivalenceCheck, EquivalenceReport, Region
-from .qat import QATRecord, QATReport, QuantizationAwareTraining, restore_quantized
+from .qat import QATRecord, QATReport, QuantizationAwareTraining, load_quantized_checkpoint, restore_quantized
 from .qubo import QUBORounding
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "QUBORounding",
     "QuantizationAwareTraining",
     "Region",
+    "load_quantized_checkpoint",
     "restore_quantized",
 ]

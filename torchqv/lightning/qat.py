@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -28,6 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from ..errors import ConfigError
 from ..formats import QuantizationError
 from ..quantize import QConfig, calibrate, quantize, quantizers
 from ..tracing import make_plan
@@ -93,7 +95,9 @@ class QuantizationAwareTraining(Callback):
     (``tq.quantize`` does it; its statistics are then frozen for the whole of QAT; see
     :mod:`torchqv.batchnorm`).  Attach the same callback to the Trainer that tests,
     validates, predicts or resumes from a checkpoint: the float network is swapped before the
-    checkpoint is loaded.  ``callback.report`` records what was done.
+    checkpoint is loaded.  ``callback.report`` records what was done.  Without a Trainer, load a
+    checkpoint with :func:`load_quantized_checkpoint` (or call :func:`restore_quantized` from the
+    module's ``on_load_checkpoint``): plain ``load_from_checkpoint`` builds the float network.
     """
 
     def __init__(
@@ -227,9 +231,44 @@ def restore_quantized(pl_module: pl.LightningModule, checkpoint: Mapping[str, An
     """Swap in the quantized network(s) a checkpoint was saved with, before its state dict is loaded.
 
     For ``LightningModule.load_from_checkpoint``, which runs no callback: call it from the module's
-    ``on_load_checkpoint(self, checkpoint)``.
+    ``on_load_checkpoint(self, checkpoint)``, or load with :func:`load_quantized_checkpoint`.
     """
     state = checkpoint.get("state_dict", {})
     for key, settings in state.items():
         if key.startswith(RECORD_PREFIX) and key.endswith("._extra_state"):
             QuantizationAwareTraining.from_settings(settings).quantize_module(pl_module)
+
+
+M = TypeVar("M", bound=pl.LightningModule)
+
+
+def load_quantized_checkpoint(
+    checkpoint_path: str | Path | IO[bytes], module_cls: type[M], **kwargs: Any
+) -> M:
+    """``module_cls.load_from_checkpoint(checkpoint_path, **kwargs)`` for a checkpoint saved while
+    the ``QuantizationAwareTraining`` callback had quantized the module's network, without a
+    Trainer and without changing ``module_cls``.
+
+    Plain ``load_from_checkpoint`` builds the float network and then fails on the quantized keys
+    (missing and unexpected keys): no callback runs there.  The checkpoint carries the callback's
+    settings (QConfig, overrides, attribute) in its state dict (the ``torchqv_qat_*`` records), so
+    this swaps in the same quantized network from them (:func:`restore_quantized`) after the
+    module is built and before its state is loaded, then loads the state strictly.  The result is
+    an instance of ``module_cls`` itself; ``kwargs`` (``map_location``, ``strict``, hyperparameter
+    overrides) go to Lightning's ``load_from_checkpoint``.
+    """
+    if not (isinstance(module_cls, type) and issubclass(module_cls, pl.LightningModule)):
+        raise ConfigError(
+            f"load_quantized_checkpoint: module_cls must be a LightningModule class, got {module_cls!r}"
+        )
+
+    class Restoring(module_cls):  # type: ignore[valid-type,misc]
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            restore_quantized(self, checkpoint)
+            super().on_load_checkpoint(checkpoint)
+
+    Restoring.__name__, Restoring.__qualname__ = module_cls.__name__, module_cls.__qualname__
+    Restoring.__module__ = module_cls.__module__
+    module = Restoring.load_from_checkpoint(checkpoint_path, **kwargs)
+    module.__class__ = module_cls  # only the loading hook differed
+    return module  # type: ignore[return-value]

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.torchvision_sets import default_root
 from ..jobconfig import plain
+from ..progress import progress_bar
 from ..verify import from_onnx
 from ..verify.ceg4n import search_bits
 from ..verify.verdicts import SearchStatus
@@ -140,7 +140,7 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     rows = []
-    for name in tqdm(cfg.networks, desc="networks", disable=not cfg.progress):
+    for name in progress_bar(cfg.networks, "networks", progress=cfg.progress):
         base = {"network": name, "mode": cfg.search.mode, "relation": str(cfg.search.verify.relation)}
         try:
             p = prepare(name, cfg)

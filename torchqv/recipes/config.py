@@ -15,6 +15,7 @@ run loops over the list, a sweep (``-m quant.bits=1,2,4,8``) runs one value per 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data.tabular import TABULAR
+from ..data.tabular import TABULAR_IMAGES as IMAGES
 from ..data.torchvision_sets import VISION_SETS
 from ..formats import MAX_BITS
 from ..observers import OBSERVERS
@@ -33,6 +35,7 @@ from ..theory.degradation_mnist import MnistDegradationConfig
 from ..theory.universality import PAPER_ACTIVATIONS
 from ..verify.ceg4n import BitSearchConfig
 from ..verify.config import VerifyConfig as CoreVerifyConfig
+from ..verify.config import _non_negative_number
 
 # The activations a recipe's model can use, by name (also what ``model.activation`` accepts).
 FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -81,6 +84,20 @@ def _bits(value: Any, what: str, lo: int = 1) -> None:
 
 
 # ------------------------------------------------------------------------------ run groups
+_STEPS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*steps?\s*$")
+
+
+def delta_steps(value: Any) -> float | None:
+    """``k`` of a radius ``"<k> steps"`` (``None`` for anything else)."""
+    match = _STEPS.match(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    k = float(match.group(1))
+    if not (k > 0 and math.isfinite(k)):
+        raise ValueError(f"verify.delta: the number of steps must be > 0, got {value!r}")
+    return k
+
+
 @dataclass
 class DatasetConfig:
     """``name``: an embedded tabular set (``digits``, ``iris``, ``seeds``: no download) or a
@@ -88,7 +105,8 @@ class DatasetConfig:
     (``None``: ``$TORCHQV_DATA``, else ``./data``; archives are unpacked into ``cache_dir``;
     ``verify_md5``: check them against torchvision's checksums).
     ``test_size``: the test fraction of a tabular set.  ``train_subset`` / ``test_subset``: keep
-    that many examples (``None``: all; the training split is in seeded random order)."""
+    the first N examples of the split (``None``: all; the training split is in seeded random
+    order, so the first N are a deterministic sample); more than the split holds is an error."""
 
     name: str = "digits"
     root: str | None = None
@@ -103,7 +121,10 @@ class DatasetConfig:
         _choice("dataset", "name", self.name, DATASETS)
         if not 0 < self.test_size < 1:
             raise ValueError(f"dataset.test_size must be a fraction in (0, 1), got {self.test_size}")
-        _positive("dataset", train_subset=self.train_subset, test_subset=self.test_subset)
+        for name in ("train_subset", "test_subset"):
+            n = getattr(self, name)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ValueError(f"dataset.{name} must be a positive int or null (all), got {n!r}")
 
 
 @dataclass
@@ -143,16 +164,18 @@ class QuantConfig:
     """``mode``: ``ptq`` (quantize the trained network and calibrate) or ``qat`` (then
     ``qat_epochs`` of quantization-aware training with the ``QuantizationAwareTraining``
     callback).  ``bits``: weight bits, an int or a list (1 = ``tq.Binary``).
-    ``activation_bits`` / ``input_bits``: an int, ``"same"`` (as the weights) or ``None``
-    (float activations: weight-only; float input); the input grid is unsigned (features lie in
-    [0, 1]).  ``weight_observer``: an observer, or ``"auto"``: MSE steps before nearest rounding
+    ``activation_bits``: an int (default 8), ``"same"`` (as the weights: they move together in a
+    sweep of ``quant.bits``) or ``None`` (float activations: weight-only).  ``input_bits``: the
+    network input's own width: ``"activation"`` (default: as the activations), an int,
+    ``"same"`` (as the weights) or ``None`` (float input); the input grid is unsigned (features
+    lie in [0, 1]).  ``weight_observer``: an observer, or ``"auto"``: MSE steps before nearest rounding
     and min-max steps before QUBO rounding, whose wider grid it exploits (BENCHMARKS, QUBO
     section); min-max with QAT.  ``calibration_samples``: training examples that set the steps."""
 
     mode: str = "ptq"
     bits: Any = field(default_factory=lambda: [8, 4, 2])
-    activation_bits: Any = "same"
-    input_bits: Any = "same"
+    activation_bits: Any = 8
+    input_bits: Any = "activation"
     per_channel: bool = True
     weight_observer: str = "auto"
     activation_observer: str = "mse"
@@ -167,10 +190,10 @@ class QuantConfig:
         self.bits = as_list(self.bits, "quant.bits")
         for b in self.bits:
             _bits(b, "quant.bits")
-        for name in ("activation_bits", "input_bits"):
-            value = getattr(self, name)
-            if value not in ("same", None):
-                _bits(value, f"quant.{name} (or 'same' or null)", 2 if name == "activation_bits" else 1)
+        if self.activation_bits not in ("same", None):
+            _bits(self.activation_bits, "quant.activation_bits (or 'same' or null)", 2)
+        if self.input_bits not in ("same", "activation", None):
+            _bits(self.input_bits, "quant.input_bits (or 'activation', 'same' or null)", 1)
         if self.activation_bits == "same" and 1 in self.bits:
             raise ValueError(
                 "quant.bits includes 1 (binary weights) but quant.activation_bits='same' would make "
@@ -213,9 +236,14 @@ class VerifyConfig(CoreVerifyConfig):
     float network f and each rounded f' on the L-infinity balls of radius ``delta`` (inside
     ``domain``, default [0, 1]) around the first ``points`` test inputs as f' sees them (rounded
     to its input grid when it quantizes its input, so that every ball holds grid points);
-    ``timeout`` in seconds per ball (default 10).  ``workers``: the balls are decided on a local
-    pool of that many processes, started once per job (1: in the job's process; the verdicts are
-    the same).  Whether or not ``enabled``, the exact simulation is checked against
+    ``timeout`` in seconds per ball (default 10).  ``delta``: a number, or ``"<k> steps"``: k
+    steps of f''s input grid (a ball then holds ``2 * floor(k) + 1`` grid points per coordinate,
+    at least ``floor(k) + 1`` at the domain's edges; a float input has no grid: an error).  The
+    results name each ball's number of input grid points.  Networks the verifier cannot read
+    (e.g. max pooling) are found before training: their verification is skipped with the reason,
+    logged and recorded in the results.  ``workers``: the balls are decided on a local pool of
+    that many processes, started once per job (1: in the job's process; the verdicts are the
+    same).  Whether or not ``enabled``, the exact simulation is checked against
     ``tq.reference_forward`` on the first ``reference_points`` test inputs (when activations and
     input are quantized: bit-exact only on grids)."""
 
@@ -226,17 +254,36 @@ class VerifyConfig(CoreVerifyConfig):
     points: int = 4
     reference_points: int = 32
 
+    @property
+    def delta_steps(self) -> float | None:
+        """``k`` of ``delta="<k> steps"`` (``None``: ``delta`` is a number)."""
+        return delta_steps(self.delta)
+
     def __post_init__(self) -> None:
-        super().__post_init__()
+        steps = self.delta_steps  # "<k> steps": the core config checks a number, the radius comes later
+        if steps is None and (self.delta is None or not _non_negative_number(self.delta)):
+            raise ValueError(
+                f"verify.delta must be a finite number >= 0 or '<k> steps' (k > 0 steps of the input grid), "
+                f"got {self.delta!r}"
+            )
+        delta = self.delta
+        if steps is not None:
+            self.delta = None
+        try:
+            super().__post_init__()
+        finally:
+            self.delta = delta
         _positive("verify", points=self.points)
-        if self.delta is None:
-            raise ValueError("verify.delta must be a finite number >= 0, got null")
         if self.reference_points < 0:
             raise ValueError(f"verify.reference_points must be >= 0, got {self.reference_points}")
 
-    def job(self) -> CoreVerifyConfig:
-        """The ``tq.verify_equivalence`` config (without the recipe's own fields)."""
-        return CoreVerifyConfig(**{f.name: getattr(self, f.name) for f in fields(CoreVerifyConfig)})
+    def job(self, delta: Any = None) -> CoreVerifyConfig:
+        """The ``tq.verify_equivalence`` config (without the recipe's own fields); ``delta``: the
+        radius to use (a number: needed when ``delta`` counts input grid steps)."""
+        core = {f.name: getattr(self, f.name) for f in fields(CoreVerifyConfig)}
+        if delta is None and self.delta_steps is not None:
+            raise ValueError(f"verify.delta={self.delta!r}: give the radius of f''s input grid to job()")
+        return CoreVerifyConfig(**(core | ({"delta": delta} if delta is not None else {})))
 
 
 @dataclass
@@ -244,7 +291,9 @@ class TrainerConfig:
     """Float training (Adam, cross entropy) with a Lightning Trainer: ``epochs``, ``lr``,
     ``lr_schedule`` (``constant`` or ``cosine`` annealing to 0 over the epochs), ``batch_size``
     (``None``: the whole training set), ``accelerator`` (``cpu``), ``seed``;
-    ``threads``: torch's CPU threads (``None``: torch's default); ``progress``: progress bars."""
+    ``threads``: torch's CPU threads (``None``: torch's default); ``progress``: progress bars
+    (Lightning's and the recipe's; ``None``: only when stderr is a terminal, so logs and pipes get
+    no bar text)."""
 
     epochs: int = 60
     lr: float = 3e-3
@@ -253,7 +302,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     seed: int = 0
     threads: int | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -276,8 +325,17 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        if self.model.kind == "cnn" and self.model.target is None and self.dataset.name in TABULAR:
-            raise ValueError(f"model.kind='cnn' needs images; dataset {self.dataset.name!r} is tabular")
+        q, v = self.quant, self.verify
+        floating = q.input_bits is None or (q.input_bits == "activation" and q.activation_bits is None)
+        if v.enabled and v.delta_steps is not None and floating:
+            raise ValueError(
+                f"verify.delta={v.delta!r} counts steps of the input grid, but the input is float "
+                f"(quant.input_bits={q.input_bits!r}, quant.activation_bits={q.activation_bits!r}): give "
+                "verify.delta as a number (e.g. 0.01), or quantize the input (quant.input_bits=8)"
+            )
+        name = self.dataset.name
+        if self.model.kind == "cnn" and self.model.target is None and name in TABULAR and name not in IMAGES:
+            raise ValueError(f"model.kind='cnn' needs images; dataset {name!r} is tabular")
 
 
 # ------------------------------------------------------------------------- other recipes
@@ -312,7 +370,7 @@ class Ceg4nRecipeConfig:
     cache_dir: str | None = None
     calibration_samples: int = 1024
     threads: int | None = None
-    progress: bool = True
+    progress: bool | None = None  # None: only on a terminal (torchqv.progress)
 
     def __post_init__(self) -> None:
         from .ceg4n import NETWORKS
@@ -351,7 +409,7 @@ class RepresentabilityRecipeConfig:
     activations: list[str] = field(default_factory=lambda: list(PAPER_ACTIVATIONS))
     ps: list[int] = field(default_factory=lambda: list(range(2, 9)))
     exact: bool = False
-    progress: bool = True
+    progress: bool | None = None  # None: only on a terminal (torchqv.progress)
 
     def __post_init__(self) -> None:
         if not self.activations or not self.ps or any(p < 1 for p in self.ps):

@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datamodules import TabularDataModule, VisionDataModule
-from ..data.tabular import TABULAR
+from ..data.tabular import TABULAR, TABULAR_IMAGES
+from ..progress import show_progress
 from ..verify import from_onnx
 from .config import FLOAT_ACTIVATIONS, DatasetConfig, ModelConfig, TrainerConfig
 
@@ -41,6 +42,7 @@ class Data:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    image_shape: tuple[int, ...] | None = None  # a flat set of pixels (digits): the image's C x H x W
 
 
 def _first(ds: Dataset, n: int | None) -> Dataset:
@@ -49,11 +51,12 @@ def _first(ds: Dataset, n: int | None) -> Dataset:
 
 def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
     """The data set of ``cfg`` (tabular: stratified split; images: the official split), the
-    training split in seeded random order, cut to ``train_subset`` / ``test_subset``."""
+    training split in seeded random order, cut to its first ``train_subset`` / ``test_subset``
+    examples by the DataModule (more than the split holds is an error)."""
+    subsets = {"train_subset": cfg.train_subset, "test_subset": cfg.test_subset}
+    dm: TabularDataModule | VisionDataModule
     if cfg.name in TABULAR:
-        dm = TabularDataModule(name=cfg.name, test_size=cfg.test_size, val_size=0.0, seed=seed)
-        dm.setup()
-        shape: tuple[int, ...] = (dm.num_features,)
+        dm = TabularDataModule(name=cfg.name, test_size=cfg.test_size, val_size=0.0, seed=seed, **subsets)
     else:
         dm = VisionDataModule(
             name=cfg.name,
@@ -63,12 +66,19 @@ def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
             verify_md5=cfg.verify_md5,
             val_size=0,
             seed=seed,
+            **subsets,
         )
         dm.prepare_data()
+    try:
         dm.setup()
-        shape = dm.input_shape
-    train, test = _first(dm.train_set, cfg.train_subset), _first(dm.test_set, cfg.test_subset)
-    return Data(cfg.name, train, test, int(dm.num_classes), tuple(shape))
+    except ValueError as exc:
+        if "_subset=" in str(exc):
+            raise ValueError(f"dataset.{exc}") from exc
+        raise
+    assert dm.train_set is not None and dm.test_set is not None
+    shape = tuple(dm.input_shape)
+    image = shape if len(shape) == 3 else TABULAR_IMAGES.get(cfg.name)
+    return Data(cfg.name, dm.train_set, dm.test_set, int(dm.num_classes), shape, image)
 
 
 def tensors(ds: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +90,15 @@ def tensors(ds: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(xs), torch.cat(ys)
 
 
-def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """An untrained network for ``cfg`` (``cfg.load`` is read by :func:`load_model`)."""
+def build_model(
+    cfg: ModelConfig,
+    input_shape: Sequence[int],
+    num_classes: int,
+    image_shape: Sequence[int] | None = None,
+) -> nn.Module:
+    """An untrained network for ``cfg`` (``cfg.load`` is read by :func:`load_model`).  A CNN on a
+    flat input that holds an image's pixels (``image_shape``, e.g. digits' 1 x 8 x 8) starts with
+    an ``nn.Unflatten`` to that shape."""
     if cfg.target is not None:
         return _instantiate(cfg, input_shape, num_classes)
     act = FLOAT_ACTIVATIONS[cfg.activation]
@@ -93,6 +110,9 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) 
         for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), act()]
         return nn.Sequential(*layers[:-1])
+    if len(input_shape) == 1 and image_shape is not None and math.prod(image_shape) == input_shape[0]:
+        layers.append(nn.Unflatten(1, tuple(image_shape)))
+        input_shape = tuple(image_shape)
     if len(input_shape) != 3:
         raise ValueError(f"model.kind='cnn' needs C x H x W images, got input shape {tuple(input_shape)}")
     c, h, w = input_shape
@@ -123,14 +143,16 @@ def _instantiate(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int)
     return model
 
 
-def load_model(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+def load_model(
+    cfg: ModelConfig, input_shape: Sequence[int], num_classes: int, image_shape: Sequence[int] | None = None
+) -> nn.Module:
     """The network ``cfg.load`` names: an ONNX file, or a state dict for :func:`build_model`'s network."""
     path = Path(str(cfg.load))
     if not path.exists():
         raise FileNotFoundError(f"model.load: {path} does not exist")
     if path.suffix == ".onnx":
         return from_onnx(path).eval()
-    model = build_model(cfg, input_shape, num_classes)
+    model = build_model(cfg, input_shape, num_classes, image_shape)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
 
@@ -203,7 +225,7 @@ def fit(
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=cfg.progress,
+            enable_progress_bar=show_progress(cfg.progress),
             limit_val_batches=0,
             num_sanity_val_steps=0,
             default_root_dir=root,

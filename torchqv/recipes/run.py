@@ -15,7 +15,13 @@ For every weight width ``b`` in ``quant.bits`` and rounding method in ``rounding
    integer reference (``tq.reference_forward``) bit for bit on the first test inputs;
 4. **verify** (``tq.verify_equivalence``, Matos Júnior, "An automated method for neural network quantization
    refinement" (PhD thesis, UFAM, 2025)) the float network f against f' around the first test inputs: proved,
-   refuted (a replayed counterexample) or unknown.
+   refuted (a replayed counterexample) or unknown; the regions' radius is a number or ``"<k> steps"`` of
+   f''s input grid, and each row records how many input grid points a region holds (``grid_points``).  A
+   network the verifier cannot read is found before training: its rows record why in ``verify_skipped``.
+
+Widths: ``quant.activation_bits`` (8, ``"same"`` as the weights, or float) and
+``quant.input_bits`` (``"activation"``: as the activations, by default), so a sweep of
+``quant.bits`` varies the weights alone unless asked otherwise; plots and tables say what varies.
 
 Outputs (:mod:`torchqv.recipes.report`): ``results.json`` (one row per width and method),
 ``results.md`` (nearest vs QUBO accuracy, then the details), ``accuracy.png`` (accuracy against
@@ -31,23 +37,26 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from ..errors import VerificationInputError
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
 from ..graph import QuantizedModel
 from ..jobconfig import plain
 from ..lightning.qat import QuantizationAwareTraining
+from ..ops.base import Unsupported
+from ..progress import progress_bar
 from ..quantize import QConfig, calibrate, quantize
 from ..reference import reference_forward
 from ..rounding import round_weights
 from ..verify import verify_equivalence
 from ..verify.network import float_chain, quant_chain
 from ..verify.parallel import optional_pool
-from .config import QuantConfig, RunConfig, as_config
+from .config import QuantConfig, RunConfig, VerifyConfig, as_config
 from .networks import Data, accuracy, build_model, fit, load_data, load_model, tensors
 from .report import (
     Column,
@@ -64,9 +73,18 @@ log = logging.getLogger(__name__)
 CHUNK = 512  # calibration batch size
 
 
-def width(value: Any, bits: int) -> int | None:
-    """``quant.activation_bits`` / ``input_bits`` for weight width ``bits``."""
-    return bits if value == "same" else value
+def width(value: Any, bits: int, activation: int | None = None) -> int | None:
+    """``quant.activation_bits`` / ``input_bits`` for weight width ``bits`` (``"same"``: ``bits``;
+    ``"activation"``: the activations' width ``activation``)."""
+    if value == "same":
+        return bits
+    return activation if value == "activation" else value
+
+
+def widths(q: QuantConfig, bits: int) -> tuple[int | None, int | None]:
+    """The activations' and the input's widths (``None``: float) for weight width ``bits``."""
+    a = width(q.activation_bits, bits)
+    return a, width(q.input_bits, bits, a)
 
 
 def weight_observer(q: QuantConfig, method: str | None) -> str:
@@ -82,7 +100,7 @@ def qconfig(q: QuantConfig, bits: int, method: str | None) -> QConfig:
         if bits == 1
         else FixedPoint(bits=bits, per_channel=q.per_channel, power_of_two=q.power_of_two)
     )
-    a, i = width(q.activation_bits, bits), width(q.input_bits, bits)
+    a, i = widths(q, bits)
     return QConfig(
         weight=weight,
         activation=FixedPoint(bits=a, power_of_two=q.power_of_two) if a else None,
@@ -134,15 +152,20 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
         torch.set_num_threads(cfg.trainer.threads)
     data = load_data(cfg.dataset, cfg.trainer.seed)
     torch.manual_seed(cfg.trainer.seed)
+    v = cfg.verify
     if cfg.model.load is not None:
-        f = load_model(cfg.model, data.input_shape, data.num_classes)
+        f = load_model(cfg.model, data.input_shape, data.num_classes, data.image_shape)
+        skip = _unverifiable(f, None, data.input_shape) if v.enabled else None
     else:
-        model = build_model(cfg.model, data.input_shape, data.num_classes)
+        model = build_model(cfg.model, data.input_shape, data.num_classes, data.image_shape)
+        skip = _unverifiable(model, None, data.input_shape) if v.enabled else None
+        if skip:  # said before training, not found after it
+            log.warning("verification will be skipped: %s", skip)
         f = fit(model, data.train, cfg.trainer, cfg.trainer.epochs, cfg.trainer.lr, root=out)
         torch.save(f.state_dict(), out / "float_model.pt")
     train_seconds = time.perf_counter() - start
     float_acc = accuracy(f, data.test)
-    v, arch = cfg.verify, describe(f, cfg)
+    arch = describe(f, cfg)
     log.info("float network %s: test accuracy %.4f (%.1f s)", arch, float_acc, train_seconds)
     inputs = {
         "calibration": tensors(data.train, cfg.quant.calibration_samples)[0],
@@ -152,7 +175,7 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
     }
     rows = []
     jobs = len(cfg.quant.bits) * len(cfg.rounding.method)
-    bar = tqdm(total=jobs, desc="bits x rounding", disable=not cfg.trainer.progress)
+    bar = progress_bar(desc="bits x rounding", total=jobs, progress=cfg.trainer.progress)
     with optional_pool(v.workers if v.enabled else 1) as pool:  # one pool for every verification
         for bits in cfg.quant.bits:
             trained = _qat(f, cfg, bits, data, out) if cfg.quant.mode == "qat" else None
@@ -162,7 +185,7 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
                     qm = _ptq(f, cfg, bits, method, inputs["calibration"])
                 else:
                     qm = copy.deepcopy(trained)
-                measured = _measure(f, qm, cfg, bits, method, data, float_acc, inputs, pool)
+                measured = _measure(f, qm, cfg, bits, method, data, float_acc, inputs, pool, skip)
                 rows.append({"dataset": data.name, "model": arch, **measured})
                 bar.update()
     bar.close()
@@ -197,17 +220,19 @@ def _measure(
     float_acc: float,
     inputs: dict[str, torch.Tensor | None],
     pool: Executor | None = None,
+    skip: str | None = None,
 ) -> dict[str, Any]:
     r, v, q = cfg.rounding, cfg.verify, cfg.quant
     t0 = time.perf_counter()
     report = round_weights(
         qm, inputs["rounding"].split(CHUNK), r.job(method), progress=False,
     )  # fmt: skip
+    a, i = widths(q, bits)
     row: dict[str, Any] = {
         "mode": q.mode,
         "bits": bits,
-        "activation_bits": width(q.activation_bits, bits),
-        "input_bits": width(q.input_bits, bits),
+        "activation_bits": a,
+        "input_bits": i,
         "method": method,
         "weight_observer": weight_observer(q, method),
         "float_accuracy": float_acc,
@@ -223,35 +248,70 @@ def _measure(
         if not row["reference_match"]:
             log.error("%d bits, %s: the simulation differs from the integer reference", bits, method)
     row |= {"proved": None, "refuted": None, "unknown": None, "verdicts": None, "verify_seconds": None}
-    row["verify_skipped"] = _unverifiable(f, qm, data.input_shape) if v.enabled else None
-    if row["verify_skipped"]:
+    row |= {"delta": None, "input_step": None, "grid_points": None}
+    row["verify_skipped"] = (skip or _unverifiable(f, qm, data.input_shape)) if v.enabled else None
+    if row["verify_skipped"] and not skip:
         log.warning("verification skipped: %s", row["verify_skipped"])
-    elif v.enabled:
+    elif v.enabled and not skip:
         t0 = time.perf_counter()
         centres = region_centres(qm, inputs["verify"], v.domain)
-        results = verify_equivalence(
-            f, qm, centres, config=v.job().updated(seed=cfg.trainer.seed, workers=1), executor=pool,
-        )  # fmt: skip
-        verdicts = [res.verdict for res in results]
-        row |= {
-            "proved": verdicts.count("EQUIVALENT"),
-            "refuted": verdicts.count("NOT_EQUIVALENT"),
-            "unknown": verdicts.count("UNKNOWN"),
-            "verdicts": [
-                {"verdict": res.verdict, "method": res.stats.get("method"), "reason": res.reason}
-                for res in results
-            ],
-            "verify_seconds": time.perf_counter() - t0,
-        }
+        try:
+            delta, step = radius(qm, v)  # "<k> steps" of a float input: a reason, not a crash
+            results = verify_equivalence(
+                f, qm, centres, config=v.job(delta).updated(seed=cfg.trainer.seed, workers=1), executor=pool,
+            )  # fmt: skip
+        except (Unsupported, NoInputGrid) as exc:  # the verifier cannot encode it: recorded, not a crash
+            row["verify_skipped"] = str(exc)
+            log.warning("verification skipped: %s", exc)
+            results = None
+        if results is not None:
+            verdicts = [res.verdict for res in results]
+            points = [res.stats.get("grid_points") for res in results]
+            row |= {
+                "proved": verdicts.count("EQUIVALENT"),
+                "refuted": verdicts.count("NOT_EQUIVALENT"),
+                "unknown": verdicts.count("UNKNOWN"),
+                "verdicts": [
+                    {
+                        "verdict": res.verdict,
+                        "method": res.stats.get("method"),
+                        "reason": res.reason,
+                        "grid_points": n,
+                    }
+                    for res, n in zip(results, points, strict=True)
+                ],
+                "verify_seconds": time.perf_counter() - t0,
+                "delta": float(delta),
+                "input_step": float(step) if step is not None else None,
+                "grid_points": min(points) if points and None not in points else None,
+            }
     row["layers"] = report.to_dict()["layers"]
     return row
 
 
-def _unverifiable(f: torch.nn.Module, qm: torch.nn.Module, shape: Sequence[int]) -> str | None:
-    """Why the verifier cannot read these networks (``None``: it can)."""
+class NoInputGrid(VerificationInputError):
+    """``verify.delta="<k> steps"`` for a network without an input grid."""
+
+
+def radius(qm: torch.nn.Module, v: VerifyConfig) -> tuple[float | Fraction, Fraction | None]:
+    """The regions' radius (``verify.delta``: a number, or ``"<k> steps"`` of f''s input grid)
+    and that grid's step (``None``: a float input, whose regions are continuous)."""
+    quant = qm.input_quant if isinstance(qm, QuantizedModel) else None
+    step = min(quant.steps()) if quant is not None else None
+    k = v.delta_steps
+    if k is None:
+        return v.delta, step
+    if step is None:
+        raise NoInputGrid(f"verify.delta={v.delta!r} counts input grid steps, but f' has a float input")
+    return Fraction(k) * step, step
+
+
+def _unverifiable(f: torch.nn.Module, qm: torch.nn.Module | None, shape: Sequence[int]) -> str | None:
+    """Why the verifier cannot read these networks (``None``: it can; ``qm=None``: f alone)."""
     try:
         float_chain(f, tuple(shape))
-        quant_chain(qm, tuple(shape))
+        if qm is not None:
+            quant_chain(qm, tuple(shape))
     except QuantizationError as exc:
         return str(exc)
     return None
@@ -270,6 +330,29 @@ def _key(r: dict[str, Any]) -> tuple:
     return (r["dataset"], r["model"], r["mode"], job_label(r, SWEPT))
 
 
+def grid_points(n: int | None) -> str:
+    """A count of grid points: exact below a million, else a lower bound ``>= 10^k``."""
+    if n is None:
+        return "-"
+    return str(n) if n < 10**6 else f">= 10^{len(str(n)) - 1}"
+
+
+def _verified(r: dict[str, Any]) -> str:
+    """``proved/refuted/unknown`` regions, ``skipped`` (the verifier cannot read the network) or ``-``."""
+    if r.get("verify_skipped"):
+        return "skipped"
+    return "-" if r["proved"] is None else f"{r['proved']}/{r['refuted']}/{r['unknown']}"
+
+
+def _radius(r: dict[str, Any]) -> str:
+    """The regions' radius, in input steps when the input is on a grid."""
+    if r.get("delta") is None:
+        return "-"
+    if r.get("input_step"):
+        return f"{r['delta'] / r['input_step']:.3g} steps"
+    return f"{r['delta']:.3g}"
+
+
 DETAILS: list[Column] = [
     ("dataset", "dataset"),
     ("model", "model"),
@@ -280,43 +363,84 @@ DETAILS: list[Column] = [
     ("accuracy", "accuracy"),
     ("output error", "output_error"),
     ("sim == ref", "reference_match"),
-    ("verified", lambda r: "-" if r["proved"] is None else f"{r['proved']}/{r['refuted']}/{r['unknown']}"),
+    ("verified", _verified),
+    ("radius", _radius),
+    ("grid points / region", lambda r: grid_points(r.get("grid_points"))),
     ("by", lambda r: _methods(r)),
     ("round (s)", "round_seconds"),
     ("verify (s)", "verify_seconds"),
 ]
 
 
+def widths_note(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """What varies with ``bits`` on the plots' x axis (``"weight bits"``, ``"weight = activation
+    bits"``, ...) and what stays fixed (``"activation 8 bits, input 8 bits"``)."""
+    several = len({r["bits"] for r in rows}) > 1
+    moving, fixed = ["weight"], []
+    for key, name in (("activation_bits", "activation"), ("input_bits", "input")):
+        values = {r.get(key) for r in rows}
+        if several and all(r.get(key) == r["bits"] for r in rows):
+            moving.append(name)
+        elif len(values) == 1:
+            (value,) = values
+            fixed.append(f"{name} {value} bits" if value else f"{name} float")
+        else:
+            shown = ", ".join(str(b or "float") for b in sorted(values, key=str))
+            fixed.append(f"{name} bits vary: {shown}")
+    return " = ".join(moving) + " bits", ", ".join(fixed)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """Nearest vs QUBO test accuracy per width, then one line per width and method."""
+    """Nearest vs QUBO test accuracy per width (with the verdicts and the regions' input grid
+    points), then one line per width and method."""
     jobs = any(job_label(r, SWEPT) for r in rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        g = groups.setdefault((*_key(r), _bits_label(r), r["bits"]), {"float": r["float_accuracy"]})
+        key = (*_key(r), _bits_label(r), r["bits"])
+        g = groups.setdefault(key, {"float": r["float_accuracy"], "rows": []})
         g[r["method"]] = r["accuracy"]
+        g["rows"].append(r)
     head = ["dataset", "model", "mode", "bits (w/a/in)", "float", *methods]
     both = {"nearest", "qubo"} <= set(methods)
+    head += ["qubo - nearest"] if both else []
+    checked = any(r.get("verify_skipped") or r["proved"] is not None for r in rows)
+    if checked:
+        head += [f"verified ({', '.join(methods)})", "grid points / region"]
     summary = []
     for (ds, model, mode, job, label, _), g in sorted(groups.items(), key=lambda kv: (kv[0][:4], -kv[0][5])):
         line = [ds, model, mode, label, g["float"], *(g.get(m) for m in methods)]
-        if both and g.get("qubo") is not None and g.get("nearest") is not None:
-            line.append(g["qubo"] - g["nearest"])
+        if both:
+            has = g.get("qubo") is not None and g.get("nearest") is not None
+            line.append(g["qubo"] - g["nearest"] if has else None)
+        if checked:
+            counts = [r["grid_points"] for r in g["rows"] if r.get("grid_points") is not None]
+            line += [", ".join(_verified(r) for r in g["rows"]), grid_points(min(counts) if counts else None)]
         summary.append([*line, job] if jobs else line)
-    head += ["qubo - nearest"] if both else []
     details = rows_table(rows, DETAILS + ([("job", lambda r: job_label(r, SWEPT))] if jobs else []))
+    varies, fixed = widths_note(rows)
+    skipped = sorted({r["verify_skipped"] for r in rows if r.get("verify_skipped")})
     return "\n".join(
         [
             "### Test accuracy: nearest vs QUBO rounding",
             "",
+            f"bits (w/a/in): weight / activation / input bits; across the rows the {varies} vary"
+            + (f" ({fixed})" if fixed else "")
+            + ". verified: proved / refuted / unknown regions (f' and the float network f satisfy "
+            "verify.relation, top1: the same class, on every input of the region); grid points / "
+            "region: the input grid points a region holds (the fewest over the regions; '>= 10^k': a "
+            "lower bound), i.e. how many inputs one proof covers.",
+            "",
             markdown_table(head + (["job"] if jobs else []), summary),
+            *([""] + [f"verification skipped: {reason}" for reason in skipped] if skipped else []),
             "",
             "### Details",
             "",
             "output error: the layers' squared output errors before the activation, summed (the QUBO "
             "objective); sim == ref: the exact simulation equals tq.reference_forward on the first test "
-            "inputs; verified: proved / refuted / unknown regions, decided by the methods listed "
-            "(vacuous: no input grid point in the region).",
+            "inputs; verified: proved / refuted / unknown regions, decided by the methods listed; radius: "
+            "the L-inf radius of the regions around the first test inputs (rounded to f''s input grid), "
+            "in steps of that grid when the input is quantized.",
             "",
             details,
         ]
@@ -349,7 +473,10 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
         ax.axhline(acc, ls="--", lw=0.8, color="gray")
     ax.set_xscale("log", base=2)
     ax.set_xticks(bits, [str(b) for b in bits])
-    ax.set_title("test accuracy against weight bits (dashed: float)")
+    varies, fixed = widths_note(rows)
+    note = f" ({fixed})" if fixed else ""
+    ax.set_xlabel(varies)
+    ax.set_title(f"test accuracy against {varies}{note}; dashed: float", fontsize=9)
     files.append(save_figure(fig, out / "accuracy.png"))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -357,7 +484,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[str]:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(bits, [str(b) for b in bits])
-    ax.set_title("nearest vs QUBO: summed squared layer output error")
+    ax.set_xlabel(varies)
+    ax.set_title(f"nearest vs QUBO: summed squared layer output error{note}", fontsize=9)
     files.append(save_figure(fig, out / "rounding.png"))
     checked = [r for r in rows if r["proved"] is not None]
     if checked:

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..progress import show_progress
 from ..theory.degradation import fit_defined, run_regression
 from ..theory.degradation_mnist import run_mnist
 from ..theory.universality import markdown_table as verdict_table
@@ -133,7 +134,7 @@ def run_representability(cfg: RepresentabilityRecipeConfig | Any, out_dir: str |
     """Park et al.'s verdict table for ``cfg.activations`` x ``cfg.ps``; returns the written results."""
     cfg = as_config(cfg, RepresentabilityRecipeConfig)
     start = time.perf_counter()
-    rows = representability_table(cfg.activations, cfg.ps, None, cfg.exact, cfg.progress)
+    rows = representability_table(cfg.activations, cfg.ps, None, cfg.exact, show_progress(cfg.progress))
     return write_outputs(out_dir, "representability", asdict(cfg), rows, seconds=time.perf_counter() - start)
 
 
