@@ -40,7 +40,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .errors import DataError, ExportError, QuantizationError
+from .errors import DataError, ExportError
 from .formats import FixedPoint, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
@@ -410,11 +410,11 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file as untrusted input: parse errors and checker failures become clear errors."""
     path = Path(path)
     if not path.is_file():
-        raise QuantizationError(f"ONNX file not found: {path}")
+        raise ExportError(f"ONNX file not found: {path}")
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise QuantizationError(f"{path}: not a readable ONNX model ({exc})") from exc
+        raise ExportError(f"{path}: not a readable ONNX model ({exc})") from exc
     return check_onnx(model, str(path))
 
 
@@ -422,11 +422,11 @@ def check_onnx(model: onnx.ModelProto, where: str = "the ONNX model") -> onnx.Mo
     """``onnx.checker`` (full check, shape inference included) on an untrusted model; a failure is a
     ``QuantizationError`` that names the model and the checker's finding."""
     if not isinstance(model, onnx.ModelProto):
-        raise QuantizationError(f"{where}: expected an onnx.ModelProto, got {type(model).__name__}")
+        raise ExportError(f"{where}: expected an onnx.ModelProto, got {type(model).__name__}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise QuantizationError(f"{where}: fails onnx.checker (fix or re-export the model): {exc}") from exc
+        raise ExportError(f"{where}: fails onnx.checker (fix or re-export the model): {exc}") from exc
     return model
 
 

@@ -30,6 +30,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..errors import DataError
 from .tabular import TABULAR, TABULAR_SHAPES, train_test
 from .torchvision_sets import load_split, locate, vision_set
 
@@ -80,25 +81,25 @@ class TabularDataConfig:
 
     def __post_init__(self) -> None:
         if self.name not in TABULAR:
-            raise ValueError(f"unknown embedded data set {self.name!r}; choose one of {TABULAR}")
+            raise DataError(f"unknown embedded data set {self.name!r}; choose one of {TABULAR}")
         if not 0 < self.test_size < 1:
-            raise ValueError(f"test_size must be a fraction in (0, 1), got {self.test_size}")
+            raise DataError(f"test_size must be a fraction in (0, 1), got {self.test_size}")
         _check_loader_fields(self)
         if not 0 <= self.val_size < 1:
-            raise ValueError(f"val_size must be a fraction in [0, 1), got {self.val_size}")
+            raise DataError(f"val_size must be a fraction in [0, 1), got {self.val_size}")
 
 
 def _check_loader_fields(cfg: Any) -> None:
     if cfg.batch_size < 1 or (cfg.eval_batch_size is not None and cfg.eval_batch_size < 1):
-        raise ValueError(f"batch sizes must be >= 1, got {cfg.batch_size} and {cfg.eval_batch_size}")
+        raise DataError(f"batch sizes must be >= 1, got {cfg.batch_size} and {cfg.eval_batch_size}")
     if cfg.num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+        raise DataError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.val_size < 0 or (cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size)):
-        raise ValueError(f"val_size must be a fraction in [0, 1) or a whole count, got {cfg.val_size}")
+        raise DataError(f"val_size must be a fraction in [0, 1) or a whole count, got {cfg.val_size}")
     for name in ("train_subset", "test_subset"):
         n = getattr(cfg, name)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"{name} must be a positive int (a number of examples) or None, got {n!r}")
+            raise DataError(f"{name} must be a positive int (a number of examples) or None, got {n!r}")
 
 
 def subset(ds: Dataset, n: int | None, what: str, data: str) -> Dataset:
@@ -107,7 +108,7 @@ def subset(ds: Dataset, n: int | None, what: str, data: str) -> Dataset:
     if n is None:
         return ds
     if n > len(ds):
-        raise ValueError(
+        raise DataError(
             f"{what}={n} exceeds the {len(ds)} examples of {data}; use at most {len(ds)} or None (all)"
         )
     return ds if n == len(ds) else Subset(ds, range(n))
@@ -175,7 +176,7 @@ class _SplitDataModule(pl.LightningDataModule):
 def _val_count(val_size: float, n: int) -> int:
     count = round(val_size * n) if val_size < 1 else int(val_size)
     if count >= n:
-        raise ValueError(f"val_size={val_size} leaves no training examples out of {n}")
+        raise DataError(f"val_size={val_size} leaves no training examples out of {n}")
     return count
 
 
@@ -228,7 +229,7 @@ class _FixedVisionDataModule(VisionDataModule):
 
     def __init__(self, **overrides: Any):
         if overrides.get("name", self.set_name) != self.set_name:
-            raise ValueError(f"{type(self).__name__} reads {self.set_name!r}, not {overrides['name']!r}")
+            raise DataError(f"{type(self).__name__} reads {self.set_name!r}, not {overrides['name']!r}")
         super().__init__(None, **{**overrides, "name": self.set_name})
 
 
@@ -290,7 +291,7 @@ class TabularDataModule(_SplitDataModule):
         else:
             xva, yva = xtr[:0], ytr[:0]
         if (xtr.shape[1], int(torch.cat([ytr, yte]).max()) + 1) != TABULAR_SHAPES[cfg.name]:
-            raise ValueError(f"the embedded {cfg.name} data does not match TABULAR_SHAPES")
+            raise DataError(f"the embedded {cfg.name} data does not match TABULAR_SHAPES")
         train, test = TensorDataset(xtr, ytr), TensorDataset(xte, yte)
         self.train_set = subset(train, cfg.train_subset, "train_subset", f"{cfg.name}'s training split")
         self.val_set = TensorDataset(xva, yva)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..formats import QuantizationError
+from ..errors import DataError
 
 DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 SPLITS = {
@@ -24,14 +24,14 @@ def _layout(head: bytes, size: int, path: Path) -> tuple[np.dtype, list[int], in
     bytes are ``head``; a bad magic number or a size other than the header's is an error that names
     the file and the fix."""
     if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in DTYPES:
-        raise QuantizationError(f"{path}: not an IDX file (bad magic number); replace it with the original")
+        raise DataError(f"{path}: not an IDX file (bad magic number); replace it with the original")
     ndim = head[3]
     offset = 4 + 4 * ndim
     dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(DTYPES[head[2]])
     expected = offset + int(np.prod(dims)) * dtype.itemsize
     if len(head) < offset or size != expected:
-        raise QuantizationError(
+        raise DataError(
             f"{path}: truncated or corrupt IDX file ({size} bytes, its header {dims} needs {expected}); "
             "replace it with the original"
         )
@@ -54,7 +54,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, OSError, zlib.error) as exc:
-        raise QuantizationError(f"{path}: unreadable ({exc}); replace it with the original") from exc
+        raise DataError(f"{path}: unreadable ({exc}); replace it with the original") from exc
     dtype, dims, offset = _layout(data, len(data), path)
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims)
 
@@ -63,7 +63,7 @@ def _find(raw: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (raw / name).exists():
             return raw / name
-    raise QuantizationError(f"{stem}[.gz] not found in {raw}")
+    raise DataError(f"{stem}[.gz] not found in {raw}")
 
 
 def load_mnist(
@@ -72,7 +72,7 @@ def load_mnist(
     """Images (N x 1 x 28 x 28, float32 in [0, 1]) and labels from ``root/<name>/raw`` (torchvision's
     layout; ``root`` defaults to ``$TORCHQV_DATA``)."""
     if split not in SPLITS:
-        raise QuantizationError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        raise DataError(f"split must be one of {list(SPLITS)}, got {split!r}")
     root = Path(root or os.environ.get("TORCHQV_DATA", "data"))
     raw = root / name / "raw"
     images = read_idx(_find(raw, SPLITS[split][0]))

@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from ..formats import QuantizationError
+from ..errors import DataError
 
 TABULAR = ("digits", "iris", "seeds")
 # what each set holds, known without loading it: (features, classes)
@@ -43,7 +43,7 @@ def load_tabular(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     elif name == "seeds":
         x, y = _seeds()
     else:
-        raise QuantizationError(f"unknown embedded data set {name!r}; choose one of {TABULAR}")
+        raise DataError(f"unknown embedded data set {name!r}; choose one of {TABULAR}")
     if name != "digits":
         lo, hi = x.min(0), x.max(0)
         x = (x - lo) / (hi - lo)
@@ -57,7 +57,7 @@ def train_test(
     from sklearn.model_selection import train_test_split
 
     if not 0 < test_size < 1:
-        raise QuantizationError(f"test_size must be in (0, 1), got {test_size}")
+        raise DataError(f"test_size must be in (0, 1), got {test_size}")
     x, y = load_tabular(name)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     return xtr, xte, ytr, yte

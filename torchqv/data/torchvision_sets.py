@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from ..formats import QuantizationError
+from ..errors import DataError
 from .idx import check_idx
 
 
@@ -119,7 +119,7 @@ class _CIFAR10Unverified(datasets.CIFAR10):
 
 def vision_set(name: str) -> VisionSet:
     if name not in VISION_SETS:
-        raise ValueError(f"unknown image data set {name!r}; choose one of {sorted(VISION_SETS)}")
+        raise DataError(f"unknown image data set {name!r}; choose one of {sorted(VISION_SETS)}")
     return VISION_SETS[name]
 
 
@@ -143,7 +143,7 @@ def _md5(path: Path) -> str:
 
 def _check_md5(path: Path, expected: str | None) -> None:
     if expected is not None and _md5(path) != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: MD5 differs from torchvision's published checksum {expected} (corrupt or not the "
             "official file); replace it, or pass verify_md5=False for a copy you trust"
         )
@@ -177,7 +177,7 @@ def _unpacking(archive: Path) -> Iterator[None]:
     try:
         yield
     except (EOFError, zlib.error, tarfile.ReadError, gzip.BadGzipFile) as exc:
-        raise QuantizationError(
+        raise DataError(
             f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); replace it with the "
             "original (verify_md5=True checks it against torchvision's checksum)"
         ) from exc
@@ -269,7 +269,7 @@ def load_split(name: str, tv_root: str | Path, train: bool, verify_md5: bool = T
         try:
             ds = _CIFAR10Unverified(str(tv_root), train=train)
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
-            raise QuantizationError(
+            raise DataError(
                 f"{folder}: a CIFAR-10 file is truncated or corrupt ({type(exc).__name__}: {exc}); replace "
                 "it with the original (verify_md5=True names the file)"
             ) from exc

@@ -13,8 +13,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..errors import CheckpointError, ConfigError, DataError
 from ..fake_quant import FakeQuantize
-from ..formats import QuantizationError
 from ..graph import QuantizedModel
 from ..quantize import quantizers
 
@@ -23,7 +23,7 @@ def check_attr(attr: Any, who: str) -> None:
     """``attr`` must be a dotted path of attribute names (``"model"``, ``"net.0"``)."""
     parts = attr.split(".") if isinstance(attr, str) else []
     if not parts or not all(p.isidentifier() or p.isdigit() for p in parts):
-        raise QuantizationError(
+        raise ConfigError(
             f"{who}: attr must name the LightningModule's attribute that holds the network (e.g. 'model', "
             f"'net.backbone'), got {attr!r}"
         )
@@ -36,7 +36,7 @@ def get_network(pl_module: pl.LightningModule, attr: str, who: str) -> nn.Module
     except AttributeError:
         net = None
     if not isinstance(net, nn.Module) or net is pl_module:
-        raise QuantizationError(
+        raise ConfigError(
             f"{who}: {type(pl_module).__name__} has no network at attribute {attr!r}; keep the network "
             f"as a sub-module (e.g. self.model = nn.Sequential(...)) and pass attr='<its name>'"
         )
@@ -75,7 +75,7 @@ def broadcast_state(trainer: pl.Trainer | None, net: nn.Module, keys: set[str] |
     state = trainer.strategy.broadcast(state, src=0)
     result = net.load_state_dict(state, strict=False)
     if result.unexpected_keys:
-        raise QuantizationError(f"processes hold different networks: {result.unexpected_keys}")
+        raise CheckpointError(f"processes hold different networks: {result.unexpected_keys}")
 
 
 def broadcast(trainer: pl.Trainer | None, obj: Any) -> Any:
@@ -90,7 +90,7 @@ def _single_loader(loaders: Any, what: str) -> Iterable:
         loaders = list(loaders.values())
     if isinstance(loaders, (list, tuple)):
         if not loaders:
-            raise QuantizationError(f"no {what} data: the data module gave no loader")
+            raise DataError(f"no {what} data: the data module gave no loader")
         return loaders[0]
     return loaders
 
@@ -120,13 +120,13 @@ def input_batches(loader: Iterable, count: int, trainer: pl.Trainer | None, who:
                 batch = trainer.strategy.batch_to_device(batch)
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             if not isinstance(x, torch.Tensor):
-                raise QuantizationError(
+                raise DataError(
                     f"{who}: a batch's input is a {type(x).__name__}; batches must be tensors or (x, y) "
                     "tuples, or pass the data to the callback explicitly"
                 )
             out.append(x)
     if not out:
-        raise QuantizationError(f"{who}: the data gave no batch")
+        raise DataError(f"{who}: the data gave no batch")
     return out
 
 
@@ -139,7 +139,7 @@ def train_loader(trainer: pl.Trainer, who: str) -> Iterable:
         return _single_loader(trainer.train_dataloader, "training")
     if trainer.datamodule is not None:
         return _single_loader(trainer.datamodule.train_dataloader(), "training")
-    raise QuantizationError(f"{who}: no training data to calibrate on; pass the batches explicitly")
+    raise DataError(f"{who}: no training data to calibrate on; pass the batches explicitly")
 
 
 def val_loader(trainer: pl.Trainer, who: str) -> Iterable:
@@ -148,7 +148,7 @@ def val_loader(trainer: pl.Trainer, who: str) -> Iterable:
         return _single_loader(trainer.val_dataloaders, "validation")
     if trainer.datamodule is not None:
         return _single_loader(trainer.datamodule.val_dataloader(), "validation")
-    raise QuantizationError(f"{who}: no validation data to take points from; pass the points explicitly")
+    raise DataError(f"{who}: no validation data to take points from; pass the points explicitly")
 
 
 def log_metrics(trainer: pl.Trainer | None, metrics: Mapping[str, float]) -> None:

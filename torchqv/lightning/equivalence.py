@@ -158,7 +158,7 @@ class EquivalenceCheck(Callback):
         if points is not None:
             return points.detach().cpu()
         if trainer is None:
-            raise QuantizationError(f"{type(self).__name__}.check needs a trainer or the points")
+            raise ConfigError(f"{type(self).__name__}.check needs a trainer or the points")
         want, got = int(self.points), []
         loader = T.val_loader(trainer, type(self).__name__)
         for x in T.input_batches(loader, want, None, type(self).__name__):
@@ -177,9 +177,7 @@ class EquivalenceCheck(Callback):
         who = type(self).__name__
         fq = T.get_network(pl_module, self.attr, who)
         if not T.is_quantized(fq) or T.uncalibrated(fq):
-            raise QuantizationError(
-                f"{who}: pl_module.{self.attr} must be a calibrated torchqv-quantized network"
-            )
+            raise ConfigError(f"{who}: pl_module.{self.attr} must be a calibrated torchqv-quantized network")
         report = None
         if trainer is None or trainer.is_global_zero:
             pts = self._points(trainer, points)

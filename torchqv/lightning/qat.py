@@ -29,8 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from ..errors import ConfigError
-from ..formats import QuantizationError
+from ..errors import CheckpointError, ConfigError
 from ..quantize import QConfig, calibrate, quantize, quantizers
 from ..tracing import make_plan
 from . import _trainer as T
@@ -67,13 +66,13 @@ class QATRecord(nn.Module):
         if state == self.settings:
             return
         if not isinstance(state, dict):
-            raise QuantizationError(f"malformed torchqv QAT record in the checkpoint: {state!r}")
+            raise CheckpointError(f"malformed torchqv QAT record in the checkpoint: {state!r}")
         diff = [
             f"{k}: checkpoint {state.get(k)!r}, callback {self.settings.get(k)!r}"
             for k in sorted(set(state) | set(self.settings))
             if state.get(k) != self.settings.get(k)
         ]
-        raise QuantizationError(
+        raise CheckpointError(
             "the checkpoint was trained with other quantization settings ("
             + "; ".join(diff)
             + "); configure QuantizationAwareTraining as when it was saved"
@@ -111,16 +110,16 @@ class QuantizationAwareTraining(Callback):
     ):
         config = _as_config(config)
         if not isinstance(config, QConfig):
-            raise QuantizationError(f"config must be a QConfig or a dict, got {type(config).__name__}")
+            raise ConfigError(f"config must be a QConfig or a dict, got {type(config).__name__}")
         if (
             isinstance(calibration_batches, bool)
             or not isinstance(calibration_batches, int)
             or calibration_batches < 1
         ):
-            raise QuantizationError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+            raise ConfigError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
         epoch = freeze_observers_epoch
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-            raise QuantizationError(f"freeze_observers_epoch must be an int >= 0 or None, got {epoch!r}")
+            raise ConfigError(f"freeze_observers_epoch must be an int >= 0 or None, got {epoch!r}")
         T.check_attr(attr, type(self).__name__)
         self.config = config
         self.overrides = make_plan(config, overrides).overrides
@@ -179,7 +178,7 @@ class QuantizationAwareTraining(Callback):
     def _check_calibrated(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         missing = T.uncalibrated(T.get_network(pl_module, self.attr, type(self).__name__))
         if missing:
-            raise QuantizationError(
+            raise ConfigError(
                 f"{type(self).__name__}: the quantized network has no steps for {missing[:3]}: evaluate a "
                 "fitted model, or pass ckpt_path= a checkpoint saved while training with this callback"
             )

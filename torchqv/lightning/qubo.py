@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..errors import ConfigError, QuantizationError
+from ..errors import ConfigError
 from ..rounding.api import RoundingReport, round_weights
 from ..rounding.config import RoundingConfig
 from . import _trainer as T
@@ -69,16 +69,16 @@ class QUBORounding(Callback):
         who = type(self).__name__
         net = T.get_network(pl_module, self.attr, who)
         if not T.is_quantized(net):
-            raise QuantizationError(
+            raise ConfigError(
                 f"{who}: pl_module.{self.attr} is not quantized; add QuantizationAwareTraining before "
                 "this callback, or quantize and calibrate the network (tq.quantize, tq.calibrate)"
             )
         missing = T.uncalibrated(net)
         if missing:
-            raise QuantizationError(f"{who}: calibrate the network first ({missing[:3]} have no step)")
+            raise ConfigError(f"{who}: calibrate the network first ({missing[:3]} have no step)")
         if batches is None:
             if trainer is None:
-                raise QuantizationError(f"{who}.round needs a trainer or calibration batches")
+                raise ConfigError(f"{who}.round needs a trainer or calibration batches")
             batches = T.train_loader(trainer, who)
         report = None
         if trainer is None or trainer.is_global_zero:
@@ -101,7 +101,7 @@ class QUBORounding(Callback):
         rank_zero_info(f"{who}: per-layer output errors (squared Frobenius)\n{self.report.table()}")
         if self.checkpoint_path is not None:
             if trainer is None:
-                raise QuantizationError(f"{who}: saving checkpoint_path needs the trainer")
+                raise ConfigError(f"{who}: saving checkpoint_path needs the trainer")
             Path(self.checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(self.checkpoint_path)
         return self.report

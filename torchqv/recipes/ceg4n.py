@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.torchvision_sets import default_root
+from ..errors import DataError
 from ..jobconfig import plain
 from ..progress import progress_bar
 from ..verify import from_onnx
@@ -96,7 +97,7 @@ def critical_points(
     for c in range(out.shape[1]):
         ok = ((y == c) & (out.argmax(1) == c)).nonzero()[:, 0]
         if len(ok) == 0:
-            raise ValueError(f"no test point of class {c} is classified correctly: no critical point for it")
+            raise DataError(f"no test point of class {c} is classified correctly: no critical point for it")
         idx.append(int(ok[margin[ok].argmax()] if how == "margin" else ok[0]))
     return x[idx], idx
 

@@ -26,6 +26,7 @@ from torch import nn
 from ..data.tabular import TABULAR
 from ..data.tabular import TABULAR_IMAGES as IMAGES
 from ..data.torchvision_sets import VISION_SETS
+from ..errors import ConfigError
 from ..formats import MAX_BITS
 from ..observers import OBSERVERS
 from ..rounding.config import Method
@@ -61,26 +62,26 @@ MODES = ("ptq", "qat")
 
 def _choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{owner}.{name} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{owner}.{name} must be one of {list(allowed)}, got {value!r}")
 
 
 def _positive(owner: str, **values: float | None) -> None:
     for name, value in values.items():
         if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ValueError(f"{owner}.{name} must be a positive number, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be a positive number, got {value!r}")
 
 
 def as_list(value: Any, what: str) -> list:
     """One value or a list of values (as ``quant.bits`` and ``rounding.method`` take them)."""
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
-        raise ValueError(f"{what} must not be empty")
+        raise ConfigError(f"{what} must not be empty")
     return items
 
 
 def _bits(value: Any, what: str, lo: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= MAX_BITS:
-        raise ValueError(f"{what} must be an int in [{lo}, {MAX_BITS}], got {value!r}")
+        raise ConfigError(f"{what} must be an int in [{lo}, {MAX_BITS}], got {value!r}")
 
 
 # ------------------------------------------------------------------------------ run groups
@@ -94,7 +95,7 @@ def delta_steps(value: Any) -> float | None:
         return None
     k = float(match.group(1))
     if not (k > 0 and math.isfinite(k)):
-        raise ValueError(f"verify.delta: the number of steps must be > 0, got {value!r}")
+        raise ConfigError(f"verify.delta: the number of steps must be > 0, got {value!r}")
     return k
 
 
@@ -120,11 +121,11 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         _choice("dataset", "name", self.name, DATASETS)
         if not 0 < self.test_size < 1:
-            raise ValueError(f"dataset.test_size must be a fraction in (0, 1), got {self.test_size}")
+            raise ConfigError(f"dataset.test_size must be a fraction in (0, 1), got {self.test_size}")
         for name in ("train_subset", "test_subset"):
             n = getattr(self, name)
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-                raise ValueError(f"dataset.{name} must be a positive int or null (all), got {n!r}")
+                raise ConfigError(f"dataset.{name} must be a positive int or null (all), got {n!r}")
 
 
 @dataclass
@@ -150,13 +151,13 @@ class ModelConfig:
         _choice("model", "activation", self.activation, tuple(FLOAT_ACTIVATIONS))
         for name in ("hidden", "channels"):
             if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in getattr(self, name)):
-                raise ValueError(f"model.{name} must be a list of positive ints, got {getattr(self, name)}")
+                raise ConfigError(f"model.{name} must be a list of positive ints, got {getattr(self, name)}")
         if self.target is not None and (not isinstance(self.target, str) or "." not in self.target):
-            raise ValueError(
+            raise ConfigError(
                 f"model.target must be a dotted path such as 'pkg.module.Class', got {self.target!r}"
             )
         if self.load is not None and not self.load.endswith((".pt", ".onnx")):
-            raise ValueError(f"model.load must name a .pt state dict or an .onnx file, got {self.load!r}")
+            raise ConfigError(f"model.load must name a .pt state dict or an .onnx file, got {self.load!r}")
 
 
 @dataclass
@@ -195,7 +196,7 @@ class QuantConfig:
         if self.input_bits not in ("same", "activation", None):
             _bits(self.input_bits, "quant.input_bits (or 'activation', 'same' or null)", 1)
         if self.activation_bits == "same" and 1 in self.bits:
-            raise ValueError(
+            raise ConfigError(
                 "quant.bits includes 1 (binary weights) but quant.activation_bits='same' would make "
                 "1-bit activations; set quant.activation_bits to an int >= 2 or null (float activations)"
             )
@@ -203,7 +204,7 @@ class QuantConfig:
         _choice("quant", "activation_observer", self.activation_observer, OBSERVERS)
         _positive("quant", calibration_samples=self.calibration_samples, qat_lr=self.qat_lr)
         if self.qat_epochs < 1:
-            raise ValueError(f"quant.qat_epochs must be >= 1, got {self.qat_epochs}")
+            raise ConfigError(f"quant.qat_epochs must be >= 1, got {self.qat_epochs}")
 
 
 @dataclass
@@ -262,7 +263,7 @@ class VerifyConfig(CoreVerifyConfig):
     def __post_init__(self) -> None:
         steps = self.delta_steps  # "<k> steps": the core config checks a number, the radius comes later
         if steps is None and (self.delta is None or not _non_negative_number(self.delta)):
-            raise ValueError(
+            raise ConfigError(
                 f"verify.delta must be a finite number >= 0 or '<k> steps' (k > 0 steps of the input grid), "
                 f"got {self.delta!r}"
             )
@@ -275,14 +276,14 @@ class VerifyConfig(CoreVerifyConfig):
             self.delta = delta
         _positive("verify", points=self.points)
         if self.reference_points < 0:
-            raise ValueError(f"verify.reference_points must be >= 0, got {self.reference_points}")
+            raise ConfigError(f"verify.reference_points must be >= 0, got {self.reference_points}")
 
     def job(self, delta: Any = None) -> CoreVerifyConfig:
         """The ``tq.verify_equivalence`` config (without the recipe's own fields); ``delta``: the
         radius to use (a number: needed when ``delta`` counts input grid steps)."""
         core = {f.name: getattr(self, f.name) for f in fields(CoreVerifyConfig)}
         if delta is None and self.delta_steps is not None:
-            raise ValueError(f"verify.delta={self.delta!r}: give the radius of f''s input grid to job()")
+            raise ConfigError(f"verify.delta={self.delta!r}: give the radius of f''s input grid to job()")
         return CoreVerifyConfig(**(core | ({"delta": delta} if delta is not None else {})))
 
 
@@ -306,7 +307,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
-            raise ValueError(f"trainer.epochs must be >= 0, got {self.epochs}")
+            raise ConfigError(f"trainer.epochs must be >= 0, got {self.epochs}")
         _choice("trainer", "lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _positive("trainer", lr=self.lr, batch_size=self.batch_size, threads=self.threads)
 
@@ -328,14 +329,14 @@ class RunConfig:
         q, v = self.quant, self.verify
         floating = q.input_bits is None or (q.input_bits == "activation" and q.activation_bits is None)
         if v.enabled and v.delta_steps is not None and floating:
-            raise ValueError(
+            raise ConfigError(
                 f"verify.delta={v.delta!r} counts steps of the input grid, but the input is float "
                 f"(quant.input_bits={q.input_bits!r}, quant.activation_bits={q.activation_bits!r}): give "
                 "verify.delta as a number (e.g. 0.01), or quantize the input (quant.input_bits=8)"
             )
         name = self.dataset.name
         if self.model.kind == "cnn" and self.model.target is None and name in TABULAR and name not in IMAGES:
-            raise ValueError(f"model.kind='cnn' needs images; dataset {name!r} is tabular")
+            raise ConfigError(f"model.kind='cnn' needs images; dataset {name!r} is tabular")
 
 
 # ------------------------------------------------------------------------- other recipes
@@ -379,9 +380,9 @@ class Ceg4nRecipeConfig:
             _choice("ceg4n", "networks", name, tuple(NETWORKS))
         _choice("ceg4n", "points", self.points, ("margin", "first"))
         if len(self.bits) != 2:
-            raise ValueError(f"ceg4n.bits must be a range [lo, hi], got {self.bits}")
+            raise ConfigError(f"ceg4n.bits must be a range [lo, hi], got {self.bits}")
         if any(not (math.isfinite(d) and d >= 0) for d in self.deltas) or not self.deltas:
-            raise ValueError(f"ceg4n.deltas must be a non-empty list of numbers >= 0, got {self.deltas}")
+            raise ConfigError(f"ceg4n.deltas must be a non-empty list of numbers >= 0, got {self.deltas}")
         _positive("ceg4n", lr=self.lr, calibration_samples=self.calibration_samples, threads=self.threads)
 
 
@@ -413,7 +414,7 @@ class RepresentabilityRecipeConfig:
 
     def __post_init__(self) -> None:
         if not self.activations or not self.ps or any(p < 1 for p in self.ps):
-            raise ValueError(
+            raise ConfigError(
                 f"representability needs activations and ps >= 1, got {self.activations}, {self.ps}"
             )
 
@@ -462,7 +463,7 @@ def as_config(cfg: Any, schema: type[T]) -> T:
     node = OmegaConf.merge(OmegaConf.structured(schema), node)
     extra = _extra_keys(node)
     if extra:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) {extra}: not fields of {schema.__name__} (a typo in an override?); "
             "list the valid keys with: python recipes/<recipe>.py --cfg job"
         )

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.datamodules import TabularDataModule, VisionDataModule
 from ..data.tabular import TABULAR, TABULAR_IMAGES
+from ..errors import ConfigError
 from ..progress import show_progress
 from ..verify import from_onnx
 from .config import FLOAT_ACTIVATIONS, DatasetConfig, ModelConfig, TrainerConfig
@@ -73,7 +74,7 @@ def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
         dm.setup()
     except ValueError as exc:
         if "_subset=" in str(exc):
-            raise ValueError(f"dataset.{exc}") from exc
+            raise ConfigError(f"dataset.{exc}") from exc
         raise
     assert dm.train_set is not None and dm.test_set is not None
     shape = tuple(dm.input_shape)
@@ -114,13 +115,13 @@ def build_model(
         layers.append(nn.Unflatten(1, tuple(image_shape)))
         input_shape = tuple(image_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"model.kind='cnn' needs C x H x W images, got input shape {tuple(input_shape)}")
+        raise ConfigError(f"model.kind='cnn' needs C x H x W images, got input shape {tuple(input_shape)}")
     c, h, w = input_shape
     for out in cfg.channels:
         layers += [nn.Conv2d(c, out, 3, padding=1), act(), nn.MaxPool2d(2)]
         c, h, w = out, h // 2, w // 2
     if h < 1 or w < 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.channels: {len(cfg.channels)} pooling stages leave no pixels of {input_shape}"
         )
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, num_classes))
@@ -133,13 +134,13 @@ def _instantiate(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int)
     try:
         factory = get_object(cfg.target)
     except Exception as exc:
-        raise ValueError(f"model.target={cfg.target!r} cannot be imported: {exc}") from exc
+        raise ConfigError(f"model.target={cfg.target!r} cannot be imported: {exc}") from exc
     params = inspect.signature(factory).parameters
     extra = {"num_classes": num_classes, "in_channels": input_shape[0] if len(input_shape) > 1 else None}
     kwargs = {k: v for k, v in extra.items() if k in params and k not in cfg.kwargs and v is not None}
     model = instantiate({"_target_": cfg.target, **cfg.kwargs, **kwargs})
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model.target={cfg.target!r} built a {type(model).__name__}, not an nn.Module")
+        raise ConfigError(f"model.target={cfg.target!r} built a {type(model).__name__}, not an nn.Module")
     return model
 
 

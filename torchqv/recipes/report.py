@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # recipe name -> the module whose REPORTS[name] summarizes and plots its rows
@@ -45,7 +47,7 @@ class Report:
 
 def report_for(recipe: str) -> Report:
     if recipe not in RECIPE_MODULES:
-        raise ValueError(f"unknown recipe {recipe!r} in results.json; known: {sorted(RECIPE_MODULES)}")
+        raise ConfigError(f"unknown recipe {recipe!r} in results.json; known: {sorted(RECIPE_MODULES)}")
     return importlib.import_module(RECIPE_MODULES[recipe]).REPORTS[recipe]
 
 
@@ -89,7 +91,7 @@ def aggregate(sweep_dir: str | Path) -> dict[str, Any]:
         summary.append({"folder": job.name, "overrides": over})
         rows += [{**row, "job": [o for o in over if o not in common]} for row in res["rows"]]
     if len(recipes) != 1:
-        raise ValueError(f"the jobs in {sweep} come from different recipes: {sorted(recipes)}")
+        raise ConfigError(f"the jobs in {sweep} come from different recipes: {sorted(recipes)}")
     note = f"Jobs without results (failed, interrupted or running): {', '.join(unfinished)}."
     return write_outputs(
         sweep,

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..errors import VerificationInputError
+from ..errors import ConfigError, VerificationInputError
 from ..formats import Binary, FixedPoint, QuantizationError, dequantize_f64
 from ..graph import QuantizedModel
 from ..jobconfig import plain
@@ -123,7 +123,7 @@ def region_centres(qm: torch.nn.Module, x: torch.Tensor, domain: Sequence[float]
         codes = codes - (values > domain[1]).double() + (values < domain[0]).double()
     values = dequantize_f64(codes, quant.steps(), quant.axis)
     if not torch.equal(values.float().double(), values):
-        raise QuantizationError(
+        raise ConfigError(
             "input grid values are not float32 numbers (input bits > 16?): use fewer input bits"
         )
     return values.float()

@@ -87,7 +87,7 @@ def decompose(total: int, gaps: Sequence[int], kmax: int) -> list[tuple[int, int
     if it is one, else by Bezout coefficients of the gaps.  ``total`` must be a multiple of their gcd.
     """
     if total % math.gcd(*gaps):
-        raise ValueError(f"{total} is not a multiple of gcd{tuple(gaps)}")
+        raise TheoryInputError(f"{total} is not a multiple of gcd{tuple(gaps)}")
     big = max(gaps)
     count, rest = divmod(abs(total), big)
     parts = [(count, big)]

@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import TheoryInputError
 from ..formats import Binary, FixedPoint
 from ..observers import OBSERVERS
 from ..ops.affine import QuantConv, QuantLinear
@@ -79,15 +80,15 @@ TARGETS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sine": _sine, "no
 def check_bits(bits: Sequence[int]) -> None:
     """Bit widths must be distinct ints in [1, 32] (at least two for a fitted line)."""
     if len(bits) < 2 or len(set(bits)) != len(bits):
-        raise ValueError(f"bits must hold at least two distinct widths, got {list(bits)}")
+        raise TheoryInputError(f"bits must hold at least two distinct widths, got {list(bits)}")
     bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32]
     if bad:
-        raise ValueError(f"bits must be ints in [1, 32], got {bad}")
+        raise TheoryInputError(f"bits must be ints in [1, 32], got {bad}")
 
 
 def check_observer(kind: str) -> None:
     if kind not in OBSERVERS:
-        raise ValueError(f"weight_observer must be one of {OBSERVERS}, got {kind!r}")
+        raise TheoryInputError(f"weight_observer must be one of {OBSERVERS}, got {kind!r}")
 
 
 @dataclass
@@ -113,9 +114,9 @@ class DegradationConfig:
         check_bits(self.bits)
         check_observer(self.weight_observer)
         if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {sorted(TARGETS)}, got {self.target!r}")
+            raise TheoryInputError(f"target must be one of {sorted(TARGETS)}, got {self.target!r}")
         if self.n_points < 2 or self.dim < 1 or self.width < 1 or self.epochs < 0 or self.lr <= 0:
-            raise ValueError(
+            raise TheoryInputError(
                 "need n_points >= 2, dim >= 1, width >= 1, epochs >= 0 and lr > 0; got "
                 f"{self.n_points}, {self.dim}, {self.width}, {self.epochs}, {self.lr}"
             )
@@ -190,12 +191,14 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> LineFit:
     """Ordinary least squares: ``slope = S_xy / S_xx``, ``intercept = mean(y) - slope mean(x)``,
     ``R^2 = 1 - SS_res / SS_tot`` (1 when every y is equal: the line is exact)."""
     if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"fit_line needs two equally long sequences of >= 2 values, got {len(x)}, {len(y)}")
+        raise TheoryInputError(
+            f"fit_line needs two equally long sequences of >= 2 values, got {len(x)}, {len(y)}"
+        )
     n = len(x)
     mx, my = math.fsum(x) / n, math.fsum(y) / n
     sxx = math.fsum((a - mx) ** 2 for a in x)
     if sxx == 0:
-        raise ValueError("fit_line: all x values are equal, the slope is undefined")
+        raise TheoryInputError("fit_line: all x values are equal, the slope is undefined")
     slope = math.fsum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sxx
     intercept = my - slope * mx
     ss_tot = math.fsum((b - my) ** 2 for b in y)

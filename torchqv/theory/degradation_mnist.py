@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import load_mnist
+from ..errors import TheoryInputError
 from .degradation import (
     PAPER_BITS,
     check_bits,
@@ -91,13 +92,15 @@ class MnistDegradationConfig:
         check_observer(self.weight_observer)
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
-            raise ValueError(f"models must be a non-empty list from {sorted(MODELS)}, got {self.models}")
+            raise TheoryInputError(
+                f"models must be a non-empty list from {sorted(MODELS)}, got {self.models}"
+            )
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be None (all) or a positive count, got {value}")
+                raise TheoryInputError(f"{name} must be None (all) or a positive count, got {value}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(
+            raise TheoryInputError(
                 "need epochs >= 0, batch_size >= 1 and lr > 0; got "
                 f"{self.epochs}, {self.batch_size}, {self.lr}"
             )
@@ -109,7 +112,7 @@ def load_split(cfg: MnistDegradationConfig, split: str) -> tuple[torch.Tensor, t
     keep = cfg.train_subset if split == "train" else cfg.test_subset
     if keep is not None:
         if keep > len(x):
-            raise ValueError(f"{split}_subset={keep} exceeds the {len(x)} images of the {split} split")
+            raise TheoryInputError(f"{split}_subset={keep} exceeds the {len(x)} images of the {split} split")
         x, y = x[:keep], y[:keep]
     return x, y
 

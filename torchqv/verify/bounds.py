@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from .network import Act, Affine, Chain, Rounding
 
 U = 2.0**-53
@@ -77,13 +78,13 @@ def _act_interval(layer: Act, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
         s = a.param("negative_slope")
         f = lambda v: np.where(v >= 0, v, s * v)  # noqa: E731 - monotone for s >= 0
         if s < 0:
-            raise ValueError("negative LeakyReLU slopes are not supported")
+            raise UnsupportedModelError("negative LeakyReLU slopes are not supported")
         return _widen(f(lo), f(hi))
     if a.name == "hardtanh":
         return np.clip(lo, a.param("min_val"), a.param("max_val")), np.clip(
             hi, a.param("min_val"), a.param("max_val")
         )
-    raise ValueError(f"no interval rule for {a.name}")
+    raise UnsupportedModelError(f"no interval rule for {a.name}")
 
 
 # ------------------------------------------------------------------------------------------

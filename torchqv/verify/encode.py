@@ -22,6 +22,7 @@ from fractions import Fraction
 import numpy as np
 import z3
 
+from ..errors import UnsupportedModelError
 from .bounds import LayerBounds
 from .network import Act, Affine, Chain, Rounding, cone, constants
 
@@ -112,7 +113,7 @@ class Encoder:
             return z3.If(
                 t <= rv(Fraction(mn)), rv(Fraction(mn)), z3.If(t >= rv(Fraction(mx)), rv(Fraction(mx)), t)
             )
-        raise ValueError(f"no z3 encoding for {a.name}")
+        raise UnsupportedModelError(f"no z3 encoding for {a.name}")
 
     # ---------------------------------------------------------------- nets
     def network(

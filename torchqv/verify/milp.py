@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import UnsupportedModelError
 from .bounds import LayerBounds
 from .encode import BuildTimeout
 from .network import Affine, Chain, Rounding, cone, constants
@@ -234,7 +235,7 @@ class Model:
             return t.scaled(Fraction(a)).plus(self.relu(t, lo, hi), 1 - Fraction(a))
         if act.name == "hardtanh":
             return self.clamp(t, lo, hi, act.param("min_val"), act.param("max_val"))
-        raise ValueError(f"no MILP encoding for {act.name}")
+        raise UnsupportedModelError(f"no MILP encoding for {act.name}")
 
 
 def certified_lower(
