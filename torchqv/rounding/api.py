@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..atomic import atomic
 from ..errors import RoundingError
@@ -28,6 +27,7 @@ from ..formats import fraction_to_float
 from ..graph import QNode, QuantizedModel, float_mode
 from ..grid import QTensor
 from ..ops.affine import QuantAffine
+from ..progress import progress_bar
 from ..quantize import batch_inputs
 from . import solvers
 from .config import RoundingConfig, Solver, Target
@@ -158,7 +158,7 @@ def round_weights(
     calibration_data: Iterable[Any],
     config: RoundingConfig | Mapping[str, Any] | None = None,
     *,
-    progress: bool = True,
+    progress: bool | None = None,
     **options: Any,
 ) -> RoundingReport:
     """Choose the rounding of every weight and bias of a calibrated quantized model, in place
@@ -219,7 +219,7 @@ def _round_layers(
             float_inputs[node.name] = [_inputs(qmodel, node, x) for x in batches]
     report = RoundingReport()
     qmodel.eval()
-    for node, m in tqdm(layers, desc="round weights", disable=not progress):
+    for node, m in progress_bar(layers, "round weights", progress=progress):
         t0 = time.perf_counter()
         fan_in = m.weight[0].numel()
         nan = math.nan

@@ -53,12 +53,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import TheoryInputError
 from ..formats import Binary, FixedPoint
 from ..observers import OBSERVERS
 from ..ops.affine import QuantConv, QuantLinear
+from ..progress import progress_bar
 from ..quantize import QConfig, calibrate, quantize
 
 PAPER_BITS = (1, 2, 4, 8, 16, 32)
@@ -107,7 +107,7 @@ class DegradationConfig:
     weight_observer: str = "minmax"
     per_channel: bool = False
     seed: int = 0
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         self.bits = list(self.bits)
@@ -231,7 +231,7 @@ def train_regression(cfg: DegradationConfig, x: torch.Tensor, y: torch.Tensor) -
     model = regression_net(cfg.dim, cfg.width)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     x32, y32 = x.float(), y.float()
-    for _ in tqdm(range(cfg.epochs), desc="train", disable=not cfg.progress, leave=False):
+    for _ in progress_bar(range(cfg.epochs), "train", progress=cfg.progress, leave=False):
         opt.zero_grad()
         nn.functional.mse_loss(model(x32), y32).backward()
         opt.step()
@@ -267,7 +267,7 @@ def run_regression(cfg: DegradationConfig, out_dir: str | Path) -> dict[str, Any
     x, y = sample_regression(cfg)
     model = train_regression(cfg, x, y)
     f = float64_forward(model, x)
-    bar = tqdm(cfg.bits, desc="bits", disable=not cfg.progress, leave=False)
+    bar = progress_bar(cfg.bits, "bits", progress=cfg.progress, leave=False)
     rows = [degradation_row(model, x, y, f, bits, cfg) for bits in bar]
     bits = [r["bits"] for r in rows]
     fits = {norm: fit_defined(bits, [r[f"ln_ratio_{norm}"] for r in rows]) for norm in ("2", "inf")}
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out or f"outputs/degradation/{args.experiment}")
-    progress = not args.no_progress
+    progress = False if args.no_progress else None
     t0 = time.perf_counter()
     if args.experiment == "regression":
         quick = {"n_points": 200, "epochs": 200} if args.quick else {}

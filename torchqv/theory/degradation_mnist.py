@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data import load_mnist
 from ..errors import TheoryInputError
+from ..progress import progress_bar
 from .degradation import (
     PAPER_BITS,
     check_bits,
@@ -84,7 +84,7 @@ class MnistDegradationConfig:
     weight_observer: str = "minmax"
     per_channel: bool = True
     seed: int = 0
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         self.bits, self.models = list(self.bits), list(self.models)
@@ -130,7 +130,7 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.epochs * -(-len(x) // cfg.batch_size)
-    with tqdm(total=steps, desc=f"train {name}", disable=not cfg.progress, leave=False) as bar:
+    with progress_bar(total=steps, desc=f"train {name}", progress=cfg.progress, leave=False) as bar:
         for _ in range(cfg.epochs):
             for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
                 opt.zero_grad()
@@ -160,7 +160,7 @@ def run_mnist(cfg: MnistDegradationConfig, out_dir: str | Path) -> dict[str, Any
         params = param_count(model)
         float_acc = accuracy(model, xte, yte)
         rows = []
-        for bits in tqdm(cfg.bits, desc=f"bits {name}", disable=not cfg.progress, leave=False):
+        for bits in progress_bar(cfg.bits, f"bits {name}", progress=cfg.progress, leave=False):
             acc = accuracy(quantize_weights(model, bits, cfg.weight_observer, cfg.per_channel), xte, yte)
             rows.append({"bits": bits, "accuracy": acc, "indicator": log_ratio(acc, params / 1e6)})
         fit = fit_defined(cfg.bits, [r["indicator"] for r in rows])

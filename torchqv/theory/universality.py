@@ -69,13 +69,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import activations as A
 from ..errors import TheoryInputError
 from ..fake_quant import DIV_ERR
 from ..formats import FixedPoint, is_dyadic, round_certified
 from ..ops.activation import U64
+from ..progress import progress_bar
 
 UNIVERSAL, NOT_UNIVERSAL, UNDETERMINED = "UNIVERSAL", "NOT_UNIVERSAL", "UNDETERMINED"
 MAX_P = 20  # 2^(p+1) evaluations of sigma per (p, s)
@@ -463,14 +463,14 @@ def representability_table(
     ps: Iterable[int] = range(2, 9),
     out_dir: str | Path | None = None,
     exact: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Verdicts for every activation, ``p`` and admissible ``s = 1..2^p - 1``, with standard and
     binary weights.  With ``out_dir``: ``representability.json``, ``.md`` and ``.png`` there."""
     ps = list(ps)
     jobs = [(a, p, s) for p in ps for s in range(1, 2**p) for a in activations]
     rows, start = [], time.perf_counter()
-    for name, p, s in tqdm(jobs, desc="representability", disable=not progress, leave=False):
+    for name, p, s in progress_bar(jobs, "representability", progress=progress, leave=False):
         for binary in (False, True):
             rows.append(representability(name, p, s, binary, exact).to_dict())
     seconds = time.perf_counter() - start
@@ -571,7 +571,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     rows = representability_table(
-        args.activations, range(args.p[0], args.p[1] + 1), args.out, args.exact, not args.no_progress
+        args.activations,
+        range(args.p[0], args.p[1] + 1),
+        args.out,
+        args.exact,
+        False if args.no_progress else None,
     )
     print(markdown_table(rows))
     print(f"{len(rows)} verdicts in {time.perf_counter() - start:.1f} s; results in {args.out}")

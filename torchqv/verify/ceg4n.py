@@ -57,7 +57,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, VerificationInputError
 from ..formats import MAX_BITS, FixedPoint
@@ -67,6 +66,7 @@ from ..jobconfig import JobConfig
 from ..observers import OBSERVERS, step_for_range
 from ..ops.activation import QuantAct
 from ..ops.affine import QuantLinear
+from ..progress import progress_bar
 from ..qconfig import QConfig
 from ..quantize import calibrate, quantize
 from .config import VerifyConfig
@@ -414,7 +414,7 @@ def search_bits(
     config: BitSearchConfig | None = None,
     cost: Callable[[tuple[int, ...]], float] | None = None,
     calibration: torch.Tensor | Iterable[Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **verify_options: Any,
 ) -> BitSearchResult:
     """CEG4N (Matos Júnior (2025), Algorithm 1): the cheapest per-layer bits with
@@ -444,7 +444,7 @@ def search_bits(
     history: list[dict[str, Any]] = []
     skipped: list[tuple[int, ...]] = []
     last: tuple[tuple[int, ...], float, nn.Module] | None = None
-    bar = tqdm(desc="ceg4n", disable=not progress, leave=False)
+    bar = progress_bar(desc="ceg4n", progress=progress, leave=False)
 
     def left() -> float:
         return cfg.time_limit - (time.perf_counter() - t0)
