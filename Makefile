@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_FIND_LINKS= $(PY) -m pip install --upgrade pip
-	PIP_FIND_LINKS= $(PY) -m pip install -e ".[dev]"
+	PIP_FIND_LINKS= $(PY) -m pip install -e ".[all,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,7 +7,7 @@ reference (paper 001 Eq. 7 semantics: one rounding after every operation that le
 
 from . import ops
 from .batchnorm import fold_batchnorm
-from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
+from .extras import MissingExtraError
 from .fake_quant import FakeQuantize, fake_quantize
 from .formats import Binary, FixedPoint, OverflowToGridError, QuantizationError, Ternary
 from .graph import QuantizedModel, float_twin
@@ -18,16 +18,45 @@ from .ops.affine import QuantAffine, QuantBatchNorm, QuantConv, QuantLinear
 from .qconfig import QConfig
 from .quantize import calibrate, enable_observers, freeze, quantize, summary
 from .reference import reference_forward
-from .rounding import RoundingReport, round_weights
 from .tracing import UnsupportedModelError
-from .verify import (
-    BitSearchConfig,
-    BitSearchResult,
-    from_onnx,
-    quantize_bits,
-    search_bits,
-    verify_equivalence,
-)
+
+# Names of the optional parts, imported on first use (PEP 562) so that ``import torchqv`` loads
+# only the core; a missing extra raises MissingExtraError naming the ``pip install`` that fixes it.
+_LAZY = {
+    "ParityReport": "torchqv.export",
+    "check_onnx_parity": "torchqv.export",
+    "export_onnx": "torchqv.export",
+    "load_onnx": "torchqv.export",
+    "RoundingReport": "torchqv.rounding",
+    "round_weights": "torchqv.rounding",
+    "BitSearchConfig": "torchqv.verify",
+    "BitSearchResult": "torchqv.verify",
+    "from_onnx": "torchqv.verify",
+    "quantize_bits": "torchqv.verify",
+    "search_bits": "torchqv.verify",
+    "verify_equivalence": "torchqv.verify",
+}
+
+
+# optional subpackages, so that ``torchqv.verify.engine`` etc. keep working after ``import torchqv``
+_SUBPACKAGES = ("data", "export", "lightning", "recipes", "rounding", "theory", "verify")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Binary",
@@ -35,6 +64,7 @@ __all__ = [
     "BitSearchResult",
     "FakeQuantize",
     "FixedPoint",
+    "MissingExtraError",
     "ObserverConfig",
     "OverflowToGridError",
     "ParityReport",

@@ -34,16 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from .extras import require
 from .formats import FixedPoint, QuantizationError, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
 from .ops.structure import check_input
+
+onnx = require("onnx", "torchqv.export")
+helper = require("onnx.helper", "torchqv.export")
+numpy_helper = require("onnx.numpy_helper", "torchqv.export")
+TensorProto = onnx.TensorProto
 
 OPSET = 17
 MIN_OPSET = 13
@@ -452,7 +456,7 @@ def check_onnx_parity(
     """Run the exported file in onnxruntime (CPU) and the simulation on ``inputs`` (a batch, or a
     list of batches); report the maximum difference in output steps (of the model's output
     format; absolute if it has none)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "check_onnx_parity")
 
     if isinstance(inputs, (list, tuple)):
         inputs = torch.cat([torch.as_tensor(t) for t in inputs])

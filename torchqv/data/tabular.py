@@ -13,6 +13,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from ..extras import require
 from ..formats import QuantizationError
 
 TABULAR = ("digits", "iris", "seeds")
@@ -27,14 +28,10 @@ def _seeds() -> tuple[np.ndarray, np.ndarray]:
 def load_tabular(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)``: features (float32, in [0, 1]) and labels (int64, from 0) of an embedded set."""
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
+        data = require("sklearn.datasets", "load_tabular('digits')").load_digits()
         x, y = data.data / 16.0, data.target
     elif name == "iris":
-        from sklearn.datasets import load_iris
-
-        data = load_iris()
+        data = require("sklearn.datasets", "load_tabular('iris')").load_iris()
         x, y = data.data, data.target
     elif name == "seeds":
         x, y = _seeds()
@@ -50,8 +47,7 @@ def train_test(
     name: str, test_size: float = 0.25, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deterministic stratified split ``(x_train, x_test, y_train, y_test)`` of an embedded set."""
-    from sklearn.model_selection import train_test_split
-
+    train_test_split = require("sklearn.model_selection", "torchqv.data.train_test").train_test_split
     if not 0 < test_size < 1:
         raise QuantizationError(f"test_size must be in (0, 1), got {test_size}")
     x, y = load_tabular(name)

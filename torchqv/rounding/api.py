@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic
+from ..extras import require
 from ..formats import QuantizationError, fraction_to_float
 from ..graph import QNode, QuantizedModel, float_mode
 from ..grid import QTensor
@@ -217,6 +218,8 @@ def round_weights(
         raise QuantizationError(f"method must be 'qubo' or 'nearest', got {method!r}")
     if solver not in SOLVERS:
         raise QuantizationError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "neal":  # before the calibration pass, not after it
+        require("neal", 'round_weights(solver="neal")')
     if target not in TARGETS:
         raise QuantizationError(f"target must be one of {TARGETS}, got {target!r}")
     check_options(

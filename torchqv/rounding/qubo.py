@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from ..extras import require
 from ..formats import QuantizationError, fraction_to_float
 from ..ops.affine import QuantAffine
 
@@ -142,7 +143,7 @@ class LayerQUBO:
 
     def bqm(self, c: int):  # -> dimod.BinaryQuadraticModel
         """Neuron ``c`` as a ``dimod.BinaryQuadraticModel`` (hand it to any dimod sampler)."""
-        import dimod
+        dimod = require("dimod", "LayerQUBO.bqm")
 
         Q, offset = self.neuron(c)
         return dimod.BinaryQuadraticModel(np.diag(Q).copy(), np.triu(Q, 1), offset, dimod.BINARY)

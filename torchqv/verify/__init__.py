@@ -8,9 +8,23 @@ its branch and bound; ``queries`` decides disjuncts; ``engine.verify_equivalence
 engine; ``ceg4n.search_bits`` the counterexample-guided bit-width search.
 """
 
-from .ceg4n import BitSearchConfig, BitSearchResult, quantize_bits, search_bits
-from .engine import Result, verify_equivalence
-from .onnx_import import from_onnx
+from ..extras import require
+
+require("z3", "torchqv.verify")
+require("scipy.sparse", "torchqv.verify")
+require("scipy.optimize", "torchqv.verify")
+
+from .ceg4n import BitSearchConfig, BitSearchResult, quantize_bits, search_bits  # noqa: E402
+from .engine import Result, verify_equivalence  # noqa: E402
+
+
+def __getattr__(name: str):  # from_onnx also needs onnx (the [onnx] extra): only when asked for
+    if name == "from_onnx":
+        from .onnx_import import from_onnx
+
+        return from_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BitSearchConfig",
