@@ -1,10 +1,12 @@
 """Import time: ``python -c "import torch"`` against ``python -c "import torchqv"``.
 
-Each sample is a fresh interpreter (wall clock around ``subprocess.run``, so interpreter start is
-included in both, and the child's CPU time, user + system, which a busy shared machine disturbs
-less); the two commands alternate so that a change in machine load hits both alike. Goal: ``import
-torchqv`` no slower than ``import torch`` + 0.3 s (it loads only the core; the optional parts import
-on first use).
+Each sample is a fresh interpreter: wall clock around ``subprocess.run`` (interpreter start
+included in both) and the child's CPU time, user + system, which a busy shared machine disturbs
+less.  Bytecode is cached as for an installed package: a first run writes the ``.pyc`` files,
+even where ``PYTHONDONTWRITEBYTECODE`` is set (without them every run would compile torchqv's
+modules, about 0.1 s).  The two commands alternate so that a change in machine load hits both
+alike.  Goal: ``import torchqv`` no slower than ``import torch`` + 0.3 s (it loads only the core;
+the optional parts import on first use).
 
 Usage: ``python benchmarks/bench_import.py [--repeats 5] [--root CHECKOUT]`` (``--root``: the
 checkout whose torchqv to import, default this one, e.g. an older one for a before/after); prints
@@ -29,10 +31,12 @@ GOAL_S = 0.3
 def time_import(module: str, root: Path = ROOT) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of ``python -c "import <module>"`` in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    # bytecode is cached as for any installed package (pip compiles .pyc files at install time)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     code = f"import {module}; assert {module}.__file__.startswith({str(root)!r}) or {module!r} == 'torch'"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose torchqv to import")
     args = parser.parse_args(argv)
     root = args.root.resolve()
-    time_import("torchqv", root)  # warm the file cache (and write the .pyc files) before timing
+    time_import("torchqv", root)  # warm the file cache and write the .pyc files before timing
     samples: dict[str, list[tuple[float, float]]] = {"torch": [], "torchqv": []}
     for _ in range(args.repeats):
         for module in samples:
