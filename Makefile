@@ -12,7 +12,7 @@ DOCS_STAMP := $(VENV)/.installed-docs
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_FIND_LINKS= $(PY) -m pip install --upgrade pip
-	PIP_FIND_LINKS= $(PY) -m pip install -e ".[dev]"
+	PIP_FIND_LINKS= $(PY) -m pip install -e ".[all,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -22,7 +22,7 @@ from .errors import (
     UnsupportedModelError,
     VerificationInputError,
 )
-from .export import ParityReport, check_onnx_parity, export_onnx, load_onnx
+from .extras import MissingExtraError
 from .fake_quant import FakeQuantize, fake_quantize
 from .formats import Binary, FixedPoint, Ternary
 from .graph import QuantizedModel, float_twin
@@ -33,18 +33,48 @@ from .ops.affine import QuantAffine, QuantBatchNorm, QuantConv, QuantLinear
 from .qconfig import QConfig
 from .quantize import calibrate, enable_observers, freeze, quantize, summary
 from .reference import reference_forward
-from .rounding import RoundingConfig, RoundingReport, round_weights
-from .verify import (
-    BitSearchConfig,
-    BitSearchResult,
-    SearchStatus,
-    Verdict,
-    VerifyConfig,
-    from_onnx,
-    quantize_bits,
-    search_bits,
-    verify_equivalence,
-)
+
+# Names of the optional parts, imported on first use (PEP 562) so that ``import torchqv`` loads
+# only the core; a missing extra raises MissingExtraError naming the ``pip install`` that fixes it.
+_LAZY = {
+    "ParityReport": "torchqv.export",
+    "check_onnx_parity": "torchqv.export",
+    "export_onnx": "torchqv.export",
+    "load_onnx": "torchqv.export",
+    "RoundingConfig": "torchqv.rounding.config",
+    "RoundingReport": "torchqv.rounding",
+    "round_weights": "torchqv.rounding",
+    "BitSearchConfig": "torchqv.verify",
+    "BitSearchResult": "torchqv.verify",
+    "from_onnx": "torchqv.verify",
+    "quantize_bits": "torchqv.verify",
+    "search_bits": "torchqv.verify",
+    "verify_equivalence": "torchqv.verify",
+    "VerifyConfig": "torchqv.verify.config",
+    "Verdict": "torchqv.verify.verdicts",
+    "SearchStatus": "torchqv.verify.verdicts",
+}
+
+
+# optional subpackages, so that ``torchqv.verify.engine`` etc. keep working after ``import torchqv``
+_SUBPACKAGES = ("data", "export", "lightning", "recipes", "rounding", "theory", "verify")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Binary",
@@ -58,6 +88,7 @@ __all__ = [
     "FakeQuantize",
     "FixedPoint",
     "FormatError",
+    "MissingExtraError",
     "ObserverConfig",
     "OverflowToGridError",
     "ParityReport",

@@ -23,13 +23,26 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-import mpmath
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnsupportedModelError
 from .formats import FixedPoint, round_approx
+
+
+class _LazyMpmath:
+    """``mpmath``, imported on first use: it takes about as long to import as the rest of
+    torchqv, and only transcendental activations near a rounding boundary need it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import mpmath
+
+        globals()["mpmath"] = mpmath  # from now on the module itself
+        return getattr(mpmath, name)
+
+
+mpmath: Any = _LazyMpmath()
 
 # Relative error bound of the float64 formulas below (they are accurate to a few ulps; the
 # bound keeps a margin of about 2^14).

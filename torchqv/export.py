@@ -35,17 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from .errors import DataError, ExportError
+from .extras import require
 from .formats import FixedPoint, fraction_to_float, is_dyadic
 from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
 from .ops.structure import check_input
+
+onnx = require("onnx", "torchqv.export")
+helper = require("onnx.helper", "torchqv.export")
+numpy_helper = require("onnx.numpy_helper", "torchqv.export")
+TensorProto = onnx.TensorProto
 
 OPSET = 17
 MIN_OPSET = 13
@@ -479,7 +483,7 @@ def check_onnx_parity(
     list or tuple of batches, or a DataLoader-like iterable of batches: tensors or ``(x, y)``
     pairs); report the maximum difference in output steps (of the model's output format;
     absolute if it has none)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "check_onnx_parity")
 
     inputs = _parity_inputs(inputs)
     check_input(inputs, "check_onnx_parity: inputs")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import threading
 import time
 
-import z3
+from .extras import require
+
+z3 = require("z3", "torchqv.verify")
 
 
 class Z3Deadline:

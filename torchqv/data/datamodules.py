@@ -25,14 +25,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import DataError
-from .tabular import TABULAR, TABULAR_SHAPES, train_test
-from .torchvision_sets import load_split, locate, vision_set
+from ..extras import require
+
+pl = require("pytorch_lightning", "torchqv.data's DataModules")
+train_test_split = require("sklearn.model_selection", "torchqv.data's DataModules").train_test_split
+
+from .tabular import TABULAR, TABULAR_SHAPES, train_test  # noqa: E402
+from .torchvision_sets import load_split, locate, vision_set  # noqa: E402
 
 
 @dataclass

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..extras import require
 
 TABULAR = ("digits", "iris", "seeds")
 # what each set holds, known without loading it: (features, classes)
@@ -31,14 +32,10 @@ def _seeds() -> tuple[np.ndarray, np.ndarray]:
 def load_tabular(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)``: features (float32, in [0, 1]) and labels (int64, from 0) of an embedded set."""
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
+        data = require("sklearn.datasets", "load_tabular('digits')").load_digits()
         x, y = data.data / 16.0, data.target
     elif name == "iris":
-        from sklearn.datasets import load_iris
-
-        data = load_iris()
+        data = require("sklearn.datasets", "load_tabular('iris')").load_iris()
         x, y = data.data, data.target
     elif name == "seeds":
         x, y = _seeds()
@@ -54,8 +51,7 @@ def train_test(
     name: str, test_size: float = 0.25, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deterministic stratified split ``(x_train, x_test, y_train, y_test)`` of an embedded set."""
-    from sklearn.model_selection import train_test_split
-
+    train_test_split = require("sklearn.model_selection", "torchqv.data.train_test").train_test_split
     if not 0 < test_size < 1:
         raise DataError(f"test_size must be in (0, 1), got {test_size}")
     x, y = load_tabular(name)

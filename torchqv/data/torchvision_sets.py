@@ -25,10 +25,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torchvision import datasets
 
 from ..errors import DataError
+from ..extras import require
 from .idx import check_idx
+
+datasets = require("torchvision.datasets", "torchqv.data's torchvision sets")
 
 
 def _idx_files(prefix: str, train: str, test: str) -> tuple[str, ...]:

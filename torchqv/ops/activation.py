@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from onnx import TensorProto
 from torch import nn
 
 from .. import activations as A
@@ -191,6 +190,8 @@ class QuantAct(Operation, nn.Module):
         return cb.act(self.act, self.out_quant.grid() if self.out_quant is not None else None, x, self.qname)
 
     def onnx_integer(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        from onnx import TensorProto  # only exports need onnx
+
         x = em.need_grid(args[0], self.qname)
         if self.out_quant is None:
             raise Unsupported(f"{self.qname}: the integer form needs an output format (QConfig.activation)")

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedModelError
@@ -709,6 +708,8 @@ class QuantAffine(Operation, nn.Module):
         stays below ``255 * 255 * fan_in < 2^31``.  The names of the operator's four inputs
         ``(input, weights, input zero point, weight zero point)``, or ``None`` when they do not fit.
         ``kw`` is laid out as the operator wants it (``MatMulInteger``: ``(in, out)``)."""
+        from onnx import TensorProto  # only exports need onnx
+
         kmin_x, kmax_x = x.grid.code_range
         fan_in = kw.size // max(self.out_channels_, 1)
         if (
@@ -854,6 +855,8 @@ class QuantLinear(QuantAffine):
         return np.tensordot(x, w, axes=([x.ndim - 1], [1]))
 
     def onnx_accumulate(self, em, x, kw, t_max):
+        from onnx import TensorProto  # only exports need onnx
+
         g = em.g
         operands = self.onnx_int8_operands(em, x, np.ascontiguousarray(kw.T))
         if operands is not None:
@@ -976,6 +979,8 @@ class QuantConv(QuantAffine):
         return em.g.op("Pad", [x, pads], mode=modes[self.padding_mode]), attrs
 
     def onnx_accumulate(self, em, x, kw, t_max):
+        from onnx import TensorProto  # only exports need onnx
+
         g = em.g
         operands = self.onnx_int8_operands(em, x, kw)
         if operands is not None:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from onnx import TensorProto
 from torch import nn
 
 from ..errors import DataError
@@ -83,6 +82,8 @@ class Input(Operation, nn.Module):
         return cb.input(args[0].shape, self.out_quant.grid() if self.out_quant is not None else None)
 
     def onnx_integer(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        from onnx import TensorProto  # only exports need onnx
+
         x64 = em.g.op("Cast", [args[0].name], to=TensorProto.DOUBLE, hint="x64")
         if self.out_quant is None:
             return em.value(io, x64, None)

@@ -11,8 +11,25 @@ of weight quantization in deep neural networks" (ICLR submission)) and ``theory.
 DictConfig) and an output folder.
 """
 
-from . import report  # noqa: F401  (registers the torchqv.unique_folder resolver of conf/outputs.yaml)
-from .config import (
+from ..extras import require
+
+# everything the recipes use comes with the [recipes] extra (it includes verify, qubo, onnx, lightning)
+for _module in (
+    "hydra",
+    "omegaconf",
+    "matplotlib",
+    "torchvision",
+    "sklearn",
+    "pytorch_lightning",
+    "z3",
+    "scipy",
+    "onnx",
+):
+    require(_module, "torchqv.recipes", "recipes")
+del _module
+
+from . import report  # noqa: E402, F401  (registers the torchqv.unique_folder resolver of conf/outputs.yaml)
+from .config import (  # noqa: E402
     Ceg4nRecipeConfig,
     DatasetConfig,
     DegradationRecipeConfig,

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..atomic import atomic
 from ..errors import RoundingError
+from ..extras import require
 from ..formats import fraction_to_float
 from ..graph import QNode, QuantizedModel, float_mode
 from ..grid import QTensor
@@ -185,6 +186,8 @@ def round_weights(
     error, or Ctrl-C), every weight and bias gets its value back and the exception says so.
     """
     cfg = RoundingConfig.coerce(config, "round_weights", **options)
+    if cfg.effective_solver is Solver.NEAL:  # before the calibration pass, not after it
+        require("neal", 'round_weights(solver="neal")')
     batches = [x for x in batch_inputs(calibration_data)]
     if not batches:
         raise RoundingError("round_weights needs calibration data")

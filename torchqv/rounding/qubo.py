@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import RoundingError
+from ..extras import require
 from ..formats import fraction_to_float
 from ..ops.affine import QuantAffine
 
@@ -144,7 +145,7 @@ class LayerQUBO:
 
     def bqm(self, c: int):  # -> dimod.BinaryQuadraticModel
         """Neuron ``c`` as a ``dimod.BinaryQuadraticModel`` (hand it to any dimod sampler)."""
-        import dimod
+        dimod = require("dimod", "LayerQUBO.bqm")
 
         Q, offset = self.neuron(c)
         return dimod.BinaryQuadraticModel(np.diag(Q).copy(), np.triu(Q, 1), offset, dimod.BINARY)

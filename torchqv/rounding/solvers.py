@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import RoundingError
+from ..extras import require
 from .qubo import LayerQUBO
 
 EXACT_MAX = 24
@@ -98,8 +99,7 @@ def neal_neuron(
     problem: LayerQUBO, c: int, num_sweeps: int = 1000, num_reads: int = 1, seed: int = 0
 ) -> np.ndarray:
     """dwave-neal's SimulatedAnnealingSampler on neuron ``c``'s BQM (seed ``seed + c``)."""
-    import neal as dwave_neal
-
+    dwave_neal = require("neal", "the neal rounding solver")
     free = problem.free(c)
     bqm = problem.bqm(c)
     bqm.fix_variables({j: 0 for j in range(problem.n) if j not in set(free)})

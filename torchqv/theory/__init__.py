@@ -25,7 +25,6 @@ from .qnnt import (
     relu_d,
     z_domain,
 )
-from .qnnt_z3 import train_exact
 from .universality import (
     NOT_UNIVERSAL,
     UNDETERMINED,
@@ -37,6 +36,15 @@ from .universality import (
     representability,
     representability_table,
 )
+
+
+def __getattr__(name: str):  # the exact trainer needs z3 (the [verify] extra): only when asked for
+    if name == "train_exact":
+        from .qnnt_z3 import train_exact
+
+        return train_exact
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "NOT_UNIVERSAL",

@@ -47,19 +47,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 
 from ..errors import TheoryInputError
+from ..extras import require
 from ..formats import Binary, FixedPoint
 from ..observers import OBSERVERS
 from ..ops.affine import QuantConv, QuantLinear
 from ..progress import progress_bar
 from ..quantize import QConfig, calibrate, quantize
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PAPER_BITS = (1, 2, 4, 8, 16, 32)
 
@@ -346,9 +348,14 @@ def regression_markdown(results: dict[str, Any]) -> str:
     return head + markdown_table(header, body) + "\n" + fits_markdown(fits, "ln(eps/delta)")
 
 
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` (the plots need matplotlib: the ``[recipes]`` extra)."""
+    return require("matplotlib.figure", "torchqv.theory's plots").Figure(**kwargs)
+
+
 def save_png(fig: Figure, path: Path) -> None:
     """Render with the Agg canvas (no pyplot, no global backend switch) and write a PNG."""
-    FigureCanvasAgg(fig)
+    require("matplotlib.backends.backend_agg", "torchqv.theory's plots").FigureCanvasAgg(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -356,7 +363,7 @@ def save_png(fig: Figure, path: Path) -> None:
 def plot_gaps(rows: list[dict[str, Any]], path: Path) -> None:
     """Fig. 3-like bars: output and per-layer weight gaps per bit width (log scale, no rescaling)."""
     names = list(rows[0]["layers"])
-    fig = Figure(figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for ax, norm in zip(axes, ("2", "inf"), strict=True):
         series = [("output gap eps", [r[f"eps_{norm}"] for r in rows])]
@@ -382,7 +389,7 @@ def plot_fits(
     path: Path,
 ) -> None:
     """Fig. 4-like panels: the indicator against n and its least-squares line."""
-    fig = Figure(figsize=(5.5 * len(panels), 4))
+    fig = new_figure(figsize=(5.5 * len(panels), 4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, (vals, fit)) in zip(axes[0], panels.items(), strict=True):
         pts = [(b, v) for b, v in zip(bits, vals, strict=True) if v is not None]

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from ..data import load_mnist
@@ -36,6 +35,7 @@ from .degradation import (
     fits_markdown,
     log_ratio,
     markdown_table,
+    new_figure,
     plot_fits,
     quantize_weights,
     save_png,
@@ -226,7 +226,7 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     """Fig. 5(a)-like bars: test accuracy per bit width and model (float as a dashed line)."""
     models = results["models"]
     bits = [r["bits"] for r in next(iter(models.values()))["rows"]]
-    fig = Figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     width = 0.8 / len(models)
     for i, (name, m) in enumerate(models.items()):

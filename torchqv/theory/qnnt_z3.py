@@ -30,11 +30,21 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import z3
-
 from ..errors import TheoryInputError
-from ..z3_deadline import Z3Deadline
-from .qnnt import Architecture, Network, Status, TrainResult, check_problem, conflict_bound, z_domain
+from ..extras import require
+
+z3 = require("z3", "torchqv.theory.train_exact")
+
+from ..z3_deadline import Z3Deadline  # noqa: E402
+from .qnnt import (  # noqa: E402
+    Architecture,
+    Network,
+    Status,
+    TrainResult,
+    check_problem,
+    conflict_bound,
+    z_domain,
+)
 
 ENCODINGS = ("pb", "bv", "int")
 OVERRUN_S = 1.0  # past the timeout by more than this, the result says by how much

@@ -72,6 +72,7 @@ from torch import nn
 
 from .. import activations as A
 from ..errors import TheoryInputError
+from ..extras import require
 from ..fake_quant import DIV_ERR
 from ..formats import FixedPoint, is_dyadic, round_certified
 from ..ops.activation import U64
@@ -532,8 +533,7 @@ def _ranges(values: Sequence[int]) -> str:
 
 def plot_verdicts(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Heatmap of verdicts: activation x s, one panel per ``p`` (equal widths) and weight kind."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "torchqv.theory.plot_verdicts")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap

@@ -10,11 +10,33 @@ engine; ``config.VerifyConfig`` its settings and ``verdicts`` its typed outcomes
 ``ceg4n.search_bits`` the counterexample-guided bit-width search.
 """
 
-from .ceg4n import BitSearchConfig, BitSearchResult, quantize_bits, search_bits
 from .config import Norm, Relation, VerifyConfig
-from .engine import Result, verify_equivalence
-from .onnx_import import from_onnx
 from .verdicts import Decision, SearchStatus, Verdict
+
+# The engine needs z3 and scipy (the [verify] extra) and from_onnx needs onnx (the [onnx] extra):
+# they are imported on first use, so that the configs and verdicts above need neither.
+_LAZY = {
+    "BitSearchConfig": "ceg4n",
+    "BitSearchResult": "ceg4n",
+    "quantize_bits": "ceg4n",
+    "search_bits": "ceg4n",
+    "Result": "engine",
+    "verify_equivalence": "engine",
+    "from_onnx": "onnx_import",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BitSearchConfig",

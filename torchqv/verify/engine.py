@@ -76,18 +76,24 @@ from torch import nn
 
 from ..atomic import keeps_modes
 from ..errors import QuantizationError, UnsupportedModelError, VerificationInputError
+from ..extras import require
 from ..formats import fraction_to_float, is_dyadic
 from ..graph import training_copy
 from ..reference import reference_forward
-from . import bounds as B
-from .branch import InputBranch, margin_rows, winners
-from .config import VerifyConfig
-from .encode import Query, queries
-from .network import Affine, Chain, Rounding, float_chain, quant_chain
-from .parallel import check_executor, in_order, optional_pool
-from .queries import QuerySolver
-from .region import Box, Point, exact_number, exact_values, float32_within, grid_box
-from .verdicts import Decision, Verdict
+
+require("z3", "torchqv.verify")  # the engine's solvers: the [verify] extra
+require("scipy.sparse", "torchqv.verify")
+require("scipy.optimize", "torchqv.verify")
+
+from . import bounds as B  # noqa: E402
+from .branch import InputBranch, margin_rows, winners  # noqa: E402
+from .config import VerifyConfig  # noqa: E402
+from .encode import Query, queries  # noqa: E402
+from .network import Affine, Chain, Rounding, float_chain, quant_chain  # noqa: E402
+from .parallel import check_executor, in_order, optional_pool  # noqa: E402
+from .queries import QuerySolver  # noqa: E402
+from .region import Box, Point, exact_number, exact_values, float32_within, grid_box  # noqa: E402
+from .verdicts import Decision, Verdict  # noqa: E402
 
 CONFIRM = 4  # exact replays per batch of screened candidates
 REFERENCE_WEIGHTS = 20_000  # up to this many weights replays also run reference_forward (slow: ~40 us each)

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 from torch import fx, nn
 
 from ..errors import ExportError
-from ..export import check_onnx, load_onnx
+from ..extras import require
+
+onnx = require("onnx", "torchqv.from_onnx")
+numpy_helper = require("onnx.numpy_helper", "torchqv.from_onnx")
+
+from ..export import check_onnx, load_onnx  # noqa: E402
 
 OPSETS = range(7, 23)
 DTYPES = {
