@@ -50,7 +50,7 @@ onnx = require("onnx", "torchqv.export")
 helper = require("onnx.helper", "torchqv.export")
 numpy_helper = require("onnx.numpy_helper", "torchqv.export")
 TensorProto = onnx.TensorProto
-DecodeError = require("google.protobuf.message", "torchqv.export", extra="onnx").DecodeError  # onnx needs it
+DecodeError = require("google.protobuf.message", "torchqv.export").DecodeError  # installed with onnx
 
 OPSET = 17
 MIN_OPSET = 13
