@@ -46,7 +46,7 @@ _LAZY = {
     "round_weights": "torchqv.rounding",
     "BitSearchConfig": "torchqv.verify",
     "BitSearchResult": "torchqv.verify",
-    "from_onnx": "torchqv.verify",
+    "from_onnx": "torchqv.verify.onnx_import",
     "quantize_bits": "torchqv.verify",
     "search_bits": "torchqv.verify",
     "verify_equivalence": "torchqv.verify",
@@ -54,6 +54,20 @@ _LAZY = {
     "Verdict": "torchqv.verify.verdicts",
     "SearchStatus": "torchqv.verify.verdicts",
 }
+
+
+# the packages each optional module needs (their extras): ``__all__`` lists only what imports here
+_NEEDS = {
+    "torchqv.export": ("onnx",),
+    "torchqv.verify.onnx_import": ("onnx",),
+    "torchqv.verify": ("z3", "scipy"),
+}
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(package) is not None for package in _NEEDS.get(module, ()))
 
 
 # optional subpackages, so that ``torchqv.verify.engine`` etc. keep working after ``import torchqv``
@@ -131,4 +145,6 @@ __all__ = [
     "use_compiled_kernels",
     "verify_equivalence",
 ]
+# ``from torchqv import *`` takes the optional names whose extras are installed
+__all__ = [name for name in __all__ if name not in _LAZY or _importable(_LAZY[name])]
 __version__ = "0.1.0"
