@@ -479,3 +479,30 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_checkpoint_loads(tmp_path: Path)
         fresh, datamodule=dm, ckpt_path=tmp_path / "ck" / "last.ckpt"
     )
     assert_same_state(fresh.state_dict(), rank0)
+
+
+class Residual(nn.Module):
+    """x + relu(W x): a residual add, which the verifier does not read yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x + torch.relu(self.inner(x)))
+
+
+def test_equivalence_check_refuses_an_unreadable_network_before_training(tmp_path: Path) -> None:
+    """Support is checked in ``setup`` (the data module gives the input shape): the fit stops
+    before its first batch, naming the node, instead of after training."""
+    module = Classifier()
+    module.model = Residual()
+    counter = BatchCounter()
+    check = EquivalenceCheck(delta=0.004, points=4, domain=(0.0, 1.0))
+    trainer = make_trainer(tmp_path, [QuantizationAwareTraining(CFG, calibration_batches=2), check, counter])
+    with pytest.raises(tq.UnsupportedModelError, match=r"EquivalenceCheck: the verifier cannot read pl_mod"):
+        trainer.fit(module, datamodule=iris())
+    assert counter.sizes == []
+    # a network it reads passes the same check
+    EquivalenceCheck(delta=0.004, points=torch.rand(2, 4)).setup(trainer, Classifier(), "fit")

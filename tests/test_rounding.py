@@ -170,7 +170,7 @@ def test_round_weights_improves_and_stays_exact(solver):
     )
     qm = tq.quantize(small_model(), cfg)
     tq.calibrate(qm, [x], progress=False)
-    report = tq.round_weights(qm, [x[:32], x[32:]], solver=solver, num_sweeps=200, progress=False)
+    report = tq.round_weights(qm, [x[:32], x[32:]], solver=solver, num_sweeps=200, bound=True, progress=False)
     assert [r.layer for r in report.layers] == ["0", "3", "5"]
     for r in report.layers:
         assert r.objective <= r.nearest

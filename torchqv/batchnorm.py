@@ -86,7 +86,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
     root = copy.deepcopy(model)
     try:
         graph = fx.Tracer().trace(root)
-    except Exception as exc:
+    except Exception as exc:  # the user's forward() may raise anything under tracing: named, re-raised
         raise UnsupportedModelError(
             f"folding batch norm needs a torch.fx-traceable model, but tracing {type(model).__name__} "
             f"failed ({exc}); fold it yourself (torch.nn.utils.fusion.fuse_conv_bn_eval)"

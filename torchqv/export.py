@@ -54,6 +54,7 @@ else:
     helper = require("onnx.helper", "torchqv.export")
     numpy_helper = require("onnx.numpy_helper", "torchqv.export")
 TensorProto = onnx.TensorProto
+DecodeError = require("google.protobuf.message", "torchqv.export").DecodeError  # installed with onnx
 
 OPSET = 17
 MIN_OPSET = 13
@@ -422,7 +423,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ExportError(f"ONNX file not found: {path}")
     try:
         model = onnx.load(str(path))
-    except Exception as exc:
+    except (DecodeError, OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
         raise ExportError(f"{path}: not a readable ONNX model ({exc})") from exc
     return check_onnx(model, str(path))
 
@@ -434,7 +435,7 @@ def check_onnx(model: onnx.ModelProto, where: str = "the ONNX model") -> onnx.Mo
         raise ExportError(f"{where}: expected an onnx.ModelProto, got {type(model).__name__}")
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"{where}: fails onnx.checker (fix or re-export the model): {exc}") from exc
     return model
 

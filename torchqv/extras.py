@@ -20,6 +20,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "dimod": ("dwave-neal", "qubo"),  # dimod is installed with dwave-neal
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
+    "google": ("onnx", "onnx"),  # protobuf (google.protobuf) is installed with onnx
     "pytorch_lightning": ("pytorch-lightning", "lightning"),
     "hydra": ("hydra-core", "recipes"),
     "omegaconf": ("hydra-core", "recipes"),  # omegaconf is installed with hydra-core

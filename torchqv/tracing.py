@@ -89,7 +89,7 @@ def trace(model: nn.Module) -> fx.Graph:
     """The fx graph of ``model`` (registered modules are leaves)."""
     try:
         return _Tracer().trace(model)
-    except Exception as exc:
+    except Exception as exc:  # the user's forward() may raise anything under tracing: named, re-raised
         raise UnsupportedModelError(
             f"torchqv.quantize traces the model with torch.fx, and tracing {type(model).__name__} failed: "
             f"{type(exc).__name__}: {exc}. Make forward() traceable (no control flow on tensor values; "

@@ -17,10 +17,11 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ..errors import ConfigError, QuantizationError, VerificationInputError
-from ..graph import float_twin
+from ..errors import ConfigError, QuantizationError, UnsupportedModelError, VerificationInputError
+from ..graph import QuantizedModel, float_twin
 from ..verify.config import VerifyConfig
 from ..verify.engine import verify_equivalence
+from ..verify.network import float_chain
 from ..verify.parallel import check_executor
 from ..verify.verdicts import Verdict
 from . import _trainer as T
@@ -151,6 +152,36 @@ class EquivalenceCheck(Callback):
         if isinstance(self.reference, str):
             return T.get_network(pl_module, self.reference, type(self).__name__)
         return self.reference
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before any training: the verifier must be able to read the network (and ``reference``);
+        otherwise ``UnsupportedModelError`` names the node now, not after fitting.  Needs the input
+        shape: from tensor ``points`` or the data module's ``input_shape`` (else the check runs
+        with the first verification)."""
+        shape = self._input_shape(trainer)
+        if shape is None:
+            return
+        who = type(self).__name__
+        net = T.get_network(pl_module, self.attr, who)
+        if T.is_quantized(net) and not isinstance(net, QuantizedModel):
+            return  # a graph inside another module: read when verifying
+        networks = [("pl_module." + self.attr, float_twin(net) if isinstance(net, QuantizedModel) else net)]
+        if self.reference is not None:
+            networks.append(("reference", self._reference(pl_module, net)))
+        for name, f in networks:
+            try:
+                float_chain(f, shape)
+            except QuantizationError as exc:
+                raise UnsupportedModelError(
+                    f"{who}: the verifier cannot read {name} ({exc}); remove the callback or verify a "
+                    "network the verifier supports"
+                ) from exc
+
+    def _input_shape(self, trainer: pl.Trainer | None) -> tuple[int, ...] | None:
+        if isinstance(self.points, torch.Tensor):
+            return tuple(self.points.shape[1:])
+        shape = getattr(getattr(trainer, "datamodule", None), "input_shape", None)
+        return tuple(shape) if shape is not None else None
 
     def _points(self, trainer: pl.Trainer | None, points: torch.Tensor | None) -> torch.Tensor:
         if points is None and isinstance(self.points, torch.Tensor):

@@ -210,12 +210,11 @@ class QuantConfig:
 @dataclass
 class RoundingConfig(CoreRoundingConfig):
     """A :class:`torchqv.rounding.RoundingConfig` whose ``method`` may also be a list (each
-    method is a job of the sweep; default both ``nearest`` and ``qubo``), with the certified
-    lower bound off by default; ``calibration_samples``: training examples of the layer
-    objectives.  :meth:`job` is the core config of one method."""
+    method is a job of the sweep; default both ``nearest`` and ``qubo``);
+    ``calibration_samples``: training examples of the layer objectives.  :meth:`job` is the core
+    config of one method."""
 
     method: Any = field(default_factory=lambda: ["nearest", "qubo"])
-    bound: bool = False
     calibration_samples: int = 2048
 
     def __post_init__(self) -> None:  # each method's job is validated by the core config

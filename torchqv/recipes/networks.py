@@ -134,7 +134,7 @@ def _instantiate(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int)
     assert cfg.target is not None  # called for a target only
     try:
         factory = get_object(cfg.target)
-    except Exception as exc:
+    except (ImportError, ValueError) as exc:
         raise ConfigError(f"model.target={cfg.target!r} cannot be imported: {exc}") from exc
     params = inspect.signature(factory).parameters
     extra = {"num_classes": num_classes, "in_channels": input_shape[0] if len(input_shape) > 1 else None}

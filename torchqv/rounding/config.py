@@ -57,7 +57,7 @@ class RoundingConfig(JobConfig):
     (``method="nearest"`` implies ``solver="nearest"``).  ``sweeps``, ``replicas``: the ``auto``
     annealer's sweeps and independent copies per neuron; ``num_sweeps``, ``num_reads``: dwave-neal's.
     ``seed``: every random choice.  ``bound``: also compute a certified lower bound of each layer's
-    objective (costly on wide layers).  ``time_limit``: seconds for the whole call (``None``: no
+    objective (opt-in: costly on wide layers).  ``time_limit``: seconds for the whole call (``None``: no
     limit); neurons not reached keep nearest rounding.
     """
 
@@ -71,7 +71,7 @@ class RoundingConfig(JobConfig):
     sweeps: int = 50
     replicas: int = 4
     seed: int = 0
-    bound: bool = True
+    bound: bool = False
     time_limit: float | None = None
 
     def __post_init__(self) -> None:
