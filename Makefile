@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check torchqv tests benchmarks recipes
+	$(VENV)/bin/mypy
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q tests
 
 # The documentation site (MkDocs Material + mkdocstrings), offline, warnings are errors.

@@ -99,6 +99,7 @@ class Activation:
 
     def approx(self, x: Fraction, prec: int) -> Fraction:
         """sigma(x) with relative error below 2^-prec (mpmath at ``prec + 96`` bits)."""
+        assert self.mp is not None  # an activation that is not rational everywhere has its mpmath form
         with mpmath.workprec(prec + 96):
             return _frac_of(self.mp(_mp_of(x)))
 
@@ -322,7 +323,7 @@ def _arg(args: tuple, kwargs: dict, pos: int, key: str, default: Any) -> Any:
 
 
 # Functional and method forms that ``torch.fx`` exposes (target -> builder(args, kwargs)).
-FUNCTIONAL: dict[Any, Callable[[tuple, dict], Activation]] = {
+FUNCTIONAL: dict[Any, Callable[[tuple, dict], Activation | None]] = {  # None: an unsupported variant
     F.relu: lambda a, k: relu(),
     torch.relu: lambda a, k: relu(),
     F.relu6: lambda a, k: hardtanh(0.0, 6.0),

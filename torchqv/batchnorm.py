@@ -15,13 +15,14 @@ A BatchNorm that follows no such layer becomes a per-channel affine operation
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .errors import UnsupportedModelError
 
-PAIRS = (
+PAIRS: tuple[tuple[type[nn.Module], type[nn.Module], Callable[..., nn.Module]], ...] = (
     (nn.Conv1d, nn.BatchNorm1d, fuse_conv_bn_eval),
     (nn.Conv2d, nn.BatchNorm2d, fuse_conv_bn_eval),
     (nn.Linear, nn.BatchNorm1d, fuse_linear_bn_eval),
@@ -38,7 +39,7 @@ def fold_in_graph(graph: fx.Graph, root: nn.Module) -> list[str]:
     layer in ``root`` is replaced by the fused layer, the BatchNorm by ``nn.Identity`` (so
     ``Sequential`` indices keep their meaning) and its node is removed.  Returns the names of
     the folded BatchNorms."""
-    calls: dict[str, int] = {}
+    calls: dict[fx.node.Target, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
@@ -46,6 +47,7 @@ def fold_in_graph(graph: fx.Graph, root: nn.Module) -> list[str]:
     for node in list(graph.nodes):
         if node.op != "call_module" or not node.args or calls.get(node.target, 0) != 1:
             continue
+        assert isinstance(node.target, str)  # a call_module's target is the module's path
         bn, prev = root.get_submodule(node.target), node.args[0]
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             continue
@@ -53,6 +55,7 @@ def fold_in_graph(graph: fx.Graph, root: nn.Module) -> list[str]:
             continue
         if calls.get(prev.target, 0) != 1:
             continue
+        assert isinstance(prev.target, str)  # a call_module's target is the module's path
         layer = root.get_submodule(prev.target)
         fuse = next((f for lt, bt, f in PAIRS if type(layer) is lt and type(bn) is bt), None)
         if fuse is None:

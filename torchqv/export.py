@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,9 +46,13 @@ from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
 from .ops.structure import check_input
 
-onnx = require("onnx", "torchqv.export")
-helper = require("onnx.helper", "torchqv.export")
-numpy_helper = require("onnx.numpy_helper", "torchqv.export")
+if TYPE_CHECKING:
+    import onnx
+    from onnx import helper, numpy_helper
+else:
+    onnx = require("onnx", "torchqv.export")
+    helper = require("onnx.helper", "torchqv.export")
+    numpy_helper = require("onnx.numpy_helper", "torchqv.export")
 TensorProto = onnx.TensorProto
 DecodeError = require("google.protobuf.message", "torchqv.export").DecodeError  # installed with onnx
 
@@ -205,6 +209,7 @@ class Emitter:
             bound += kmax * max(abs(v) for v in ints)
             part = g.op("Mul", [name, g.const(np.array(ints, dtype=np.float64).reshape(shape))])
             num = part if num is None else g.op("Add", [num, part])
+        assert num is not None  # terms is not empty
         if consts is not None:
             c_ints = np.vectorize(lambda v: int(v * common[0]), otypes=[object])(consts)
             bound += max((abs(int(v)) for v in c_ints.flat), default=0)
@@ -217,8 +222,8 @@ class Emitter:
             )
         den = g.const(np.array(common, dtype=np.float64).reshape(shape))
         if bound < EXACT_F64 // 2:  # one correctly rounded division decides (see grid.Requantizer)
-            return self.clip(self.round_float64(g.op("Div", [num, den]), out.fmt), out)  # type: ignore[list-item]
-        return self.clip(self.round_ratio(num, den, out.fmt), out)  # type: ignore[arg-type]
+            return self.clip(self.round_float64(g.op("Div", [num, den]), out.fmt), out)
+        return self.clip(self.round_ratio(num, den, out.fmt), out)
 
     def quantize_real(self, x: str, grid: Grid, where: str) -> str:
         """Codes of real values: ``round(x / (P/Q)) = round(x Q / P)``, exact for float32 ``x``."""

@@ -43,7 +43,7 @@ CHUNK = 1 << 22  # elements per chunk of the exact quantization of large tensors
 
 class _FakeQuantize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, step, fmt, kmin, kmax, grad_scale):  # type: ignore[override]
+    def forward(ctx, x, step, fmt, kmin, kmax, grad_scale):
         y, t, kc, inside = fake_quantize_parts(x, step, fmt, kmin, kmax)  # one fused pass if compiled
         ctx.grad_scale = grad_scale
         if ctx.needs_input_grad[1]:
@@ -53,7 +53,7 @@ class _FakeQuantize(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         inside = ctx.saved_tensors[0]
         grad_x = grad * inside
         grad_s = None
@@ -117,6 +117,10 @@ class FakeQuantize(nn.Module):
     weight in its row-major order (:meth:`FixedPoint.group_count`; ``axis`` must be 0).
     Steps are stored exactly as int64 ``step_num / step_den`` (``step_den == 0``: not set yet).
     """
+
+    step_num: torch.Tensor
+    step_den: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(
         self,

@@ -246,7 +246,8 @@ class FixedPoint:
             return 1
         if reduction % self.group_size:
             divisors = [d for d in range(1, reduction + 1) if reduction % d == 0]
-            near = sorted(divisors, key=lambda d: (abs(d - self.group_size), d))[:3]
+            group = self.group_size
+            near = sorted(divisors, key=lambda d: (abs(d - group), d))[:3]
             raise FormatError(
                 f"{where or 'weight'}: group_size={self.group_size} does not divide the reduction size "
                 f"{reduction} (in_features, or in_channels/groups * kernel size for a convolution); "
@@ -398,7 +399,7 @@ class FixedPoint:
                     f"{where or 'tensor'}: {int(bad.sum())} value(s) outside the grid (first code "
                     f"{val:g}); widen the format or use overflow='saturate'"
                 )
-        return torch.clamp(k, kmin, kmax)
+        return torch.clamp(k, kmin, kmax)  # type: ignore[arg-type]  # the stubs take both tensors or both numbers
 
     # -------------------------------------------------------------- utilities
     def to_dict(self) -> dict[str, Any]:
@@ -460,7 +461,7 @@ def _named_grid(name: str, levels: str, defining: dict[str, Any], step: Any, kwa
 
 
 # ------------------------------------------------------------------ certified
-ExactCodes = Callable[[Sequence[int]], Sequence[int]]
+ExactCodes = Callable[[list[int]], Sequence[int]]
 
 
 def round_certified(

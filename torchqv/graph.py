@@ -85,7 +85,10 @@ class QuantizedModel(nn.Module):
 
     # ------------------------------------------------------------------ graph access
     def op(self, node: QNode) -> Operation:
-        return node.op if node.op is not None else self.get_submodule(node.path)  # type: ignore[return-value]
+        if node.op is not None:
+            return node.op
+        assert node.path is not None  # an operation that is not stored on the node is a submodule
+        return self.get_submodule(node.path)  # type: ignore[return-value]  # the submodule is an Operation
 
     def node(self, name: str) -> QNode:
         if self._index is None:
@@ -118,8 +121,8 @@ class QuantizedModel(nn.Module):
             for i, n in enumerate(self.nodes):
                 for r in n.refs:
                     last[r] = i
-            for r in refs_in(self.output_template):
-                last[r.node] = len(self.nodes)
+            for ref in refs_in(self.output_template):
+                last[ref.node] = len(self.nodes)
             self._last_use = last
         return self._last_use
 
@@ -173,7 +176,7 @@ class QuantizedModel(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         """Checked with the rest of the state dict before anything loads (``_load_from_state_dict``)."""
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_state_dict(self, state_dict, prefix)  # before this module or any child copies a value
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

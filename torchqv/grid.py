@@ -137,7 +137,7 @@ class Requantizer:
         elementwise = const if isinstance(const, np.ndarray) else None
         consts = (
             [Fraction(0)]
-            if elementwise is not None
+            if isinstance(const, np.ndarray)  # elementwise
             else list(const)
             if isinstance(const, Sequence)
             else [const]

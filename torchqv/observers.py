@@ -82,7 +82,7 @@ def step_for_range(
         zp = round(fmt.qmin - lo.min().item() / step.max().item())
         zp = min(max(zp, fmt.qmin), fmt.qmax)
     else:
-        zp = fmt.zero_point if zero_point is None else zero_point
+        zp = (fmt.zero_point or 0) if zero_point is None else zero_point  # not affine: fmt has an int
         kmin, kmax = fmt.code_range(zp)
         up = hi / kmax if kmax > 0 else torch.zeros_like(hi)
         down = lo / kmin if kmin < 0 else torch.zeros_like(lo)
@@ -102,6 +102,9 @@ def finalize_step(fmt: FixedPoint, step: torch.Tensor, step_bits: int = 8) -> to
 
 class Observer(nn.Module):
     """Records per-channel ``min`` and ``max`` (persisted in the state dict)."""
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
 
     def __init__(self, fmt: FixedPoint, channels: int = 1, config: ObserverConfig | None = None):
         super().__init__()
@@ -185,9 +188,11 @@ class Observer(nn.Module):
             if best_err is None:
                 best_step, best_err, zp = step.clone(), err, zp_i
             else:
+                assert best_step is not None  # set with best_err
                 better = err < best_err
                 best_step = torch.where(better, step, best_step)
                 best_err = torch.where(better, err, best_err)
                 if self.fmt.affine and bool(better.any()):
                     zp = zp_i
+        assert best_step is not None  # config.grid >= 2 (checked)
         return best_step, zp

@@ -192,7 +192,8 @@ class RTensor:
         """The exact values (object array of Fractions)."""
         if self.grid is None:
             return self.data
-        return self.map_codes(lambda k: k * self.grid.step)  # type: ignore[union-attr]
+        step = self.grid.step
+        return self.map_codes(lambda k: k * step)
 
     def map_codes(self, fn: Any) -> np.ndarray:
         """``fn(code)`` for every element (object array), evaluated once per distinct code."""
@@ -229,7 +230,7 @@ def conv_int(
     dims = x.ndim - 2
     mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}[padding_mode]
     width = [(0, 0), (0, 0), *pads]
-    xp = np.pad(x, width, mode=mode) if any(a or b for a, b in pads) else x
+    xp = np.pad(x, width, mode=mode) if any(a or b for a, b in pads) else x  # type: ignore[call-overload]  # mode: a str
     kernel = w.shape[2:]
     extent = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
     windows = np.lib.stride_tricks.sliding_window_view(xp, extent, axis=tuple(range(2, 2 + dims)))

@@ -121,6 +121,7 @@ class _Names:
         if node.op == "placeholder":
             return self.fresh("input" if n_inputs == 1 else f"input_{node.target}"), False
         if node.op == "call_module":
+            assert isinstance(node.target, str)  # a call_module's target is the module's path
             count = self.calls.get(node.target, 0)
             self.calls[node.target] = count + 1
             if count == 0:
@@ -146,7 +147,7 @@ def _describe_target(node: fx.Node, module: nn.Module | None) -> str:
 
 
 def _template(arg: Any, names: dict[str, str]) -> Any:
-    return fx.node.map_arg(arg, lambda n: Ref(names[n.name]))
+    return fx.node.map_arg(arg, lambda n: Ref(names[n.name]))  # type: ignore[arg-type, return-value]  # any value
 
 
 # ------------------------------------------------------------------ building
@@ -215,6 +216,7 @@ def _operation(node: fx.Node, call: Call, root: nn.Module) -> Operation:
     if node.op == "placeholder":
         return Input(call.config, call.name)
     if node.op == "get_attr":
+        assert isinstance(node.target, str)  # a get_attr's target is the attribute's path
         value = _attribute(root, node.target)
         if not isinstance(value, torch.Tensor):
             raise Unsupported(f"reads {type(value).__name__} attribute {node.target!r}")
@@ -225,6 +227,7 @@ def _operation(node: fx.Node, call: Call, root: nn.Module) -> Operation:
     ):
         return PythonCall(node.op, node.target, call.name)
     if node.op == "call_module":
+        assert call.module is not None  # the called module
         cls = for_module(call.module)
         if cls is None:
             raise Unsupported(
@@ -233,6 +236,7 @@ def _operation(node: fx.Node, call: Call, root: nn.Module) -> Operation:
                 "quantized model"
             )
     elif node.op == "call_method":
+        assert isinstance(node.target, str)  # a call_method's target is the method's name
         cls = for_method(node.target)
         if cls is None:
             hint = f"; {HINTS[node.target]}" if node.target in HINTS else ""

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .extras import require
 
-z3 = require("z3", "torchqv.verify")
+if TYPE_CHECKING:
+    import z3
+else:
+    z3 = require("z3", "torchqv.verify")
 
 
 class Z3Deadline:

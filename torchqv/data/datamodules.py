@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -31,7 +31,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ..errors import DataError
 from ..extras import require
 
-pl = require("pytorch_lightning", "torchqv.data's DataModules")
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+else:
+    pl = require("pytorch_lightning", "torchqv.data's DataModules")
 train_test_split = require("sklearn.model_selection", "torchqv.data's DataModules").train_test_split
 
 from .tabular import TABULAR, TABULAR_SHAPES, train_test  # noqa: E402
@@ -110,15 +113,14 @@ def subset(ds: Dataset, n: int | None, what: str, data: str) -> Dataset:
     ``what`` (the config field) and ``data`` (the split)."""
     if n is None:
         return ds
-    if n > len(ds):
-        raise DataError(
-            f"{what}={n} exceeds the {len(ds)} examples of {data}; use at most {len(ds)} or None (all)"
-        )
-    return ds if n == len(ds) else Subset(ds, range(n))
+    size = len(ds)  # type: ignore[arg-type]  # torch's Dataset declares no __len__
+    if n > size:
+        raise DataError(f"{what}={n} exceeds the {size} examples of {data}; use at most {size} or None (all)")
+    return ds if n == size else Subset(ds, range(n))
 
 
 def _config(cls: type, config: Any, overrides: Mapping[str, Any]) -> Any:
-    base = config if isinstance(config, cls) else cls(**dict(config or {}))
+    base: Any = config if isinstance(config, cls) else cls(**dict(config or {}))
     names = {f.name for f in fields(cls)}
     unknown = set(overrides) - names
     if unknown:
@@ -165,7 +167,7 @@ class _SplitDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, True)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is not None and len(self.val_set) == 0:
+        if self.val_set is not None and len(self.val_set) == 0:  # type: ignore[arg-type]  # torch's Dataset declares no __len__
             return []  # no validation split: Lightning skips validation
         return self._loader(self.val_set, False)
 

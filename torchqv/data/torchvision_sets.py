@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +30,10 @@ from ..errors import DataError
 from ..extras import require
 from .idx import check_idx
 
-datasets = require("torchvision.datasets", "torchqv.data's torchvision sets")
+if TYPE_CHECKING:
+    from torchvision import datasets
+else:
+    datasets = require("torchvision.datasets", "torchqv.data's torchvision sets")
 
 
 def _idx_files(prefix: str, train: str, test: str) -> tuple[str, ...]:
@@ -48,7 +51,7 @@ class VisionSet:
     """
 
     title: str
-    tv_class: type
+    tv_class: type[Any]
     folder: str
     files: tuple[str, ...]
     archive: str
@@ -240,6 +243,7 @@ def locate(
             sources.append(found[0] if found else None)
         if all(sources):
             for f, src in zip(spec.files, sources, strict=True):
+                assert src is not None  # all(sources)
                 target = cache / spec.folder / f
                 if not _fresh(target, src):
                     _check_md5(src, md5.get(src.name))
@@ -259,7 +263,9 @@ def locate(
     raise FileNotFoundError(_missing_message(spec, root))
 
 
-def load_split(name: str, tv_root: str | Path, train: bool, verify_md5: bool = True) -> tuple:
+def load_split(
+    name: str, tv_root: str | Path, train: bool, verify_md5: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)``: uint8 ``N x C x H x W`` and int64 tensors read by torchvision's class
     from a root found by :func:`locate`.  EMNIST images are transposed to MNIST's orientation."""
     spec = vision_set(name)

@@ -137,8 +137,9 @@ def train_loader(trainer: pl.Trainer, who: str) -> Iterable:
         trainer.fit_loop.setup_data()
     if trainer.train_dataloader is not None:
         return _single_loader(trainer.train_dataloader, "training")
-    if trainer.datamodule is not None:
-        return _single_loader(trainer.datamodule.train_dataloader(), "training")
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
+    if datamodule is not None:
+        return _single_loader(datamodule.train_dataloader(), "training")
     raise DataError(f"{who}: no training data to calibrate on; pass the batches explicitly")
 
 
@@ -146,8 +147,9 @@ def val_loader(trainer: pl.Trainer, who: str) -> Iterable:
     """The validation data: the Trainer's loader, else the data module's."""
     if trainer.val_dataloaders is not None:
         return _single_loader(trainer.val_dataloaders, "validation")
-    if trainer.datamodule is not None:
-        return _single_loader(trainer.datamodule.val_dataloader(), "validation")
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector
+    if datamodule is not None:
+        return _single_loader(datamodule.val_dataloader(), "validation")
     raise DataError(f"{who}: no validation data to take points from; pass the points explicitly")
 
 

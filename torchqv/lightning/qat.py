@@ -108,9 +108,10 @@ class QuantizationAwareTraining(Callback):
         calibration_data: Iterable[Any] | None = None,
         freeze_observers_epoch: int | None = None,
     ):
-        config = _as_config(config)
-        if not isinstance(config, QConfig):
-            raise ConfigError(f"config must be a QConfig or a dict, got {type(config).__name__}")
+        checked = _as_config(config)
+        if not isinstance(checked, QConfig):
+            raise ConfigError(f"config must be a QConfig or a dict, got {type(checked).__name__}")
+        config = checked
         if (
             isinstance(calibration_batches, bool)
             or not isinstance(calibration_batches, int)
@@ -270,4 +271,4 @@ def load_quantized_checkpoint(
     Restoring.__module__ = module_cls.__module__
     module = Restoring.load_from_checkpoint(checkpoint_path, **kwargs)
     module.__class__ = module_cls  # only the loading hook differed
-    return module  # type: ignore[return-value]
+    return module

@@ -90,7 +90,7 @@ class QUBORounding(Callback):
             )
         self.report = T.broadcast(trainer, report)
         T.broadcast_state(trainer, net)
-        metrics = {}
+        metrics: dict[str, Any] = {}
         for r in self.report.layers:
             metrics |= {
                 f"qubo/{r.layer}/nearest": r.nearest,

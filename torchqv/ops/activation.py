@@ -106,7 +106,7 @@ class QuantAct(Operation, nn.Module):
         key = (x.grid, out)
         if key not in self._requantizers:
             lo, hi = self.act.clamp  # type: ignore[misc]
-            clip = tuple(None if v is None else out.fmt.round_exact(v / out.step) for v in (lo, hi))
+            clip: tuple = tuple(None if v is None else out.fmt.round_exact(v / out.step) for v in (lo, hi))
             self._requantizers = {key: (Requantizer([x.grid.step / out.step], out), clip)}  # keep one
         requant, clip = self._requantizers[key]
         return requant([x.codes], self.qname, clip)

@@ -70,6 +70,9 @@ def check_finite(name: str, **tensors: torch.Tensor | None) -> None:
 class QuantAffine(Operation, nn.Module):
     """Shared semantics of the affine operations (subclasses give the linear map)."""
 
+    weight_int: torch.Tensor  # buffers of a frozen layer (integer weights and bias)
+    bias_int: torch.Tensor
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: Any, name: str):
         nn.Module.__init__(self)
         check_finite(name, weight=weight, bias=bias)
@@ -274,7 +277,7 @@ class QuantAffine(Operation, nn.Module):
             self.register_buffer("bias_int", bias_int.to(torch.int64))
         self._cache.clear()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "weight_int"
         if key in state_dict and not self.frozen:
             shape = self.weight.shape
@@ -293,7 +296,7 @@ class QuantAffine(Operation, nn.Module):
             raise ConfigError(f"{self.qname} is frozen (integer weights); train the unfrozen model")
         wq = self.weight_quant
         w = self.weight if wq is None else wq(self.weight)
-        b = self.bias
+        b: torch.Tensor | None = self.bias
         inq = io.in_quants[0] if io.in_quants else None
         if b is not None and wq is not None and inq is not None and wq.fake_quant_enabled:
             sx = fraction_to_float(inq.steps()[0])
@@ -327,10 +330,10 @@ class QuantAffine(Operation, nn.Module):
         scale = [s * sx for s in self.row_steps()]  # the bias grid (the weight step per channel)
         bias = self.bias_codes(scale)
         so = self.out_quant.steps()[0] if self.out_quant is not None else None
-        parts = []
+        parts: list[dict[str, Any]] = []
         gs = self.group_size
         sliced = gs is not None and self.slices_groups
-        if sliced:  # the group's slice of the features (and of the input's last dimension)
+        if gs is not None and sliced:  # the group's slice of the features (and of the input's last dimension)
             split = [kw[:, g * gs : (g + 1) * gs] for g in range(kw.shape[1] // gs)]
         else:
             split = self.group_parts(kw)
@@ -343,7 +346,7 @@ class QuantAffine(Operation, nn.Module):
                     "w_max": w_max,
                     "l1_max": int(absw.sum(1).max()) if absw.numel() else 0,
                     "rate": [row[g] * sx for row in groups],
-                    "cols": slice(g * gs, (g + 1) * gs) if sliced else None,
+                    "cols": slice(g * gs, (g + 1) * gs) if gs is not None and sliced else None,
                 }
             )
         self._cache |= {
@@ -356,7 +359,10 @@ class QuantAffine(Operation, nn.Module):
             # t = (sum_g A_g s_w[g] s_x + B s_b s_x) / s_out: one term per group, the bias codes enter
             # as per-channel constants
             mult = [s / so for s in scale]
-            const = [int(b) * m for b, m in zip(bias.tolist(), mult, strict=True)] if bias is not None else 0
+            const: list[Fraction] | Fraction = Fraction(0)
+            if bias is not None:
+                const = [int(b) * m for b, m in zip(bias.tolist(), mult, strict=True)]
+            assert self.out_quant is not None  # so is its step
             self._cache["requant"] = Requantizer(
                 [[r / so for r in part["rate"]] for part in parts],
                 self.out_quant.grid(),
@@ -423,6 +429,7 @@ class QuantAffine(Operation, nn.Module):
                 a.to(torch.float64) * torch.tensor(m, dtype=torch.float64, device=a.device).view(shape)
                 for a, m in zip(accs, ints, strict=True)
             )
+            assert isinstance(num, torch.Tensor)  # accs is not empty
             return num / torch.tensor(common, dtype=torch.float64, device=num.device).view(shape)
         ndim, ax = accs[0].dim(), self.channel_axis % accs[0].dim()
 
@@ -466,7 +473,9 @@ class QuantAffine(Operation, nn.Module):
         if sx is not None:
             rates = [[r * sx for r in rate] for rate in rates]
         if self.bias is not None and self.quantized and sx is not None:
-            bias = [int(b) * s for b, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
+            codes = self.bias_codes(scale)
+            assert codes is not None  # the layer has a bias
+            bias = [int(b) * s for b, s in zip(codes.tolist(), scale, strict=True)]
         elif "bias_int" in self._buffers:
             raise ConfigError(
                 f"{self.qname}: the frozen integer bias needs the input grid it was frozen with"
@@ -528,6 +537,7 @@ class QuantAffine(Operation, nn.Module):
         if self.frozen:
             return self.weight_int.cpu().numpy().astype(np.int64), groups
         wq = self.weight_quant
+        assert wq is not None  # quantized and not frozen
         flat = [s for row in groups for s in row]
         w = self.weight.detach().cpu().numpy()
         codes = float_codes(w.reshape(len(flat), -1), flat, wq.fmt, axis=0).reshape(w.shape)
@@ -568,6 +578,7 @@ class QuantAffine(Operation, nn.Module):
             if "bias_int" in self._buffers:
                 bias = self.bias_int.cpu().numpy().astype(object)
             elif self.bias is not None:
+                assert self.weight_quant is not None  # quantized and not frozen (a frozen bias is bias_int)
                 fmt = self.weight_quant.fmt.integer_rounding()
                 bias = float_codes(self.bias.detach().cpu().numpy(), scale, fmt, axis=0).astype(object)
             else:
@@ -585,6 +596,7 @@ class QuantAffine(Operation, nn.Module):
                 )
                 n = term if n is None else n + term
             b_ints = [int(b) * int(s * L) for b, s, L in zip(bias, scale, common, strict=True)]
+            assert n is not None  # at least one part
             n = n + self._channel_column(b_ints, n.ndim)
             if self.out_quant is None:
                 return RTensor(n * self._channel_column([Fraction(1, L) for L in common], n.ndim))
@@ -624,7 +636,9 @@ class QuantAffine(Operation, nn.Module):
             inq = io.in_quants[0] if io.in_quants else None
             if inq is not None and (self.bias is not None or "bias_int" in self._buffers):
                 scale = [s * inq.steps()[0] for s in self.row_steps()]
-                bias = [int(k) * s for k, s in zip(self.bias_codes(scale).tolist(), scale, strict=True)]
+                codes = self.bias_codes(scale)
+                assert codes is not None  # the layer has a bias
+                bias = [int(k) * s for k, s in zip(codes.tolist(), scale, strict=True)]
             elif "bias_int" in self._buffers:
                 raise Unsupported(f"{self.qname}: the frozen integer bias needs its input grid")
             else:
@@ -939,6 +953,9 @@ class QuantConv(QuantAffine):
 
     def patches(self, x, group=None):
         x = self._pad(x.to(torch.float64))
+        k: tuple[int, ...]
+        d: tuple[int, ...]
+        s: tuple[int, ...]
         if self.dims == 1:
             x = x.unsqueeze(2)
             k, d, s = (1, self.kernel_size[0]), (1, self.dilation[0]), (1, self.stride[0])

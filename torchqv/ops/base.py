@@ -148,8 +148,9 @@ class NodeIO:
 class Operation:
     """Base of every graph operation (a mixin: stateful operations are also ``nn.Module``)."""
 
-    #: what the class handles (filled by :func:`register`)
-    modules: ClassVar[tuple[type, ...]] = ()
+    #: what the class handles (filled by :func:`register`); ``modules`` holds module types, typed Any
+    #: because on the operations that are also ``nn.Module`` it shadows ``nn.Module.modules``
+    modules: ClassVar[Any] = ()
     functions: ClassVar[tuple[Callable, ...]] = ()
     methods: ClassVar[tuple[str, ...]] = ()
 
@@ -203,7 +204,12 @@ def register(
     """Class decorator: ``cls`` handles these module types, functions and tensor methods."""
 
     def deco(cls: type[Operation]) -> type[Operation]:
-        for table, keys in ((_MODULES, modules), (_FUNCTIONS, functions), (_METHODS, methods)):
+        tables: tuple[tuple[dict[Any, type[Operation]], tuple[Any, ...]], ...] = (
+            (_MODULES, modules),
+            (_FUNCTIONS, functions),
+            (_METHODS, methods),
+        )
+        for table, keys in tables:
             for key in keys:
                 if key in table:
                     raise RuntimeError(f"{key} is registered twice ({table[key].__name__}, {cls.__name__})")

@@ -208,7 +208,11 @@ class QuantAdd(_Join):
         operands = self._operands(args, kwargs)
         if self.out_quant is not None and all(_on_grid_or_number(v) for v, _ in operands):
             grid = self.out_quant.grid()
-            terms = [(v.data, v.grid.step * c / grid.step) for v, c in operands if isinstance(v, RTensor)]
+            terms = [
+                (v.data, v.grid.step * c / grid.step)
+                for v, c in operands
+                if isinstance(v, RTensor) and v.grid is not None  # every RTensor is on a grid (checked)
+            ]
             const = sum((Fraction(v) * c for v, c in operands if not isinstance(v, RTensor)), Fraction(0))
             return RTensor(combine(terms, const / grid.step, grid, self.qname), grid)
         (a, _), (b, alpha) = operands
@@ -351,6 +355,7 @@ class QuantMul(_Join):
         if self.out_quant is not None and a.grid is not None and _on_grid_or_number(b):
             grid = self.out_quant.grid()
             if isinstance(b, RTensor):
+                assert b.grid is not None  # _on_grid_or_number(b)
                 term = (a.data.astype(object) * b.data.astype(object), a.grid.step * b.grid.step / grid.step)
             else:
                 c = Fraction(b)
@@ -415,11 +420,11 @@ class QuantCat(_Join):
         return torch.stack(parts, self.dim) if self.stack else torch.cat(parts, self.dim)
 
     def qat(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        y = self._join(list(kwargs.get("tensors", args[0] if args else None)))
+        y = self._join(list(kwargs.get("tensors", args[0] if args else ())))
         return self.out_quant(y) if self.out_quant is not None else y
 
     def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        parts = list(kwargs.get("tensors", args[0] if args else None))
+        parts = list(kwargs.get("tensors", args[0] if args else ()))
         if self.out_quant is None:
             return self._join([_real_value(p) for p in parts])
         out = self.out_quant.grid()
@@ -427,12 +432,12 @@ class QuantCat(_Join):
         return QTensor(self._join(codes), out)
 
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        parts = [p.exact() for p in kwargs.get("tensors", args[0] if args else None)]
+        parts = [p.exact() for p in kwargs.get("tensors", args[0] if args else ())]
         if self.out_quant is None:
             joined = np.stack(parts, self.dim) if self.stack else np.concatenate(parts, self.dim)
             return RTensor(joined)
         grid = self.out_quant.grid()
-        tensors = kwargs.get("tensors", args[0] if args else None)
+        tensors = kwargs.get("tensors", args[0] if args else ())
         codes = [combine([(p.data, p.grid.step / grid.step)], Fraction(0), grid, self.qname) for p in tensors]
         return RTensor(np.stack(codes, self.dim) if self.stack else np.concatenate(codes, self.dim), grid)
 
@@ -445,7 +450,7 @@ class QuantCat(_Join):
 
     def onnx_integer(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         out = _onnx_out(self)
-        parts = [em.need_grid(p, self.qname) for p in kwargs.get("tensors", args[0] if args else None)]
+        parts = [em.need_grid(p, self.qname) for p in kwargs.get("tensors", args[0] if args else ())]
         codes = [
             em.requantize([(p.name, [p.grid.step / out.step], p.grid.max_abs_code)], out, self.qname)
             for p in parts
@@ -453,7 +458,7 @@ class QuantCat(_Join):
         return em.value(io, self._onnx_join(em, codes), out)
 
     def onnx_qdq(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        parts = [p.name for p in kwargs.get("tensors", args[0] if args else None)]
+        parts = [p.name for p in kwargs.get("tensors", args[0] if args else ())]
         return _onnx_qdq_out(self, em, self._onnx_join(em, parts), io)
 
     def describe(self) -> str:

@@ -12,7 +12,7 @@ training.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -188,7 +188,7 @@ class Dropout(Operation, nn.Module):
     @classmethod
     def build(cls, call: Call) -> Operation:
         if call.module is not None:
-            return cls(call.module.p, call.name, type(call.module))
+            return cls(cast(float, call.module.p), call.name, type(call.module))
         return cls(call.arg(1, "p", 0.5), call.name, None)
 
     def out_kind(self, call: Call) -> Kind:
@@ -199,7 +199,7 @@ class Dropout(Operation, nn.Module):
         if not self.training or self.p == 0:
             return x
         if self.kind in (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
-            return self.kind(self.p)(x)  # type: ignore[misc]
+            return self.kind(self.p)(x)
         return F.dropout(x, self.p, True)
 
     def exact(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
@@ -211,7 +211,9 @@ class Dropout(Operation, nn.Module):
         return args[0]
 
     onnx_qdq = onnx_integer
-    chain = onnx_integer
+
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        return args[0]
 
     def describe(self) -> str:
         return f"Dropout(p={self.p})"

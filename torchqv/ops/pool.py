@@ -287,7 +287,7 @@ class AvgPool(_Average):
         if self.dims == 2:
             return F.avg_pool2d(x, **self._params(), **extra)
         p = self._params()
-        two = {k: ((1, v[0]) if isinstance(v, tuple) else v) for k, v in p.items()}
+        two: dict[str, Any] = {k: ((1, v[0]) if isinstance(v, tuple) else v) for k, v in p.items()}
         two["padding"] = (0, self.padding[0])
         return F.avg_pool2d(x.unsqueeze(2), **two, **extra).squeeze(2)
 
@@ -443,9 +443,9 @@ class Reduce(_Average):
         _check_grid_input(call, op.out_quant)
         return op
 
-    def _dims(self, x: torch.Tensor) -> tuple[int, ...]:
+    def _dims(self, x: torch.Tensor | np.ndarray) -> tuple[int, ...]:
         if self.dim is None:
-            return tuple(range(x.dim()))
+            return tuple(range(x.ndim))
         return (self.dim,) if isinstance(self.dim, int) else tuple(self.dim)
 
     def average(self, x: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,8 @@ class Input(Operation, nn.Module):
 class Constant(Operation, nn.Module):
     """A tensor the forward reads (``get_attr``): a copy kept as a buffer."""
 
+    value: torch.Tensor
+
     def __init__(self, value: torch.Tensor, name: str):
         nn.Module.__init__(self)
         self.qname = name
@@ -167,7 +169,9 @@ class PythonCall(Operation):
         return self.run(args, kwargs)
 
     onnx_qdq = onnx_integer
-    chain = onnx_integer
+
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        return self.run(args, kwargs)
 
 
 def is_python_call(op_kind: str, target: Any, args: tuple, kinds: list[Kind | None]) -> bool:

@@ -165,7 +165,7 @@ def run_ceg4n(cfg: Ceg4nRecipeConfig | Any, out_dir: str | Path) -> dict[str, An
                     "points": p.indices,
                     "weights_per_layer": weights,
                     "acc_f": acc_f,
-                    "acc_fq": accuracy(r.fq, p.test) if sq else None,
+                    "acc_fq": accuracy(r.fq, p.test) if sq and r.fq is not None else None,
                     "bits_per_weight": _bits_per_weight(r.bits, weights) if sq else None,
                     **result,
                     "counterexamples": len(r.counterexamples),
@@ -212,7 +212,7 @@ COLUMNS: list[Column] = [
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The thesis' table (Tables 2-6) with the test accuracy of f and of the final f'."""
-    jobs = [("job", job_label)] if any(job_label(r) for r in rows) else []
+    jobs: list[Column] = [("job", job_label)] if any(job_label(r) for r in rows) else []
     return "\n".join(
         [
             "### CEG4N (paper 003): cheapest per-layer bits proved equivalent",

@@ -447,7 +447,7 @@ def _extra_keys(node: DictConfig, prefix: str = "") -> list[str]:
     for key in node:
         child = node.get(key)
         if key not in names:
-            out.append(f"{prefix}{key}")
+            out.append(f"{prefix}{key!s}")
         elif isinstance(child, DictConfig):
             out += _extra_keys(child, f"{prefix}{key}.")
     return out
@@ -460,6 +460,7 @@ def as_config(cfg: Any, schema: type[T]) -> T:
         return cfg
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     node = OmegaConf.merge(OmegaConf.structured(schema), node)
+    assert isinstance(node, DictConfig)  # merged into the dataclass schema
     extra = _extra_keys(node)
     if extra:
         raise ConfigError(

@@ -47,14 +47,14 @@ class Data:
 
 
 def _first(ds: Dataset, n: int | None) -> Dataset:
-    return ds if n is None or n >= len(ds) else Subset(ds, range(n))
+    return ds if n is None or n >= len(ds) else Subset(ds, range(n))  # type: ignore[arg-type]  # torch's Dataset declares no __len__
 
 
 def load_data(cfg: DatasetConfig, seed: int = 0) -> Data:
     """The data set of ``cfg`` (tabular: stratified split; images: the official split), the
     training split in seeded random order, cut to its first ``train_subset`` / ``test_subset``
     examples by the DataModule (more than the split holds is an error)."""
-    subsets = {"train_subset": cfg.train_subset, "test_subset": cfg.test_subset}
+    subsets: dict[str, Any] = {"train_subset": cfg.train_subset, "test_subset": cfg.test_subset}
     dm: TabularDataModule | VisionDataModule
     if cfg.name in TABULAR:
         dm = TabularDataModule(name=cfg.name, test_size=cfg.test_size, val_size=0.0, seed=seed, **subsets)
@@ -131,6 +131,7 @@ def _instantiate(cfg: ModelConfig, input_shape: Sequence[int], num_classes: int)
     """``cfg.target`` built by Hydra with ``cfg.kwargs`` (and the data's classes and channels)."""
     from hydra.utils import get_object, instantiate
 
+    assert cfg.target is not None  # called for a target only
     try:
         factory = get_object(cfg.target)
     except (ImportError, ValueError) as exc:
@@ -212,7 +213,7 @@ def fit(
         return module.model.eval()
     loader = DataLoader(
         train,
-        batch_size=cfg.batch_size or len(train),
+        batch_size=cfg.batch_size or len(train),  # type: ignore[arg-type]  # torch's Dataset declares no __len__
         shuffle=True,
         generator=torch.Generator().manual_seed(cfg.seed),
     )

@@ -182,6 +182,7 @@ def run(cfg: RunConfig | Any, out_dir: str | Path) -> dict[str, Any]:
             for method in cfg.rounding.method:
                 bar.set_postfix(bits=bits, method=method)
                 if trained is None:
+                    assert inputs["calibration"] is not None  # always drawn
                     qm = _ptq(f, cfg, bits, method, inputs["calibration"])
                 else:
                     qm = copy.deepcopy(trained)
@@ -203,7 +204,7 @@ def _ptq(f: torch.nn.Module, cfg: RunConfig, bits: int, method: str, x: torch.Te
 
 def _qat(f: torch.nn.Module, cfg: RunConfig, bits: int, data: Data, out: Path) -> torch.nn.Module:
     q = cfg.quant
-    batches = math.ceil(q.calibration_samples / (cfg.trainer.batch_size or len(data.train)))
+    batches = math.ceil(q.calibration_samples / (cfg.trainer.batch_size or len(data.train)))  # type: ignore[arg-type]  # torch's Dataset declares no __len__
     callback = QuantizationAwareTraining(
         qconfig(q, bits, None), calibration_batches=batches, freeze_observers_epoch=q.freeze_observers_epoch
     )
@@ -224,6 +225,7 @@ def _measure(
 ) -> dict[str, Any]:
     r, v, q = cfg.rounding, cfg.verify, cfg.quant
     t0 = time.perf_counter()
+    assert inputs["rounding"] is not None  # always drawn
     report = round_weights(
         qm, inputs["rounding"].split(CHUNK), r.job(method), progress=False,
     )  # fmt: skip
@@ -254,6 +256,7 @@ def _measure(
         log.warning("verification skipped: %s", row["verify_skipped"])
     elif v.enabled and not skip:
         t0 = time.perf_counter()
+        assert inputs["verify"] is not None  # drawn when verification is enabled
         centres = region_centres(qm, inputs["verify"], v.domain)
         try:
             delta, step = radius(qm, v)  # "<k> steps" of a float input: a reason, not a crash

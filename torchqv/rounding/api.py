@@ -146,7 +146,8 @@ def _apply(
     with torch.no_grad():
         m.weight.copy_((kw * steps).reshape(m.weight.shape).to(m.weight.dtype))
         if kb is not None:
-            sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)  # type: ignore[union-attr]
+            assert m.bias is not None and bias_step is not None  # kb: the codes of the layer's bias
+            sb = torch.tensor([fraction_to_float(f) for f in bias_step], dtype=torch.float64)
             m.bias.copy_((kb * sb).to(m.bias.dtype))
     if not torch.equal(m.weight_codes().reshape(kw.shape), kw):
         raise RoundingError(f"{m.qname}: rounded weights do not re-quantize to the chosen codes")
@@ -203,7 +204,7 @@ def round_weights(
     settings = _Solve(cfg, solver, cfg.bound and solver is not Solver.NEAREST, deadline)
     params = [p for _, m in layers for p in (m.weight, m.bias) if p is not None]
     with atomic("round_weights", [qmodel], params):
-        report = _round_layers(qmodel, layers, batches, cfg.target, settings, progress)
+        report = _round_layers(qmodel, layers, batches, Target(cfg.target), settings, progress)  # a Target
     report.time_limit = cfg.time_limit
     return report
 
@@ -214,7 +215,7 @@ def _round_layers(
     batches: list[torch.Tensor],
     target: Target,
     settings: _Solve,
-    progress: bool,
+    progress: bool | None,
 ) -> RoundingReport:
     float_inputs: dict[str, list[torch.Tensor]] = {}
     with float_mode(qmodel), torch.no_grad():

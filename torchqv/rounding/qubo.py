@@ -130,6 +130,7 @@ class LayerQUBO:
         """``E_c(z)`` for a ``(d + 1) x C`` 0/1 matrix (one column per neuron)."""
         if self.stats.Xq is not None:  # few rows: the output error directly
             theta = self.theta_low + self.sigma * z
+            assert self.stats.Xf is not None  # kept with Xq
             return ((self.stats.Xq @ theta - self.stats.Xf @ self.theta_f) ** 2).sum(0)
         sz = self.sigma * z
         quad = (sz * (self.stats.G @ sz)).sum(0) - (torch.diagonal(self.stats.G).unsqueeze(1) * sz**2).sum(0)

@@ -92,6 +92,7 @@ def _enumerate(Q: np.ndarray) -> np.ndarray:
         a = int(np.argmin(e))
         if e[a] < best_e:
             best_e, best = e[a], np.concatenate([bits_lo[a], zh])
+    assert best is not None  # the energies are finite
     return best
 
 

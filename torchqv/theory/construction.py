@@ -107,6 +107,7 @@ def decompose(total: int, gaps: Sequence[int], kmax: int) -> list[tuple[int, int
 
 def _bezout(gaps: Sequence[int]) -> list[tuple[int, int]]:
     """``(c, g)`` with ``sum c g = gcd(gaps)`` (extended Euclid over the gaps, zero terms dropped)."""
+    coeffs: list[tuple[int, int]]
     acc, coeffs = 0, []
     for g in gaps:
         if acc and g % acc == 0:  # the gcd would not change
@@ -220,6 +221,7 @@ def build_representing_network(
     copies = 2 * s // (sig[kmax] - sig[int(z * s) - 1]) + 1
     mode = Counter(values).most_common(1)[0][0]
     b = Fraction(mode, s) if lattice.is_full(mode) else res.witness_b
+    assert b is not None  # a universal verdict comes with a witness b
     pairs: dict[int, tuple[int, int]] = {}  # positive gap code -> (u, t) with sig[u] - sig[t] = gap
     for (u, su), (t, st) in itertools.product(sig.items(), repeat=2):
         pairs.setdefault(su - st, (u, t))
@@ -297,7 +299,9 @@ def _check(qm: nn.Module, rows: list, points: list, values: list[int], s: int) -
         for r, (w, _) in enumerate(layer):
             for c, value in w.items():
                 want_w[r, c] = int(value * s)
-        got_b = q.bias_codes([Fraction(1, s * s)] * len(layer)).tolist()
+        codes = q.bias_codes([Fraction(1, s * s)] * len(layer))
+        assert codes is not None  # every layer of the construction has a bias
+        got_b = codes.tolist()
         if not torch.equal(q.weight_codes(), want_w) or got_b != [float(bias * s * s) for _, bias in layer]:
             raise RuntimeError(f"affine map {i}: quantized weights or biases differ from the construction")
         if any(v % s for v in got_b):

@@ -148,7 +148,9 @@ def weight_gaps(model: nn.Module, qmodel: nn.Module) -> OrderedDict[str, dict[st
     """Per layer (in order): ``delta_2``, ``delta_inf`` of ``W_Q - W`` and the largest step."""
     gaps: OrderedDict[str, dict[str, float]] = OrderedDict()
     for name, qlayer in affine_layers(qmodel):
-        diff = qlayer.dequantized_weight() - model.get_submodule(name).weight.detach().double()
+        weight = model.get_submodule(name).weight
+        assert isinstance(weight, torch.Tensor)  # the float layer's weight
+        diff = qlayer.dequantized_weight() - weight.detach().double()
         gaps[name] = {
             "delta_2": torch.linalg.vector_norm(diff).item(),
             "delta_inf": diff.abs().max().item(),
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
     if args.experiment == "regression":
-        quick = {"n_points": 200, "epochs": 200} if args.quick else {}
+        quick: dict[str, Any] = {"n_points": 200, "epochs": 200} if args.quick else {}
         cfg = DegradationConfig(seed=args.seed, progress=progress, **quick)
         results = run_regression(cfg, out)
         text = regression_markdown(results)

@@ -256,6 +256,8 @@ class Network:
 
     def __post_init__(self) -> None:
         arch, dom = self.architecture, z_domain(self.d)
+        missing: set[Any]
+        unknown: set[Any]
         if set(self.weights) != set(arch.arcs):
             missing, unknown = set(arch.arcs) - set(self.weights), set(self.weights) - set(arch.arcs)
             raise TheoryInputError(

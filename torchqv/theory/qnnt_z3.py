@@ -28,15 +28,18 @@ import ctypes
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TheoryInputError
 from ..extras import require
 
-z3 = require("z3", "torchqv.theory.train_exact")
+if TYPE_CHECKING:
+    import z3
+else:
+    z3 = require("z3", "torchqv.theory.train_exact")
 
-from ..z3_deadline import Z3Deadline  # noqa: E402
-from .qnnt import (  # noqa: E402
+from ..z3_deadline import Z3Deadline
+from .qnnt import (
     Architecture,
     Network,
     Status,
@@ -89,6 +92,8 @@ def _and(ctx: z3.Context, a: z3.BoolRef, b: z3.BoolRef) -> z3.BoolRef:
 class _Arithmetic:
     """Weights as integers: bit-vectors wide enough for every sum (``bv``) or integers (``int``)."""
 
+    hard: list[z3.BoolRef]
+
     def __init__(self, arch: Architecture, d: int, kind: str, ctx: z3.Context, clock: _Clock) -> None:
         dom = z_domain(d)
         self.d, self.lo, self.hi, self.kind, self.hard, self.ctx = d, dom[0], dom[-1], kind, [], ctx
@@ -137,6 +142,8 @@ class _PseudoBoolean:
     """Weights one-hot: a literal [w = v] per non-zero v of Z_d (at most one true); sums are
     pseudo-Boolean constraints, solved by z3's SAT-based finite-domain solver."""
 
+    hard: list[z3.BoolRef]
+
     def __init__(self, arch: Architecture, d: int, kind: str, ctx: z3.Context, clock: _Clock) -> None:
         self.values, self.ctx, self.clock = [v for v in z_domain(d) if v != 0], ctx, clock
         self.logic, self.width, self.hard = "QF_FD", 0, []
@@ -175,8 +182,9 @@ class _Encoding:
         self.clock = clock
         self.ops = (_PseudoBoolean if encoding == "pb" else _Arithmetic)(arch, d, encoding, self.ctx, clock)
         self.logic, self.width, self.hard = self.ops.logic, self.ops.width, self.ops.hard
-        self.w = [self.ops.unknown(f"w_{u}_{v}") for u, v in arch.arcs]
-        self.b = [self.ops.unknown(f"b_{v}") for v in arch.non_sources]
+        # the unknowns of self.ops's encoding (a pair of terms, or a list of weighted literals)
+        self.w: list[Any] = [self.ops.unknown(f"w_{u}_{v}") for u, v in arch.arcs]
+        self.b: list[Any] = [self.ops.unknown(f"b_{v}") for v in arch.non_sources]
         self._pre = {x: self._forward(x) for x in {x for x, _ in counts}}
         self._meets_cache: dict[tuple[tuple[int, ...], int, int], z3.BoolRef] = {}
         self.misfits = [(z3.Not(self._fits(x, y)), c) for (x, y), c in counts.items()]
@@ -188,7 +196,7 @@ class _Encoding:
         n_hidden = len(arch.nodes) - len(arch.inputs) - len(arch.outputs)
         outs = []
         for j, (src, arc_ix) in enumerate(arch.plan):
-            terms = []
+            terms: list[Any] = []
             for p, k in zip(src, arc_ix, strict=True):
                 a = vals[p]
                 if isinstance(a, int):

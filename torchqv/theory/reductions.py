@@ -25,7 +25,7 @@ import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import TheoryInputError
 from .qnnt import Architecture, Network, QNNTInstance
@@ -261,7 +261,8 @@ class ThreeSat:
             while clauses:
                 if not min(clauses, key=len):
                     return None
-                lit = next(iter(min(clauses, key=len)))  # a unit literal, else a branching literal
+                shortest = min(clauses, key=len)
+                lit = next(iter(shortest))  # a unit literal, else a branching literal
                 if len(min(clauses, key=len)) > 1:
                     for choice in (lit, -lit):
                         found = dpll([c - {-choice} for c in clauses if choice not in c], true | {choice})
@@ -317,6 +318,7 @@ def random_three_sat(rng: random.Random, n_vars: int, n_clauses: int, answer: bo
         raise TheoryInputError(f"3-SAT clauses need 3 distinct variables, got n_vars={n_vars}")
 
     def draw() -> ThreeSat:
+        clauses: list[Any]  # 3-tuples of literals
         hidden, clauses = [rng.random() < 0.5 for _ in range(n_vars)], []
         while len(clauses) < n_clauses:
             c = tuple(v if rng.random() < 0.5 else -v for v in rng.sample(range(1, n_vars + 1), 3))

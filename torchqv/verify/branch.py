@@ -82,7 +82,7 @@ class InputBranch:
             best = (-np.inf, np.zeros_like(lo))
             for c in winners(cf.lo[-1], cf.hi[-1]):
                 A = margin_rows(len(cf.hi[-1]), c)
-                worst = (np.inf, None)
+                worst: tuple[float, Any] = (np.inf, None)
                 for crown in (cf, cq):
                     lb, coef = crown.lower_and_inputs(A)
                     lb = np.maximum(lb, crown.lo[-1][c] - np.delete(crown.hi[-1], c))  # intervals too
@@ -102,6 +102,7 @@ class InputBranch:
             if self.norm == "inf"
             else sum((Fraction(v) for v in excess.tolist()), Fraction(0))
         )
+        assert self.eps is not None  # the relation eps has a tolerance
         return down(self.eps - total), coef  # exact slack, rounded down: its sign is kept
 
     def _split(self, box: Box, coef: np.ndarray) -> list[Box] | None:

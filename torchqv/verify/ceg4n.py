@@ -255,9 +255,9 @@ def _check_mode(cfg: BitSearchConfig, layers: _Layers, calibration: Any) -> None
 
 def _quantize(
     f: nn.Module, layers: _Layers, bits: tuple[int, ...], cfg: BitSearchConfig, calibration: Any
-) -> nn.Module:
+) -> QuantizedModel:
     full = cfg.mode == "full"
-    obs = {"weight_observer": cfg.observer, "activation_observer": cfg.observer}
+    obs: dict[str, Any] = {"weight_observer": cfg.observer, "activation_observer": cfg.observer}
     act = {
         b: FixedPoint(bits=b, zero_point=None, power_of_two=cfg.power_of_two) if full else None for b in bits
     }
@@ -275,7 +275,7 @@ def _quantize(
     if not full:  # weights and biases: round the biases onto their grids first
         for name, b in zip(layers.names, bits, strict=True):
             lin = model.get_submodule(name)
-            if lin.bias is not None:
+            if isinstance(lin.bias, torch.Tensor):  # a Linear or Conv bias (or None)
                 with torch.no_grad():
                     lin.bias.copy_(_round_bias(lin.bias, b))
     fq = quantize(model, QConfig(input=inp, **obs), overrides)
@@ -588,6 +588,7 @@ class _Search:
         candidate); on ``pool``, ``workers`` regions at a time, read in the same order.  Outcome:
         ``"refuted"``, ``"proved"``, ``"undecided"`` or ``"timeout"`` (the round's, not a
         :class:`Decision`: a round can also run out of the search's time)."""
+        regions: list[dict[str, Any]]
         t0, regions, undecided = time.perf_counter(), [], ""
         entry["regions"] = regions
         order = sorted(range(len(self.points)), key=lambda j: -self.failures[j])
@@ -599,6 +600,7 @@ class _Search:
                     return "timeout", f"(before region {i})"
                 regions.append({"region": i, "verdict": res.verdict, "reason": res.reason, **res.stats})
                 if res.verdict is Verdict.NOT_EQUIVALENT:
+                    assert res.counterexample is not None  # a refutation comes with its point
                     self.add(i, res.counterexample, fq)
                     entry["counterexample"] = res.counterexample.reshape(-1).tolist()
                     return "refuted", ""

@@ -139,8 +139,9 @@ class Encoder:
         for li, (layer, lb) in enumerate(zip(chain.layers, bounds, strict=True)):
             out: list = []
             for i in range(len(lb.lo)):
-                if const[li][i] is not None:
-                    out.append(rv(const[li][i]))
+                c = const[li][i]
+                if c is not None:
+                    out.append(rv(c))
                     continue
                 if i not in need[li]:
                     out.append(None)
@@ -210,6 +211,7 @@ class Query:
         """The disjunct as a z3 formula over the outputs."""
         if self.formula is not None:
             return self.formula(y, yq)
+        assert self.objective is not None  # a query is a formula or an objective
         value = _value(self.objective, y, yq)
         conditions = [_value(g, y, yq) > 0 if gt else _value(g, y, yq) >= 0 for g, gt in self.given]
         return z3.And([value <= 0 if self.strict else value < 0, *conditions])
@@ -247,12 +249,14 @@ def queries(
             for s in (1, -1)
         ]
     if relation == "eps" and norm == "inf":  # |y_i - yq_i| > eps: eps -+ (y_i - yq_i) < 0
+        assert eps is not None  # the relation eps has a tolerance
         return [
             _linear({i: -s * one}, {i: s * one}, eps, False, f"output {i}")
             for i in open_outputs
             for s in (1, -1)
         ]
     if relation == "eps":
+        assert eps is not None  # the relation eps has a tolerance
         everything = list(range(n))
         return [
             Query(
@@ -271,7 +275,7 @@ def queries(
     out = []
     for i in [fixed[0]] if fixed[0] is not None else cf:
         # where f's argmax is i (nothing to state when bounds fix it): y_i > y_k (k < i), >= (k > i)
-        given = (
+        given: list[tuple[Form, bool]] = (
             []
             if fixed[0] is not None
             else [(({i: one, k: -one}, {}, Fraction(0)), k < i) for k in cf if k != i]

@@ -125,6 +125,7 @@ def holds(relation: str, y: torch.Tensor, yq: torch.Tensor, eps: float | None, n
     if relation == "top1":
         return int(y.argmax()) == int(yq.argmax())
     d = (y - yq).abs()
+    assert eps is not None  # the relation "close" has a tolerance
     return bool((d.max() if norm == "inf" else d.sum()) <= eps)
 
 
@@ -146,6 +147,7 @@ def holds_exact(
     if relation == "top1":
         return first_argmax(y) == first_argmax(yq)
     d = [abs(a - b) for a, b in zip(y, yq, strict=True)]
+    assert eps is not None  # the relation "close" has a tolerance
     return (max(d) if norm == "inf" else sum(d, Fraction(0))) <= eps
 
 
@@ -184,7 +186,7 @@ class _Problem:
             prm.requires_grad_(False)
         for module in self.surrogate.modules():  # its steps stay f''s whatever it sees (no state
             if hasattr(module, "observer_enabled"):  # carried from one region to the next)
-                module.observer_enabled = False
+                module.observer_enabled = False  # type: ignore[assignment]  # torch's stubs: tensors and modules only
         self.cf = float_chain(f, shape)
         self.cq = quant_chain(fq, shape)
         if self.cf.out_features != self.cq.out_features:
@@ -206,6 +208,7 @@ class _Problem:
         """A double that f''s input rounding maps to the code ``k`` (the nearest such double)."""
         if k not in self._cells:
             g = self.grid
+            assert g is not None  # only on a grid
             f = float(k * g.step)
             for cand in (f, float(np.nextafter(f, np.inf)), float(np.nextafter(f, -np.inf))):
                 if g.fmt.saturate_exact(g.fmt.round_exact(Fraction(cand) / g.step), g.zp) == k:
@@ -220,7 +223,7 @@ class _Problem:
         """Float64 inputs for the concrete f (the doubles nearest to the exact points) and f' (the
         nearest doubles with the same input codes), one row per point."""
         if self.grid is None:
-            near = np.array([[float(t) for t in x] for x in points], dtype=np.float64)
+            near: np.ndarray = np.array([[float(t) for t in x] for x in points], dtype=np.float64)
             return near.reshape(len(points), self.d), near.reshape(len(points), self.d)
         codes = np.stack([np.asarray(c, dtype=np.int64).reshape(-1) for c in points])
         s = self.grid.step
@@ -297,6 +300,7 @@ class _Problem:
             return torch.maximum(other - own, -f_gap.abs())
         d = (y - yq).abs()
         total = d.amax(1) if self.norm == "inf" else d.sum(1)
+        assert self.eps is not None  # the relation "close" has a tolerance
         return total - float(self.eps)
 
     def screen(self, points: list[Point]) -> list[int]:
@@ -389,7 +393,9 @@ def _open_outputs(p: _Problem, cf: B.Crown, cq: B.Crown) -> list[int]:
     dlo, dhi = B.difference_bounds(cf, cq)
     if p.relation == "strict":
         return [i for i in range(len(dlo)) if not (dlo[i] == dhi[i] == 0)]
-    return [i for i in range(len(dlo)) if not _within(dlo[i], dhi[i], p.eps)]
+    eps = p.eps
+    assert eps is not None  # the relation "close" has a tolerance
+    return [i for i in range(len(dlo)) if not _within(dlo[i], dhi[i], eps)]
 
 
 def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
@@ -403,6 +409,7 @@ def _prove_by_bounds(p: _Problem, cf: B.Crown, cq: B.Crown) -> bool:
     if not (np.isfinite(dlo).all() and np.isfinite(dhi).all()):
         return False
     gap = [max(-Fraction(a), Fraction(b)) for a, b in zip(dlo.tolist(), dhi.tolist(), strict=True)]
+    assert p.eps is not None  # the relation "close" has a tolerance
     return (max(gap) if p.norm == "inf" else sum(gap, Fraction(0))) <= p.eps  # exact sums
 
 
@@ -448,7 +455,7 @@ def _regions(
                 else "widen the boxes to hold a grid point"
             )
         )
-    return shape, regions  # type: ignore[return-value]  (no None left)
+    return shape, [box for box in regions if box is not None]  # (none is None)
 
 
 def _given_boxes(boxes: Any) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
@@ -835,6 +842,7 @@ def _disjuncts(
     """The disjuncts of the violation left open by the bounds, and their solver."""
     bounds = (cf.layer_bounds(), cq.layer_bounds())
     n = p.cf.out_features
+    fixed: tuple[int | None, int | None]
     if not stats["use_bounds"]:  # plain encoding: only the input box bounds each layer
         bounds = (_loose(bounds[0]), _loose(bounds[1]))
         classes, fixed, todo = (list(range(n)), list(range(n))), (None, None), list(range(n))

@@ -142,14 +142,16 @@ class Model:
         self.row(Lin({y: one, d: -hi_}), -np.inf, 0.0)  # y <= hi d
         return Lin({y: one})
 
-    def clamp(self, t: Lin, lo: float, hi: float, a: float, b: float) -> Lin:
+    def clamp(
+        self, t: Lin, lo: float | Fraction, hi: float | Fraction, a: Fraction | float, b: Fraction | float
+    ) -> Lin:
         """``min(max(t, a), b)`` for ``lo <= t <= hi`` (a hardtanh, or saturation)."""
         a, b = Fraction(a), Fraction(b)
         low = self.relu(t.plus(Lin(const=-a)), down(lo - a), up(hi - a))
         high = self.relu(t.plus(Lin(const=-b)), down(lo - b), up(hi - b))
         return Lin(const=a).plus(low).plus(high, -1)
 
-    def rounding(self, r: Rounding, t: Lin, lo: float, hi: float) -> Lin:
+    def rounding(self, r: Rounding, t: Lin, lo: float | Fraction, hi: float | Fraction) -> Lin:
         """``r.apply(t)`` for ``lo <= t <= hi``: saturation as a clamp, then an integer code."""
         s = r.step
         kmin, kmax = r.code_range
@@ -207,8 +209,9 @@ class Model:
         for li, (layer, lb) in enumerate(zip(chain.layers, bounds, strict=True)):
             out: list = []
             for i in range(len(lb.lo)):
-                if const[li][i] is not None:
-                    out.append(Lin(const=const[li][i]))
+                c = const[li][i]
+                if c is not None:
+                    out.append(Lin(const=c))
                 elif i not in need[li]:
                     out.append(None)
                 else:

@@ -60,8 +60,8 @@ class Rounding:
             lambda idx: [self.fmt.round_exact(Fraction(float(flat[i])) / self.step) for i in idx],
         ).numpy()
         codes = np.where(np.isposinf(v), kmax, np.where(np.isneginf(v), kmin, codes))
-        codes = self.fmt.saturate_tensor(torch.from_numpy(codes), kmin, kmax).reshape(-1)
-        return dequantize_f64(codes, [self.step]).numpy().reshape(v.shape)
+        k = self.fmt.saturate_tensor(torch.from_numpy(codes), kmin, kmax).reshape(-1)
+        return dequantize_f64(k, [self.step]).numpy().reshape(v.shape)
 
     @property
     def exact_on_input(self) -> bool:

@@ -18,7 +18,7 @@ import math
 import operator
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,13 +28,17 @@ from torch import fx, nn
 from ..errors import ExportError
 from ..extras import require
 
-onnx = require("onnx", "torchqv.from_onnx")
-numpy_helper = require("onnx.numpy_helper", "torchqv.from_onnx")
+if TYPE_CHECKING:
+    import onnx
+    from onnx import numpy_helper
+else:
+    onnx = require("onnx", "torchqv.from_onnx")
+    numpy_helper = require("onnx.numpy_helper", "torchqv.from_onnx")
 
-from ..export import check_onnx, load_onnx  # noqa: E402
+from ..export import check_onnx, load_onnx
 
 OPSETS = range(7, 23)
-DTYPES = {
+DTYPES: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32,
     onnx.TensorProto.DOUBLE: torch.float64,
     onnx.TensorProto.INT64: torch.int64,
@@ -235,7 +239,7 @@ def _linear_from(w: np.ndarray, b: np.ndarray | None) -> nn.Linear:
     return lin
 
 
-def _row_bias(c: np.ndarray, n: int) -> bool:
+def _row_bias(c: np.ndarray, n: int | None) -> bool:
     """Is ``c`` the same bias for every row of an ``(M, n)`` result (shape ``()``, ``(1,)``, ``(n,)``,
     ``(1, 1)`` or ``(1, n)``), so that the product is an ``nn.Linear``?"""
     return c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1) and c.size in (1, n)
@@ -292,7 +296,7 @@ def _h_gemm(imp: _Importer, node, rest) -> int:
     c_const = imp.consts.get(c_name) if c_name else None
     if w_const is not None and not ta and (not c_name or (c_const is not None and _row_bias(c_const, n_out))):
         w = (w_const.T if tb else w_const) * alpha
-        b = c_const * beta if c_name else None
+        b = c_const * beta if c_const is not None else None  # c_const is given with c_name
         imp.env[node.output[0]] = imp.module(_linear_from(w, b), "gemm", imp.value(x_name))
         return 0
     imp.env[node.output[0]] = imp.call(
@@ -317,7 +321,7 @@ def _h_matmul(imp: _Importer, node, rest) -> int:
             if other and other[0] in imp.consts and imp.consts[other[0]].size == w.shape[1]:
                 bias, consumed = imp.consts[other[0]].reshape(-1), 1
         out = imp.module(_linear_from(w, bias), "matmul", imp.value(x_name))
-        imp.env[(nxt.output[0] if consumed else node.output[0])] = out
+        imp.env[(nxt.output[0] if nxt is not None and consumed else node.output[0])] = out
         return consumed
     imp.env[node.output[0]] = imp.call(torch.matmul, imp.value(x_name), imp.value(w_name))
     return 0
@@ -338,15 +342,16 @@ def _h_conv(imp: _Importer, node, rest) -> int:
             kernel.shape[1] * group,
             kernel.shape[0],
             kernel.shape[2:],
-            strides,
-            _symmetric_pads(pads),
-            dil,
+            tuple(strides),
+            tuple(_symmetric_pads(pads)),  # type: ignore[arg-type]  # two pads (a 2-d kernel)
+            tuple(dil),
             group,
             bias=bool(bias_name),
         )
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(kernel).float())
             if bias_name:
+                assert conv.bias is not None  # bias=True
                 conv.bias.copy_(torch.from_numpy(imp.consts[bias_name]).float())
         imp.env[node.output[0]] = imp.module(conv, "conv", imp.value(node.input[0]))
         return 0

@@ -99,6 +99,7 @@ class QuerySolver:
         box = self.box
         if box.grid:
             step = box.step
+            assert step is not None and box.klo is not None and box.khi is not None  # on a grid
             ks = [z3.Int(f"x{i}") for i in range(self.p.d)]
             for k, a, b in zip(ks, box.klo.tolist(), box.khi.tolist(), strict=True):
                 s.add(k >= a, k <= b)
@@ -124,12 +125,15 @@ class QuerySolver:
         """Input expressions over the exact region (integer codes on an input grid; a fixed
         coordinate is its exact value) and the map from an LP point to an exact point of the
         region (codes rounded, values clipped)."""
+        xs: list[Lin]
+        cols: list[int | None]
         box, xs, cols = self.box, [], []
         for i, (a, b) in enumerate(zip(box.lo, box.hi, strict=True)):
             if a == b:
                 xs.append(Lin(const=a))
                 cols.append(None)
             elif box.grid:
+                assert box.step is not None and box.klo is not None and box.khi is not None  # on a grid
                 v = model.var(float(box.klo[i]), float(box.khi[i]), True)
                 xs.append(Lin({v: box.step}))
                 cols.append(v)
@@ -141,6 +145,7 @@ class QuerySolver:
 
         def to_point(sol: np.ndarray) -> Any:
             if box.grid:
+                assert box.klo is not None  # on a grid
                 codes = np.array([box.klo[i] if c is None else np.rint(sol[c]) for i, c in enumerate(cols)])
                 return np.clip(codes, box.klo, box.khi).astype(np.int64)
             return [

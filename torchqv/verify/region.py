@@ -151,6 +151,7 @@ class Box:
         """How many grid points the box holds (``None``: a continuous box)."""
         if not self.grid:
             return None
+        assert self.klo is not None and self.khi is not None  # on a grid
         return math.prod(int(b - a + 1) for a, b in zip(self.klo.tolist(), self.khi.tolist(), strict=True))
 
     def contains(self, x: list[Fraction]) -> bool:
@@ -159,9 +160,11 @@ class Box:
             return False
         if any(not a <= t <= b for a, t, b in zip(self.lo, x, self.hi, strict=True)):
             return False
-        return not self.grid or all((t / self.step).denominator == 1 for t in x)
+        step = self.step
+        return step is None or all((t / step).denominator == 1 for t in x)
 
     def point_of_codes(self, codes: np.ndarray) -> list[Fraction]:
+        assert self.step is not None  # on a grid
         return [int(k) * self.step for k in np.asarray(codes).reshape(-1).tolist()]
 
     def exact(self, point: Point) -> list[Fraction]:
@@ -173,7 +176,7 @@ class Box:
         rounded and clipped, or its value clipped to the box (a float32 when one is near: the
         models' input type)."""
         x = np.nan_to_num(np.asarray(x, dtype=np.float64).reshape(-1), nan=0.0, posinf=1e300, neginf=-1e300)
-        if self.grid:
+        if self.step is not None:
             return np.clip(np.rint(x / float(self.step)), self.klo, self.khi).astype(np.int64)
         out = []
         for t, a, b in zip(x.tolist(), self.lo, self.hi, strict=True):
@@ -185,18 +188,20 @@ class Box:
     def corner(self, upper: np.ndarray) -> Point:
         """The corner with ``hi`` where ``upper`` is true, ``lo`` elsewhere."""
         if self.grid:
+            assert self.klo is not None and self.khi is not None  # on a grid
             return np.where(np.asarray(upper, dtype=bool), self.khi, self.klo)
         return [b if u else a for u, a, b in zip(np.asarray(upper).tolist(), self.lo, self.hi, strict=True)]
 
     def low(self) -> Point:
-        return self.klo.copy() if self.grid else list(self.lo)
+        return self.klo.copy() if self.klo is not None else list(self.lo)  # codes on a grid
 
     def high(self) -> Point:
-        return self.khi.copy() if self.grid else list(self.hi)
+        return self.khi.copy() if self.khi is not None else list(self.hi)  # codes on a grid
 
     def middle(self) -> Point:
         """A point in the middle (a grid point on a grid, else a double when one is inside)."""
         if self.grid:
+            assert self.klo is not None and self.khi is not None  # on a grid
             return (self.klo + self.khi) // 2
         out = []
         for a, b in zip(self.lo, self.hi, strict=True):
@@ -210,6 +215,7 @@ class Box:
             return []
         u = torch.rand(n, self.d, generator=gen, dtype=torch.float64).numpy()
         if self.grid:
+            assert self.klo is not None and self.khi is not None  # on a grid
             span = (self.khi - self.klo + 1).astype(np.float64)
             codes = self.klo + np.minimum(np.floor(u * span), span - 1).astype(np.int64)
             return list(codes)
@@ -222,6 +228,7 @@ class Box:
         if self.lo[i] == self.hi[i]:
             return None
         if self.grid:
+            assert self.klo is not None and self.khi is not None and self.step is not None  # on a grid
             mid = (int(self.klo[i]) + int(self.khi[i])) // 2
             khi_a, klo_b = self.khi.copy(), self.klo.copy()
             khi_a[i], klo_b[i] = mid, mid + 1
