@@ -165,3 +165,14 @@ def test_functional_and_method_forms_are_the_same_operations():
         assert kinds == ["Input", "MaxPool", "Movement", "QuantAct", "QuantAdd", "QuantAdd"]
         outs.append(qm.eval()(x))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_quantized_operations_are_ordinary_modules() -> None:
+    """The registry's bookkeeping does not shadow ``nn.Module`` methods of the operations."""
+    qm = tq.quantize(
+        torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)),
+        tq.QConfig(weight=tq.FixedPoint(bits=4), activation=tq.FixedPoint(bits=8)),
+    )
+    for op in qm.modules():
+        assert next(iter(op.modules())) is op
+    assert tq.QuantLinear.handles_modules == (torch.nn.Linear,)

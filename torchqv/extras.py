@@ -60,4 +60,3 @@ def require(module: str, feature: str, extra: str | None = None) -> ModuleType:
         if exc.name is not None and exc.name.partition(".")[0] != top:
             raise
         raise MissingExtraError(feature, module, extra, distribution) from exc
-

@@ -148,11 +148,11 @@ class NodeIO:
 class Operation:
     """Base of every graph operation (a mixin: stateful operations are also ``nn.Module``)."""
 
-    #: what the class handles (filled by :func:`register`); ``modules`` holds module types, typed Any
-    #: because on the operations that are also ``nn.Module`` it shadows ``nn.Module.modules``
-    modules: ClassVar[Any] = ()
-    functions: ClassVar[tuple[Callable, ...]] = ()
-    methods: ClassVar[tuple[str, ...]] = ()
+    #: what the class handles (filled by :func:`register`; named ``handles_*`` so that they do not
+    #: shadow ``nn.Module.modules()`` on the operations that are also modules)
+    handles_modules: ClassVar[tuple[type, ...]] = ()
+    handles_functions: ClassVar[tuple[Callable, ...]] = ()
+    handles_methods: ClassVar[tuple[str, ...]] = ()
 
     qname: str = ""
 
@@ -214,7 +214,8 @@ def register(
                 if key in table:
                     raise RuntimeError(f"{key} is registered twice ({table[key].__name__}, {cls.__name__})")
                 table[key] = cls
-        cls.modules, cls.functions, cls.methods = tuple(modules), tuple(functions), tuple(methods)
+        cls.handles_modules, cls.handles_functions = tuple(modules), tuple(functions)
+        cls.handles_methods = tuple(methods)
         return cls
 
     return deco
