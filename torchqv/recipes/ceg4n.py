@@ -215,7 +215,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     jobs: list[Column] = [("job", job_label)] if any(job_label(r) for r in rows) else []
     return "\n".join(
         [
-            "### CEG4N (paper 003): cheapest per-layer bits proved equivalent",
+            "### CEG4N (Matos Júnior 2025): cheapest per-layer bits proved equivalent",
             "",
             "SQ: proved equivalent on every region; QF: every bit vector refuted by a counterexample; "
             "TO: time or iteration limit; VF: a region undecided.",

@@ -328,7 +328,7 @@ def lemma20_bound(p: int, s: int, d: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Build networks for random ``f*`` and print their sizes next to Lemma 20's expression."""
-    parser = argparse.ArgumentParser(description="Paper 001 Theorem 6 construction sizes.")
+    parser = argparse.ArgumentParser(description="Park et al. Theorem 6 construction sizes.")
     parser.add_argument("--activations", nargs="+", default=["relu", "identity", "sigmoid"])
     parser.add_argument("--cases", nargs="+", default=["1,1,2", "2,1,1", "2,3,1", "2,1,2", "3,7,1", "3,2,1"],
                         help="p,s,d triples")  # fmt: skip

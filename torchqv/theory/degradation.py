@@ -276,7 +276,7 @@ def run_regression(cfg: DegradationConfig, out_dir: str | Path) -> dict[str, Any
     bits = [r["bits"] for r in rows]
     fits = {norm: fit_defined(bits, [r[f"ln_ratio_{norm}"] for r in rows]) for norm in ("2", "inf")}
     results = {
-        "experiment": "paper 000 sec. 4.1: simulation regression",
+        "experiment": "Anonymous (ICLR submission) sec. 4.1: simulation regression",
         "config": asdict(cfg),
         "float_mse": (f - y).pow(2).mean().item(),
         "rows": rows,
@@ -291,7 +291,7 @@ def run_regression(cfg: DegradationConfig, out_dir: str | Path) -> dict[str, Any
         bits,
         {NORM_LABEL[k]: ([r[f"ln_ratio_{k}"] for r in rows], v) for k, v in fits.items()},
         "ln(eps / delta)",
-        "paper 000 Fig. 4: ln(eps/delta) against n",
+        "Anonymous (ICLR submission) Fig. 4: ln(eps/delta) against n",
         out / "fig4_ratio.png",
     )
     return results
@@ -341,7 +341,8 @@ def regression_markdown(results: dict[str, Any]) -> str:
     ]
     cfg = results["config"]
     head = (
-        f"# Expressive degradation, paper 000 sec. 4.1\n\n{cfg['n_points']} points of [-1, 1]^{cfg['dim']}, "
+        "# Expressive degradation, Anonymous (ICLR submission) sec. 4.1\n\n"
+        f"{cfg['n_points']} points of [-1, 1]^{cfg['dim']}, "
         f"target `{cfg['target']}`, {cfg['dim']}-{cfg['width']}-1 ReLU network, float MSE "
         f"{results['float_mse']:.4g}; weights quantized with the `{cfg['weight_observer']}` observer"
         f"{' per channel' if cfg['per_channel'] else ''}.\n\n"
@@ -379,7 +380,7 @@ def plot_gaps(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("bits n")
         ax.set_title(f"gaps, {NORM_LABEL[norm]}")
         ax.legend(fontsize=8)
-    fig.suptitle("paper 000 Fig. 3: output and weight gaps")
+    fig.suptitle("Anonymous (ICLR submission) Fig. 3: output and weight gaps")
     save_png(fig, path)
 
 
@@ -416,7 +417,9 @@ def plot_fits(
 # ---------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m torchqv.theory.degradation {regression,mnist} [--out DIR] [--quick]``."""
-    parser = argparse.ArgumentParser(description="paper 000 sec. 4: expressive degradation experiments")
+    parser = argparse.ArgumentParser(
+        description="Anonymous (ICLR submission) sec. 4: expressive degradation experiments"
+    )
     parser.add_argument("experiment", choices=("regression", "mnist"))
     parser.add_argument("--out", default=None, help="output folder (default: outputs/degradation/EXPERIMENT)")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")

@@ -172,7 +172,7 @@ def run_mnist(cfg: MnistDegradationConfig, out_dir: str | Path) -> dict[str, Any
             "fit": asdict(fit) if fit is not None else None,
         }
     results = {
-        "experiment": "paper 000 sec. 4.2 on MNIST: ln(accuracy / parameters) against bits",
+        "experiment": "Anonymous (ICLR submission) sec. 4.2 on MNIST: ln(accuracy / parameters) against bits",
         "config": asdict(cfg),
         "train_images": len(xtr),
         "test_images": len(xte),
@@ -193,7 +193,7 @@ def run_mnist(cfg: MnistDegradationConfig, out_dir: str | Path) -> dict[str, Any
             for name, m in models.items()
         },
         "ln(accuracy % / parameters in millions)",
-        "paper 000 Fig. 5(b) on MNIST",
+        "Anonymous (ICLR submission) Fig. 5(b) on MNIST",
         out / "fig5b_indicator.png",
     )
     return results
@@ -212,7 +212,8 @@ def mnist_markdown(results: dict[str, Any]) -> str:
     body.append(["float", *(v for m in models.values() for v in (m["float_accuracy"], m["float_indicator"]))])
     cfg = results["config"]
     head = (
-        f"# Expressive degradation on MNIST, paper 000 sec. 4.2\n\n{results['train_images']} training / "
+        "# Expressive degradation on MNIST, Anonymous (ICLR submission) sec. 4.2\n\n"
+        f"{results['train_images']} training / "
         f"{results['test_images']} test images, {cfg['epochs']} epochs; weights quantized with the "
         f"`{cfg['weight_observer']}` observer{' per channel' if cfg['per_channel'] else ''}. Parameters: "
         + ", ".join(f"{k} {m['parameters']:,}" for k, m in models.items())
@@ -236,6 +237,6 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(bits)), [str(b) for b in bits])
     ax.set_xlabel("bits n")
     ax.set_ylabel("test accuracy %")
-    ax.set_title("paper 000 Fig. 5(a) on MNIST (dashed: float)")
+    ax.set_title("Anonymous (ICLR submission) Fig. 5(a) on MNIST (dashed: float)")
     ax.legend()
     save_png(fig, path)

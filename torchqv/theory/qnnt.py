@@ -104,7 +104,7 @@ class Architecture:
             if layer_of[v] != layer_of[u] + 1:
                 raise TheoryInputError(
                     f"arc {arc!r} goes from layer {layer_of[u]} to layer {layer_of[v]}; "
-                    "arcs may only go from layer i to layer i + 1 (paper 002, sec. 2)"
+                    "arcs may only go from layer i to layer i + 1 (Ganian et al., sec. 2)"
                 )
             if any(p == u for p, _ in preds[v]):
                 raise TheoryInputError(f"arc {arc!r} is given twice")
@@ -118,7 +118,7 @@ class Architecture:
             if i < len(layers) - 1 and v not in has_succ:
                 raise TheoryInputError(
                     f"node {v!r} in layer {i} has no outgoing arc: it would be a sink (an output) "
-                    "outside the last layer, but all sinks lie in one layer (paper 002, sec. 2)"
+                    "outside the last layer, but all sinks lie in one layer (Ganian et al., sec. 2)"
                 )
         pos = {v: j for j, v in enumerate(self.nodes)}
         plan = tuple(

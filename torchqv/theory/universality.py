@@ -555,14 +555,14 @@ def plot_verdicts(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             ax.set_xticks([1, 2**p - 1])
             ax.set_title(f"p={p}" + (", binary w" if binary else ""), fontsize=9)
         axes[row][0].set_yticks(range(len(acts)), acts)
-    fig.suptitle("paper 001, s = 1..2^p-1: green UNIVERSAL, amber UNDETERMINED, red NOT_UNIVERSAL")
+    fig.suptitle("Park et al., s = 1..2^p-1: green UNIVERSAL, amber UNDETERMINED, red NOT_UNIVERSAL")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Paper 001 representability table (sec. 3).")
+    parser = argparse.ArgumentParser(description="Park et al. representability table (sec. 3).")
     parser.add_argument("--p", type=int, nargs=2, default=[2, 8], metavar=("LO", "HI"))
     parser.add_argument("--activations", nargs="+", default=list(PAPER_ACTIVATIONS))
     parser.add_argument("--out", default="outputs/representability", help="folder for JSON, Markdown, PNG")
