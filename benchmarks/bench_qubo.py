@@ -8,7 +8,9 @@ from an exact QUBO formulation"): solver speed and accuracy.
    1 bit (binary), ternary, 2, 3, 4 and 8 bits, nearest vs QUBO, each with MSE-observed and
    min-max weight steps; then the same with 8-bit activations and input.
 Needs ../shared/data/MNIST (or TORCHQV_DATA).  Writes benchmarks/results/qubo_*.json.
-Usage: python benchmarks/bench_qubo.py [speed] [accuracy] [--epochs 15] [--calib 2048]
+3. ``wide``: a 4096-input layer (random, 1024 calibration inputs): ``round_weights`` time with
+   and without the certified lower bound (no data needed).
+Usage: python benchmarks/bench_qubo.py [speed] [accuracy] [wide] [--epochs 15] [--calib 2048]
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from torch import nn
 
 import torchqv as tq
 from torchqv.data import load_mnist
-from torchqv.rounding import GramStats, build_layer_qubo, patches, solvers
+from torchqv.rounding import build_layer_qubo, solvers
+from torchqv.rounding.qubo import group_stats
 
 ROOT = Path(os.environ.get("TORCHQV_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OUT = Path(__file__).resolve().parent / "results"
@@ -76,8 +79,7 @@ def speed(xtr, ytr, epochs: int) -> dict:
         tq.calibrate(qm, [calib], progress=False)
         m = qm[1]
         x = calib.flatten(1).double()
-        stats = GramStats.empty(784)
-        stats.add(patches(m, x), patches(m, x))
+        (stats,) = group_stats([m.patches(x)], [m.patches(x)], 1)
         problem = build_layer_qubo(m, stats, None)
         results = {}
         t0 = time.perf_counter()
@@ -121,6 +123,34 @@ def speed(xtr, ytr, epochs: int) -> dict:
             f"| {a['seconds'] / o['seconds']:.1f}x | {r['bound']:.1f} |"
         )
     return {"speed": rows}
+
+
+def wide(n_calib: int) -> dict:
+    """A 4096-input layer (4096 -> 256, 4-bit per-channel min-max weights, ``n_calib`` inputs of
+    non-negative features): ``round_weights`` wall time with the default settings (no lower bound)
+    and with ``bound=True``, and the objectives against nearest rounding."""
+    torch.manual_seed(0)
+    layer = nn.Linear(4096, 256)
+    x = torch.relu(torch.randn(n_calib, 4096))
+    rows = []
+    for bound in (False, True):
+        qm = tq.quantize(nn.Sequential(layer), tq.QConfig(weight=tq.FixedPoint(bits=4, per_channel=True)))
+        tq.calibrate(qm, [x], progress=False)
+        t0 = time.perf_counter()
+        report = tq.round_weights(qm, x.split(256), bound=bound, progress=False)
+        seconds = time.perf_counter() - t0
+        (r,) = report.layers
+        rows.append(
+            {"bound": bound, "seconds": seconds, "nearest": r.nearest, "qubo": r.objective, "lower": r.bound}
+        )
+        print(f"  bound={bound}: {seconds:.1f} s, nearest {r.nearest:.1f}, QUBO {r.objective:.1f}")
+    print("\n| lower bound | round_weights time (s) | nearest objective | QUBO objective | certified bound |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        lower = "-" if r["lower"] is None else f"{r['lower']:.1f}"
+        on = "on" if r["bound"] else "off (default)"
+        print(f"| {on} | {r['seconds']:.1f} | {r['nearest']:.1f} | {r['qubo']:.1f} | {lower} |")
+    return {"wide": rows, "calibration": n_calib}
 
 
 FORMATS = {
@@ -191,10 +221,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--calib", type=int, default=2048)
     args = parser.parse_args()
-    xtr, ytr = load_mnist(ROOT, "train")
-    xte, yte = load_mnist(ROOT, "test")
     OUT.mkdir(exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if "wide" in args.parts:  # no data needed
+        (OUT / "qubo_wide.json").write_text(json.dumps(wide(1024), indent=2))
+    if not {"speed", "accuracy"} & set(args.parts):
+        return
+    xtr, ytr = load_mnist(ROOT, "train")
+    xte, yte = load_mnist(ROOT, "test")
     if "speed" in args.parts:
         (OUT / "qubo_speed.json").write_text(json.dumps(speed(xtr, ytr, args.epochs), indent=2))
     if "accuracy" in args.parts:
