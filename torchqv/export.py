@@ -45,6 +45,7 @@ from .graph import QNode, QuantizedModel
 from .grid import Grid, QTensor
 from .ops.base import NodeIO, Unsupported
 from .ops.structure import check_input
+from .quantize import batch_input
 
 if TYPE_CHECKING:
     import onnx
@@ -467,13 +468,7 @@ def _parity_inputs(inputs: Any) -> torch.Tensor:
         )
     batches = []
     for i, batch in enumerate(inputs):
-        x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
-        if not isinstance(x, torch.Tensor):
-            raise DataError(
-                f"check_onnx_parity: inputs: batch {i} is a {type(x).__name__}, not a tensor (inputs must be "
-                "a tensor, a list or tuple of tensors, or an iterable of tensors or (x, y) pairs)"
-            )
-        batches.append(x)
+        batches.append(batch_input(batch, f"check_onnx_parity: inputs: batch {i}"))
     if not batches:
         raise DataError("check_onnx_parity: inputs holds no batches")
     if len({tuple(b.shape[1:]) for b in batches}) > 1:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CalibrationError, ConfigError
+from .errors import CalibrationError, ConfigError, DataError
 from .fake_quant import FakeQuantize
 from .graph import QuantizedModel, float_mode, quantized_models
 from .ops.affine import QuantAffine
@@ -53,6 +53,17 @@ def quantize(
 
 def quantizers(model: nn.Module) -> list[FakeQuantize]:
     return [m for m in model.modules() if isinstance(m, FakeQuantize)]
+
+
+def batch_input(batch: Any, where: str) -> torch.Tensor:
+    """The input of one batch: a tensor, or the first item of an ``(x, y, ...)`` tuple; anything
+    else is a ``DataError`` that starts with ``where`` (e.g. ``"calibrate: batch 3"``)."""
+    x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if not isinstance(x, torch.Tensor):
+        raise DataError(
+            f"{where} is a {type(x).__name__}, not a tensor (batches are tensors or (x, y) tuples)"
+        )
+    return x
 
 
 def batch_inputs(batches: Iterable[Any]) -> Iterator[torch.Tensor]:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fake_quant import FakeQuantize
 from ..graph import QuantizedModel
-from ..quantize import quantizers
+from ..quantize import batch_input, quantizers
 
 
 def check_attr(attr: Any, who: str) -> None:
@@ -118,13 +118,7 @@ def input_batches(loader: Iterable, count: int, trainer: pl.Trainer | None, who:
         for batch in itertools.islice(_main_process_view(loader), count):
             if trainer is not None:
                 batch = trainer.strategy.batch_to_device(batch)
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            if not isinstance(x, torch.Tensor):
-                raise DataError(
-                    f"{who}: a batch's input is a {type(x).__name__}; batches must be tensors or (x, y) "
-                    "tuples, or pass the data to the callback explicitly"
-                )
-            out.append(x)
+            out.append(batch_input(batch, f"{who}: a batch's input"))
     if not out:
         raise DataError(f"{who}: the data gave no batch")
     return out
