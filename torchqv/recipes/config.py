@@ -36,7 +36,7 @@ from ..theory.degradation_mnist import MnistDegradationConfig
 from ..theory.universality import PAPER_ACTIVATIONS
 from ..verify.ceg4n import BitSearchConfig
 from ..verify.config import VerifyConfig as CoreVerifyConfig
-from ..verify.config import _non_negative_number
+from ..verify.config import exact_or_none
 
 # The activations a recipe's model can use, by name (also what ``model.activation`` accepts).
 FLOAT_ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -261,7 +261,8 @@ class VerifyConfig(CoreVerifyConfig):
 
     def __post_init__(self) -> None:
         steps = self.delta_steps  # "<k> steps": the core config checks a number, the radius comes later
-        if steps is None and (self.delta is None or not _non_negative_number(self.delta)):
+        radius = exact_or_none(self.delta)
+        if steps is None and (radius is None or radius < 0):
             raise ConfigError(
                 f"verify.delta must be a finite number >= 0 or '<k> steps' (k > 0 steps of the input grid), "
                 f"got {self.delta!r}"

@@ -80,11 +80,13 @@ class VerifyConfig(JobConfig):
         self.relation = Relation.parse(self.relation, f"{owner}.relation", VerificationInputError)
         self.norm = Norm.parse(self.norm, f"{owner}.norm", VerificationInputError)
         if self.relation is Relation.EPS:
-            if self.eps is None or not _positive_number(self.eps):
+            eps = exact_or_none(self.eps)
+            if eps is None or not eps > 0:
                 raise VerificationInputError(
                     f"{owner}: relation='eps' needs eps > 0 (a finite number or 'p/q'), got {self.eps!r}"
                 )
-        if self.delta is not None and not _non_negative_number(self.delta):
+        delta = exact_or_none(self.delta)
+        if self.delta is not None and (delta is None or delta < 0):
             raise VerificationInputError(
                 f"{owner}.delta must be a finite number >= 0 (or 'p/q'), got {self.delta!r}"
             )
@@ -125,15 +127,9 @@ class VerifyConfig(JobConfig):
         return exact_number(self.eps, "eps") if self.relation is Relation.EPS else None
 
 
-def _positive_number(value: Any) -> bool:
+def exact_or_none(value: Any) -> Fraction | None:
+    """``value`` at its exact value, or ``None`` when it is not a finite number (or ``"p/q"``)."""
     try:
-        return exact_number(value, "eps") > 0
+        return exact_number(value, "value")
     except VerificationInputError:
-        return False
-
-
-def _non_negative_number(value: Any) -> bool:
-    try:
-        return exact_number(value, "delta") >= 0
-    except VerificationInputError:
-        return False
+        return None
