@@ -17,6 +17,11 @@ summary line gives the slowest region against the timeout (the time limit's over
 processes, started per delta and included in the time): wall times, their ratio, and whether
 every result (verdict, reason, counterexample) is the serial one.
 
+``graph``: networks that are not chains, trained here on MNIST (10,000 training images, 2
+epochs): a LeNet (two conv + max-pool stages) and a residual CNN (a strided conv, a residual
+block, average pooling), quantized like ``mnist``; top-1 around the first test images at each
+delta: verdict, method and time per image, and the size of the chain the graph lowers to.
+
 ``shipping``: how f and f' reach the workers, on a warm pool of ``--workers`` processes and
 ``--images`` regions of mnist-net_256x2 at ``--delta`` (cheap regions, so the overhead shows):
 one region per task with the problem built once per worker (the default), one region per task
@@ -25,6 +30,7 @@ built again for every task, and one chunk of regions per worker.
 Usage: python benchmarks/bench_verify.py mnist [--images 15] [--deltas 0.005 0.01 0.02] [--plain 15]
                                          [--network mnist-net_256x2] [--timeout 60] [--workers 2]
        python benchmarks/bench_verify.py acas [--points 5] [--deltas 0.01 0.05 0.1] [--bits 8 6]
+       python benchmarks/bench_verify.py graph [--images 10] [--deltas 0.005 0.01] [--timeout 30]
        python benchmarks/bench_verify.py shipping [--images 15] [--delta 0.005] [--workers 2] [--repeats 3]
 """
 
@@ -145,6 +151,106 @@ def mnist(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+class LeNet(torch.nn.Module):
+    """Conv(1, 6, 5) - ReLU - MaxPool - Conv(6, 16, 5) - ReLU - MaxPool - Linear(256, 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(256, 10),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ResidualCNN(torch.nn.Module):
+    """Conv(1, 8, 3, stride 2) - ReLU - [Conv(8, 8, 3) - ReLU - Conv(8, 8, 3)] + skip - ReLU -
+    AvgPool(2) - Linear(392, 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.c2(torch.relu(self.c1(h))) + h)
+        return self.fc(torch.nn.functional.avg_pool2d(h, 2).flatten(1))
+
+
+def trained(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for i in range(0, len(x), 128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i : i + 128]), y[i : i + 128]).backward()
+            opt.step()
+    return model.eval()
+
+
+def graph(args: argparse.Namespace) -> list[dict]:
+    from torchqv.verify.network import Affine, float_chain, quant_chain
+
+    xtr, ytr = load_mnist(ROOT, "train")
+    xte, yte = load_mnist(ROOT, "test")
+    xtr, xte = xtr.reshape(-1, 1, 28, 28), xte.reshape(-1, 1, 28, 28)
+    cfg = tq.QConfig(
+        weight=tq.FixedPoint(bits=8, per_channel=True),
+        activation=tq.FixedPoint(bits=8),
+        input=tq.FixedPoint(bits=8, signed=False),
+    )
+    rows = []
+    for name, net in (("lenet", LeNet()), ("residual_cnn", ResidualCNN())):
+        t0 = time.perf_counter()
+        f = trained(net, xtr[:10000], ytr[:10000])
+        train_s = time.perf_counter() - t0
+        acc = float((f(xte[:2000]).argmax(1) == yte[:2000]).float().mean())
+        fq = tq.quantize(f, cfg)
+        tq.calibrate(fq, [xtr[:1024]], progress=False)
+        fq.eval()
+        t0 = time.perf_counter()
+        float_chain(f, (1, 28, 28))  # both chains: the build time covers what a call builds
+        cq = quant_chain(fq, (1, 28, 28))
+        build_s = time.perf_counter() - t0
+        affine = [layer for layer in cq.layers if isinstance(layer, Affine)]
+        size = {
+            "layers": len(cq.layers),
+            "widest": max(len(layer.b) for layer in affine),
+            "stored_weights": sum(layer.nnz for layer in affine),
+            "build_s": round(build_s, 2),
+        }
+        print(f"{name}: float accuracy {acc:.4f} (first 2000 test images), trained in {train_s:.0f} s; "
+              f"chain of f': {size}", flush=True)  # fmt: skip
+        for delta in args.deltas:
+            results = tq.verify_equivalence(
+                f, fq, xte[: args.images], delta, relation="top1", domain=(0.0, 1.0), timeout=args.timeout
+            )
+            for i, r in enumerate(results):
+                row = {"network": name, "accuracy": acc, **size, "delta": delta, "image": i, **_row(r)}
+                rows.append(row)
+                print(row, flush=True)
+    print("\n| network | delta | proved | refuted | unknown | max time (s) | median time (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("lenet", "residual_cnn"):
+        for delta in args.deltas:
+            sel = [r for r in rows if r["network"] == name and r["delta"] == delta]
+            proved, refuted, unknown = (
+                sum(r["verdict"] == v for r in sel) for v in ("EQUIVALENT", "NOT_EQUIVALENT", "UNKNOWN")
+            )
+            times = [r["seconds"] for r in sel]
+            print(
+                f"| {name} | {delta} | {proved} | {refuted} | {unknown} "
+                f"| {max(times):.1f} | {statistics.median(times):.1f} |"
+            )
+    return rows
+
+
 def shipping(args: argparse.Namespace) -> list[dict]:
     """Wall time of the same regions per way of shipping the problem, on a warm pool."""
     f, fq, xte = mnist_pair("mnist-net_256x2")
@@ -250,6 +356,10 @@ def main() -> None:
     m.add_argument("--timeout", type=float, default=60.0)
     m.add_argument("--network", default="mnist-net_256x2", choices=[f"mnist-net_256x{k}" for k in (2, 4, 6)])
     m.add_argument("--workers", type=int, default=1, help="also verify with workers=N and compare")
+    g = sub.add_parser("graph")
+    g.add_argument("--images", type=int, default=10)
+    g.add_argument("--deltas", type=float, nargs="+", default=[0.005, 0.01])
+    g.add_argument("--timeout", type=float, default=30.0)
     sh = sub.add_parser("shipping")
     sh.add_argument("--images", type=int, default=15)
     sh.add_argument("--delta", type=float, default=0.005)
@@ -264,7 +374,7 @@ def main() -> None:
     a.add_argument("--networks", nargs="+", choices=ACAS, default=list(ACAS))
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = {"mnist": mnist, "acas": acas, "shipping": shipping}[args.bench](args)
+    rows = {"mnist": mnist, "acas": acas, "shipping": shipping, "graph": graph}[args.bench](args)
     print(f"total {time.perf_counter() - t0:.0f} s")
     OUT.mkdir(exist_ok=True)
     name = f"acas_{args.mode}" if args.bench == "acas" else args.bench

@@ -376,6 +376,41 @@ def test_equivalence_check_after_fit_logs_counts_and_report(tmp_path: Path) -> N
     assert module.model.training  # the check leaves the training flag as it was
 
 
+class LeNetClassifier(Classifier):
+    """A LeNet-shaped CNN (two conv + max-pool stages, a residual add) on digits read as 1 x 8 x 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = LeNet()
+
+
+class LeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = (
+            nn.Conv2d(1, 6, 3, padding=1),
+            nn.Conv2d(6, 6, 3, padding=1),
+            nn.Conv2d(6, 8, 3),
+        )
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(F.relu(self.c1(x.view(-1, 1, 8, 8))), 2)
+        h = F.relu(self.c2(h) + h)
+        return self.fc(F.max_pool2d(F.relu(self.c3(h)), 2).flatten(1))
+
+
+def test_equivalence_check_after_fit_on_a_lenet(tmp_path: Path) -> None:
+    """Conv layers, max pooling and a residual add are read by the verifier: the check passes
+    ``setup`` and reports a verdict per region after the fit (it used to crash ``fit``)."""
+    check = EquivalenceCheck(delta=0.004, points=2, domain=(0.0, 1.0), timeout=20)
+    make_trainer(tmp_path, [QuantizationAwareTraining(CFG, calibration_batches=2), check]).fit(
+        LeNetClassifier(), datamodule=TabularDataModule(name="digits", batch_size=64)
+    )
+    assert check.report.proved + check.report.refuted + check.report.unknown == 2
+
+
 def test_equivalence_check_refutes_and_replays_counterexamples() -> None:
     x, _, _, _ = train_test("iris", 0.25, seed=0)
     module = Classifier()
@@ -481,8 +516,9 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_checkpoint_loads(tmp_path: Path)
     assert_same_state(fresh.state_dict(), rank0)
 
 
-class Residual(nn.Module):
-    """x + relu(W x): a residual add, which the verifier does not read yet."""
+class Gated(nn.Module):
+    """x * relu(W x): a product of two tensors, which is not piecewise linear (the verifier
+    reads products with constants only)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -490,14 +526,14 @@ class Residual(nn.Module):
         self.head = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x + torch.relu(self.inner(x)))
+        return self.head(x * torch.relu(self.inner(x)))
 
 
 def test_equivalence_check_refuses_an_unreadable_network_before_training(tmp_path: Path) -> None:
     """Support is checked in ``setup`` (the data module gives the input shape): the fit stops
     before its first batch, naming the node, instead of after training."""
     module = Classifier()
-    module.model = Residual()
+    module.model = Gated()
     counter = BatchCounter()
     check = EquivalenceCheck(delta=0.004, points=4, domain=(0.0, 1.0))
     trainer = make_trainer(tmp_path, [QuantizationAwareTraining(CFG, calibration_batches=2), check, counter])

@@ -1,7 +1,8 @@
 """Soundness campaign: the verifier's verdicts against an independent exhaustive ground truth.
 
 Random small networks (Linear/ReLU chains with other piecewise-linear activations, a tiny Conv2d
-net, tiny networks imported from ONNX), random formats (dyadic and non-dyadic input steps such as
+net, tiny networks imported from ONNX, and graphs that are not chains: residual adds, concatenated
+branches, max and average pooling), random formats (dyadic and non-dyadic input steps such as
 1/3, 1/5, 1/10, every rounding rule, saturating small ranges, binary and ternary weights, affine
 activations), every relation and norm (eps placed exactly on a difference that the region
 reaches), regions with 0, 1 and many grid points, clipped by a domain or not.  Every verdict is
@@ -211,37 +212,73 @@ def quant_affine(m, x: np.ndarray, in_step: Fraction | None) -> np.ndarray:
     return y
 
 
+def quantize_array(v: np.ndarray, q) -> np.ndarray:
+    """Every element of ``v`` rounded to the quantizer ``q``'s grid (its exact step and zero point)."""
+    return np.vectorize(lambda t: quantize(t, q.fmt, steps_of(q)[0], zp_of(q)), otypes=[object])(v)
+
+
+def pool2(x: np.ndarray, reduce: str) -> np.ndarray:
+    """2x2 pooling with stride 2 of a (C, H, W) array, exactly: max, or the mean of the window."""
+    c, h, w = x.shape
+    out = np.empty((c, h // 2, w // 2), dtype=object)
+    for k in range(c):
+        for i in range(h // 2):
+            for j in range(w // 2):
+                cells = list(x[k, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(-1))
+                out[k, i, j] = max(cells) if reduce == "max" else sum(cells, Fraction(0)) / len(cells)
+    return out
+
+
 def quant_forward(fq: nn.Module, x: np.ndarray) -> list:
-    """f' in exact rationals: every operation of its quantized graph in order (a chain), the
-    input quantized first."""
-    v, grid = x, None
+    """f' in exact rationals: every operation of its quantized graph in order, each reading the
+    values its node's arguments name (per-sample arrays, no batch dimension), the input quantized
+    first.  Joins and averages round their exact result once to their own format."""
+    from torchqv.ops.base import resolve
+    from torchqv.ops.join import QuantAdd, QuantCat
+    from torchqv.ops.pool import AvgPool, MaxPool
+
+    env: dict[str, tuple[np.ndarray, Fraction | None]] = {}  # value and the grid step it lies on
+    out = None
     for node, m in fq.operations():
         if node.is_input:
             q = m.out_quant
-            if q is not None:
-                v = np.vectorize(
-                    lambda t, q=q: quantize(t, q.fmt, steps_of(q)[0], zp_of(q)), otypes=[object]
-                )(v)
-                grid = steps_of(q)[0]
+            env[node.name] = (quantize_array(x, q), steps_of(q)[0]) if q is not None else (x, None)
             continue
+        args = resolve(node.args, lambda name: env[name])
+        q = getattr(m, "out_quant", None)
         if isinstance(m, (tq.QuantLinear, tq.QuantConv)):
-            v = quant_affine(m, v, grid)
-            grid = steps_of(m.out_quant)[0] if m.out_quant is not None else None
+            v, grid = args[0]
+            value = quant_affine(m, v, grid)
         elif isinstance(m, tq.QuantAct):
-            v = np.vectorize(lambda t, m=m: act_of_quant(m, t), otypes=[object])(v)
-            if m.out_quant is not None:
-                q = m.out_quant
-                v = np.vectorize(
-                    lambda t, q=q: quantize(t, q.fmt, steps_of(q)[0], zp_of(q)), otypes=[object]
-                )(v)
-                grid = steps_of(q)[0]
-            else:
-                grid = None  # a real-valued output: the next layer's bias stays real
-        elif isinstance(m, Movement) and m.describe() == "Flatten":
-            v = v.reshape(-1)
-        elif not (isinstance(m, (Dropout, Constant, PythonCall)) or (isinstance(m, Movement) and m.identity)):
+            value = np.vectorize(lambda t, m=m: act_of_quant(m, t), otypes=[object])(args[0][0])
+            value = quantize_array(value, q) if q is not None else value
+        elif isinstance(m, QuantAdd):
+            value = args[0][0] + args[1][0] * m.alpha
+            value = quantize_array(value, q) if q is not None else value
+        elif isinstance(m, QuantCat):
+            parts = [quantize_array(v, q) if q is not None else v for v, _ in args[0]]
+            value = np.concatenate(parts, axis=m.dim - 1)
+        elif isinstance(m, (MaxPool, AvgPool)):
+            value = pool2(args[0][0], "max" if isinstance(m, MaxPool) else "mean")
+            if isinstance(m, AvgPool) and q is not None:
+                value = quantize_array(value, q)
+        elif isinstance(m, Movement) and m.describe() in ("Flatten", "Movement(flatten)"):
+            value = args[0][0].reshape(-1)
+        elif isinstance(m, (Dropout, Movement)) and (isinstance(m, Dropout) or m.identity):
+            value = args[0][0]
+        elif isinstance(m, (Constant, PythonCall)):
+            continue
+        else:
             raise AssertionError(f"unexpected operation {m.describe()} at {node.name}")
-    return list(np.asarray(v, dtype=object).reshape(-1))
+        if isinstance(m, MaxPool):
+            grid = args[0][1]  # the maximum of grid values is a grid value
+        elif isinstance(m, (Dropout, Movement)):
+            grid = args[0][1]
+        else:
+            grid = steps_of(q)[0] if q is not None else None
+        env[node.name] = out = (value, grid)
+    assert out is not None
+    return list(np.asarray(out[0], dtype=object).reshape(-1))
 
 
 def holds(relation: str, norm: str, eps: Fraction | None, y: list, yq: list) -> bool:
@@ -252,6 +289,93 @@ def holds(relation: str, norm: str, eps: Fraction | None, y: list, yq: list) -> 
         return first(y) == first(yq)
     d = [abs(a - b) for a, b in zip(y, yq, strict=True)]
     return (max(d) if norm == "inf" else sum(d)) <= eps
+
+
+# ------------------------------------------------------------------ graph nets (not chains)
+def _act_array(act: nn.Module, v: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda t: act_value(act, t), otypes=[object])(v)
+
+
+def _linear_of(m: nn.Linear, v: list) -> list:
+    return linear(fr(m.weight), fr(m.bias), list(v))
+
+
+class ResidualMLP(nn.Module):
+    """``out(relu(l2(act(l1 x)) + x))``: a residual add around two layers."""
+
+    def __init__(self, d: int, h: int, k: int, act: nn.Module):
+        super().__init__()
+        self.l1, self.act, self.l2, self.out = nn.Linear(d, h), act, nn.Linear(h, d), nn.Linear(d, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.l2(self.act(self.l1(x))) + x))
+
+    def exact(self, v: np.ndarray) -> list:
+        x = list(v.reshape(-1))
+        h = list(_act_array(self.act, np.array(_linear_of(self.l1, x), dtype=object)))
+        y = [max(a + b, Fraction(0)) for a, b in zip(_linear_of(self.l2, h), x, strict=True)]
+        return _linear_of(self.out, y)
+
+
+class ConcatMLP(nn.Module):
+    """``out(relu(cat(l1 x, act(l2 x))))``: two branches joined."""
+
+    def __init__(self, d: int, h1: int, h2: int, k: int, act: nn.Module):
+        super().__init__()
+        self.l1, self.l2, self.act, self.out = nn.Linear(d, h1), nn.Linear(d, h2), act, nn.Linear(h1 + h2, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(torch.cat([self.l1(x), self.act(self.l2(x))], dim=1)))
+
+    def exact(self, v: np.ndarray) -> list:
+        x = list(v.reshape(-1))
+        b = list(_act_array(self.act, np.array(_linear_of(self.l2, x), dtype=object)))
+        z = [max(t, Fraction(0)) for t in _linear_of(self.l1, x) + b]
+        return _linear_of(self.out, z)
+
+
+class PoolNet(nn.Module):
+    """``fc(flatten(pool(act(conv x [+ x]))))`` on (1, 2, 2) inputs: max or average pooling,
+    optionally with a residual add around the convolution."""
+
+    def __init__(self, channels: int, k: int, act: nn.Module, pool: str, residual: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3 if residual else 1, padding=1 if residual else 0)
+        self.act, self.residual, self.kind = act, residual, pool
+        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+        self.fc = nn.Linear(channels, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if self.residual:
+            h = h + x
+        return self.fc(torch.flatten(self.pool(self.act(h)), 1))
+
+    def exact(self, v: np.ndarray) -> list:
+        x = v.reshape(1, 2, 2)
+        h = conv2d(
+            x, np.array(fr(self.conv.weight), dtype=object), fr(self.conv.bias), 1, self.conv.padding[0]
+        )
+        if self.residual:
+            h = h + x
+        return _linear_of(self.fc, list(pool2(_act_array(self.act, h), self.kind).reshape(-1)))
+
+
+def graph_net(rng: random.Random, kind: str, acts: list) -> tuple[nn.Module, tuple[int, ...]]:
+    """A random residual, concatenating or pooling network and its input shape."""
+    if kind == "residual":
+        d = rng.randint(1, 3)
+        return ResidualMLP(d, rng.randint(1, 3), rng.randint(2, 3), rng.choice(acts)()), (d,)
+    if kind == "concat":
+        d = rng.randint(1, 3)
+        return ConcatMLP(d, rng.randint(1, 2), rng.randint(1, 2), rng.randint(2, 3), rng.choice(acts)()), (d,)
+    residual = rng.random() < 0.4
+    channels = 1 if residual else rng.randint(1, 3)
+    return PoolNet(channels, rng.randint(2, 3), rng.choice(acts)(), rng.choice(["max", "avg"]), residual), (
+        1,
+        2,
+        2,
+    )
 
 
 # ------------------------------------------------------------------ ONNX nets (f from the proto)
@@ -403,7 +527,7 @@ def _fmt(rng: random.Random, kind: str, rounding: str) -> tq.FixedPoint | None:
 def build(rng: random.Random, continuous: bool = False):
     """A random pair (f, f'), the exact evaluator of f, the input shape and a description
     (``continuous``: f' does not quantize its input)."""
-    kind = rng.choices(["mlp", "mlp", "mlp", "conv", "onnx"])[0]
+    kind = rng.choices(["mlp", "mlp", "mlp", "conv", "onnx", "residual", "concat", "pool"])[0]
     d = rng.randint(1, 3)
     rules = [rng.choice(["half_away", "half_even", "floor"]) for _ in range(3)]
     step = rng.choice(INPUT_STEPS)
@@ -421,7 +545,10 @@ def build(rng: random.Random, continuous: bool = False):
     )
     torch.manual_seed(rng.randrange(10**6))
     acts = [nn.ReLU, lambda: nn.LeakyReLU(0.25), lambda: nn.Hardtanh(-1.0, 1.5), nn.Identity, nn.ReLU6]
-    if kind == "conv":
+    if kind in ("residual", "concat", "pool"):
+        f, shape = graph_net(rng, kind, acts)
+        exact = f.exact
+    elif kind == "conv":
         shape = (1, 2, 2)
         f = nn.Sequential(nn.Conv2d(1, 2, 2, padding=rng.choice([0, 1])), rng.choice(acts)(), nn.Flatten())
         with torch.no_grad():

@@ -2,7 +2,10 @@
 
 z3's own ``timeout`` parameter is not always honoured (preprocessing and some MaxSAT relaxation
 steps run on for minutes past it), so a watchdog thread interrupts the context at the deadline
-and keeps interrupting until the call returns; the interrupted call answers ``unknown``.  Used by
+and keeps interrupting until the call returns; the interrupted call answers ``unknown`` (once, under
+a loaded test run, an interrupted check answered ``sat`` on an unsatisfiable formula: callers must
+not trust any answer of an interrupted call that they do not check, as the verifier does by
+replaying every model exactly).  Used by
 the equivalence verifier (``torchqv.verify``) and the exact trainer (``torchqv.theory``).
 """
 

@@ -627,10 +627,9 @@ class QuantAffine(Operation, nn.Module):
 
     # ------------------------------------------------------------ verifier
     def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        """The dense exact layer: ``D`` from the map applied to unit vectors (every entry is one
-        weight code or float weight, so exact), one row scale (weight step) and bias per row."""
+        """The exact layer: ``D`` from the map applied to unit vectors (every entry is one weight
+        code or float weight, so exact), one row scale (weight step) and bias per row."""
         x = cb.consume(args[0], self.qname)
-        n = int(np.prod(x.shape))
         if self.quantized:
             values, row_scale = self._integer_rows()
             inq = io.in_quants[0] if io.in_quants else None
@@ -652,16 +651,9 @@ class QuantAffine(Operation, nn.Module):
             raise Unsupported(
                 f"{self.qname}: an input of shape {x.shape} does not fit this layer ({exc})"
             ) from None
-        cb.check_size(n, outputs.numel(), self.qname)
-        basis = torch.eye(n, dtype=torch.float64).reshape(n, *x.shape)
-        try:
-            out = self.linear_map(basis, values.to(torch.float64))
-        except RuntimeError as exc:
-            raise Unsupported(
-                f"{self.qname}: an input of shape {x.shape} does not fit this layer ({exc})"
-            ) from None
-        out_shape = tuple(out.shape[1:])
-        matrix = out.reshape(n, -1).T.numpy()
+        out_shape = tuple(outputs.shape[1:])
+        w64 = values.to(torch.float64)  # whole numbers or doubles: every entry of D is exact
+        matrix = self.chain_matrix(cb, x.shape, w64, outputs.numel())
         axis = (self.channel_axis - 1 if self.channel_axis > 0 else self.channel_axis) % len(
             out_shape
         )  # per sample
@@ -670,9 +662,14 @@ class QuantAffine(Operation, nn.Module):
         )
         channels = torch.broadcast_to(channel_of, out_shape).reshape(-1).tolist()
         out_grid = self.out_quant.grid() if self.out_quant is not None else None
-        return cb.dense(
-            matrix, [row_scale[c] for c in channels], [bias[c] for c in channels], out_grid, out_shape
+        return cb.linear(
+            x, matrix, [row_scale[c] for c in channels], [bias[c] for c in channels], out_grid, out_shape
         )
+
+    def chain_matrix(self, cb: Any, shape: tuple[int, ...], w: torch.Tensor, m: int) -> Any:
+        """The layer's matrix (``m`` outputs x inputs of per-sample ``shape``) for weights ``w``:
+        read off the map applied to unit vectors."""
+        return cb.expansion(lambda basis: self.linear_map(basis, w), shape, m)
 
     def _integer_rows(self) -> tuple[torch.Tensor, list[Fraction]]:
         """Weights as whole numbers times one exact scale per row (float64 tensor, scales): the
@@ -945,6 +942,33 @@ class QuantConv(QuantAffine):
         x, padding = (x, [a for a, _ in self.pads]) if symmetric else (self._pad(x), 0)
         bias = None if b is None else b.to(x.dtype)
         return conv(x, w.to(x.dtype), bias, self.stride, padding, self.dilation, self.groups)
+
+    def chain_matrix(self, cb: Any, shape: tuple[int, ...], w: torch.Tensor, m: int) -> Any:
+        """Sparse rows read off the patches of an index tensor: output ``(o, l)`` takes weight
+        ``w[o, q]`` times input ``P[l, q]`` (padding reads no input; reflect and circular padding
+        read an input twice, and the repeated entries add up)."""
+        import scipy.sparse as sp  # only the verifier reads chains
+
+        n = int(np.prod(shape))
+        index = torch.arange(1, n + 1, dtype=torch.float64).reshape(1, *shape)  # 0: zero padding
+        per_group = self.out_channels // self.groups
+        weights = w.reshape(self.out_channels, -1)
+        patches = [self.patches(index, g if self.groups > 1 else None) for g in range(self.groups)]
+        cb.check_entries(self.out_channels * patches[0].numel(), self.qname)
+        rows, cols, data = [], [], []
+        for g, P in enumerate(patches):
+            length, q = P.shape
+            o = torch.arange(g * per_group, (g + 1) * per_group)
+            r = (o[:, None, None] * length + torch.arange(length)[None, :, None]).expand(-1, length, q)
+            c = P[None].expand(per_group, -1, -1) - 1
+            d = weights[g * per_group : (g + 1) * per_group, None, :].expand(-1, length, -1)
+            keep = (c >= 0) & (d != 0)
+            rows.append(r[keep].numpy())
+            cols.append(c[keep].long().numpy())
+            data.append(d[keep].numpy())
+        return sp.csr_matrix(
+            (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(m, n)
+        )
 
     def split_inputs(self, x, w, chunk):
         if self.groups != 1 or chunk >= self.in_channels:

@@ -232,21 +232,8 @@ class QuantAdd(_Join):
         return em.value(io, em.requantize(terms, out, self.qname, const=const), out)
 
     def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
-        """A constant shift ``x + c`` (input normalisation); joins of two tensors are not chains."""
-        operands = self._operands(args, kwargs)
-        tensors = [(v, c) for v, c in operands if not isinstance(v, (torch.Tensor, *Number))]
-        if len(tensors) != 1 or tensors[0][1] != 1:
-            raise Unsupported(
-                f"{self.qname}: the verifier reads chains; adds of two tensors are not supported yet"
-            )
-        offset = np.full((), Fraction(0), dtype=object)
-        for v, coef in operands:
-            if isinstance(v, torch.Tensor):
-                offset = offset + _fractions(v) * coef
-            elif not hasattr(v, "position"):
-                offset = offset + Fraction(v) * coef
-        x = cb.consume(tensors[0][0], self.qname)
-        return cb.shift(x, offset, self.out_quant.grid() if self.out_quant is not None else None)
+        """``sum coef * x + constants``, exact, rounded once to the node's format."""
+        return _chain_combine(self, cb, self._operands(args, kwargs))
 
     def onnx_qdq(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         (a, _), (b, alpha) = self._operands(args, kwargs)
@@ -279,6 +266,21 @@ def _onnx_qdq_out(op: _Join, em: Any, y: str, io: NodeIO) -> Any:
 
 def _const_flags(call: Call, operands: list[Any]) -> tuple[bool, ...]:
     return tuple(isinstance(call.kind(v), Const) for v in operands)
+
+
+def _chain_combine(op: _Join, cb: Any, operands: list[tuple[Any, Any]]) -> Any:
+    """The verifier's layer for ``sum coef * operand``: tensors computed from the input enter as
+    chain values, constant tensors and numbers at their exact values (``coef``: a Fraction, or a
+    Fraction array for a constant factor)."""
+    terms, offset = [], np.full((), Fraction(0), dtype=object)
+    for v, coef in operands:
+        if isinstance(v, torch.Tensor):
+            offset = offset + _fractions(v) * coef
+        elif _is_number(v):
+            offset = offset + Fraction(v) * coef
+        else:
+            terms.append((cb.consume(v, op.qname), np.asarray(coef, dtype=object)))
+    return cb.combine(terms, offset, op.out_quant.grid() if op.out_quant is not None else None, op.qname)
 
 
 # ---------------------------------------------------------------------------- mul / div
@@ -386,6 +388,19 @@ class QuantMul(_Join):
         y = em.g.op("Div" if self.divide else "Mul", [_onnx_float(em, a), _onnx_float(em, b)])
         return _onnx_qdq_out(self, em, y, io)
 
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        """A product with a constant (a number or a constant tensor) is a linear layer; a product
+        of two tensors computed from the input is not piecewise linear."""
+        a, b = self._operands(args, kwargs)
+        if isinstance(a, torch.Tensor):
+            a, b = b, a
+        if not (isinstance(b, torch.Tensor) or _is_number(b)):
+            raise Unsupported(f"{self.qname}: the verifier handles products with constants only")
+        factor = _fractions(b) if isinstance(b, torch.Tensor) else Fraction(b)
+        if self.divide:
+            factor = 1 / factor
+        return _chain_combine(self, cb, [(a, factor)])
+
     def describe(self) -> str:
         return "QuantDiv" if self.divide else "QuantMul"
 
@@ -460,6 +475,11 @@ class QuantCat(_Join):
     def onnx_qdq(self, em: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         parts = [p.name for p in kwargs.get("tensors", args[0] if args else ())]
         return _onnx_qdq_out(self, em, self._onnx_join(em, parts), io)
+
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        parts = [cb.consume(t, self.qname) for t in kwargs.get("tensors", args[0] if args else ())]
+        out = self.out_quant.grid() if self.out_quant is not None else None
+        return cb.cat(parts, self.dim, self.stack, out)
 
     def describe(self) -> str:
         return "QuantStack" if self.stack else "QuantCat"

@@ -153,13 +153,11 @@ class Movement(Operation):
             return x[args[1]]
         x = cb.consume(x, self.qname)
         where = self.index_map(x.example_shape, args, kwargs)
-        if isinstance(where, (tuple, list)):
-            raise Unsupported(
-                f"{self.qname}: the verifier reads chains; splitting a tensor is not supported yet"
-            )
-        if where.dim() == 0 or where.shape[0] != 1:
+        pieces = list(where) if isinstance(where, (tuple, list)) else [where]
+        if any(w.dim() == 0 or w.shape[0] != 1 for w in pieces):
             raise Unsupported(f"{self.qname}: this reshape mixes samples of the batch")
-        return cb.move(x, where[0])
+        moved = [cb.move(x, w[0]) for w in pieces]
+        return tuple(moved) if isinstance(where, (tuple, list)) else moved[0]
 
     def index_map(self, shape: tuple[int, ...], args: tuple, kwargs: dict) -> Any:
         """Where each output element comes from: the call applied to ``arange`` (flat indices of

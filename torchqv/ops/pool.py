@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -116,6 +117,31 @@ class MaxPool(Operation):
 
     onnx_qdq = onnx_integer
 
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        """Each output is the maximum of its window's elements (the padding is -inf: left out)."""
+        x = cb.consume(args[0], self.qname)
+        spatial = x.shape[len(x.shape) - self.dims :]
+        per_axis = [
+            [[i for i in w if 0 <= i < size] for w in pool_windows(size, k, st, p, d, self.ceil_mode)]
+            for size, k, st, p, d in zip(
+                spatial, self.kernel, self.stride, self.padding, self.dilation, strict=True
+            )
+        ]
+        lead = int(np.prod(x.shape[: len(x.shape) - self.dims]))
+        strides = [int(np.prod(spatial[a + 1 :])) for a in range(self.dims)]
+        windows = []
+        for outer in range(lead):
+            for cells in itertools.product(*per_axis):
+                windows.append(
+                    [
+                        outer * int(np.prod(spatial))
+                        + sum(i * st for i, st in zip(pos, strides, strict=True))
+                        for pos in itertools.product(*cells)
+                    ]
+                )
+        shape = (*x.shape[: len(x.shape) - self.dims], *(len(w) for w in per_axis))
+        return cb.maximum(x, windows, shape)
+
     def reference(self, args: tuple, kwargs: dict, io: NodeIO) -> Any:
         x = args[0]
         data = x.data
@@ -169,6 +195,14 @@ class _Average(Operation, nn.Module):
     def reference_sums(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact window sums of ``values`` (an integer or Fraction array) and their divisors."""
         raise NotImplementedError
+
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        """Each output is ``(sum of its window) / divisor``: exact rows, rounded once (the sums
+        are this operation's own ``reference_sums``, taken over linear forms of the input)."""
+        x = cb.consume(args[0], self.qname)
+        total, count = self.reference_sums(cb.forms(x)[None])
+        out = self.out_quant.grid() if self.out_quant is not None else None
+        return cb.averages(total[0], np.broadcast_to(np.asarray(count, dtype=object), total.shape)[0], out)
 
     # ------------------------------------------------------------ ONNX
     def pooling_matrix(self, spatial: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -464,6 +498,11 @@ class Reduce(_Average):
         total = np.sum(values, axis=dims, keepdims=self.keepdim)
         n = math.prod(values.shape[d] for d in dims) if self.mean else 1
         return np.asarray(total, dtype=object), np.full((), n, dtype=object)
+
+    def chain(self, cb: Any, args: tuple, kwargs: dict, io: NodeIO) -> Any:
+        if 0 in self._axes(len(cb.consume(args[0], self.qname).example_shape)).tolist():
+            raise Unsupported(f"{self.qname}: the verifier reads one sample; this reduction spans the batch")
+        return super().chain(cb, args, kwargs, io)
 
     def _axes(self, ndim: int) -> np.ndarray:
         dims = range(ndim) if self.dim is None else ((self.dim,) if isinstance(self.dim, int) else self.dim)

@@ -240,7 +240,7 @@ class VerifyConfig(CoreVerifyConfig):
     steps of f''s input grid (a ball then holds ``2 * floor(k) + 1`` grid points per coordinate,
     at least ``floor(k) + 1`` at the domain's edges; a float input has no grid: an error).  The
     results name each ball's number of input grid points.  Networks the verifier cannot read
-    (e.g. max pooling) are found before training: their verification is skipped with the reason,
+    (e.g. products of two tensors) are found before training: their verification is skipped with the reason,
     logged and recorded in the results.  ``workers``: the balls are decided on a local pool of
     that many processes, started once per job (1: in the job's process; the verdicts are the
     same).  Whether or not ``enabled``, the exact simulation is checked against

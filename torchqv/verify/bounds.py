@@ -10,12 +10,16 @@ before z3 sees the problem.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
+from .. import activations as A
 from ..errors import UnsupportedModelError
-from .network import Act, Affine, Chain, Rounding
+from .network import Affine, Chain, Rounding, masked
 
 U = 2.0**-53
 REL = 2.0**-40  # margin for float64 evaluation of piecewise-linear activations and roundings
@@ -54,22 +58,23 @@ def propagate(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> list[LayerBounds]
             W = layer.Wf
             mid, rad = (lo + hi) / 2, (hi - lo) / 2
             c = W @ mid + layer.bf
-            r = np.abs(W) @ rad
+            r = abs(W) @ rad
             n = W.shape[1] + 2
-            err = 2 * n * U * (np.abs(W) @ np.maximum(np.abs(lo), np.abs(hi)) + np.abs(layer.bf))
+            err = 2 * n * U * (abs(W) @ np.maximum(np.abs(lo), np.abs(hi)) + np.abs(layer.bf))
             plo, phi = _widen(c - r, c + r, err + 2 * U * r)
         else:
-            plo, phi = _act_interval(layer, lo, hi)
+            alo, ahi = _act_interval(layer.act, lo, hi)
+            plo, phi = masked(layer.active, alo, lo), masked(layer.active, ahi, hi)
         if layer.out is not None:
-            lo, hi = round_interval(layer.out, plo, phi)
+            rlo, rhi = round_interval(layer.out, plo, phi)
+            lo, hi = masked(layer.rounded, rlo, plo), masked(layer.rounded, rhi, phi)
         else:
             lo, hi = plo, phi
         out.append(LayerBounds(plo, phi, lo, hi))
     return out
 
 
-def _act_interval(layer: Act, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a = layer.act
+def _act_interval(a: A.Activation, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.name == "relu":
         return np.maximum(lo, 0), np.maximum(hi, 0)
     if a.name == "identity":
@@ -98,18 +103,36 @@ def _act_interval(layer: Act, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarra
 # saturating or binary rounding is bounded by its values at the interval's ends.  Every bound is
 # padded by a relative margin far above float64's error, so it holds for the exact network.
 PAD = 1e-9
+CROWN_WIDTH = 2048  # wider layers keep their interval bounds (no back-substitution from them)
+WORK = 2e8  # multiply-adds of one intermediate layer's back-substitution
 
 
 def _ops(chain: Chain) -> list[tuple]:
+    """``("affine", W, b)``, ``("act", activation, mask)``, ``("round", rounding, mask)``: the
+    masks say which coordinates the function applies to (``None``: all; the others pass)."""
     ops: list[tuple] = []
     for layer in chain.layers:
-        ops.append(("affine", layer.Wf, layer.bf) if isinstance(layer, Affine) else ("act", layer.act))
+        if isinstance(layer, Affine):
+            ops.append(("affine", layer.Wf, layer.bf))
+        else:
+            ops.append(("act", layer.act, layer.active))
         if layer.out is not None:
-            ops.append(("round", layer.out))
+            ops.append(("round", layer.out, layer.rounded))
     return ops
 
 
 def _relax(op: tuple, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(a_L, b_L, a_U, b_U) with a_L x + b_L <= phi(x) <= a_U x + b_U on [l, u] (the identity on
+    the coordinates the op's mask leaves out)."""
+    relax = _relax_all(op, l, u)
+    mask = op[2]
+    if mask is None:
+        return relax
+    one, zero = np.ones_like(l), np.zeros_like(l)
+    return tuple(masked(mask, r, keep) for r, keep in zip(relax, (one, zero, one, zero), strict=True))
+
+
+def _relax_all(op: tuple, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
     """(a_L, b_L, a_U, b_U) with a_L x + b_L <= phi(x) <= a_U x + b_U on [l, u]."""
     kind = op[0]
     zero = np.zeros_like(l)
@@ -126,7 +149,7 @@ def _relax(op: tuple, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
             bU = np.where(pos | neg, 0.0, s * l - chord * l)
             aL = np.where(pos, 1.0, np.where(neg, s, np.where(u > -l, 1.0, s)))
             return aL, zero, aU, bU
-        vl, vu = _act_interval(Act(a), l, u)  # monotone: constant bounds, or exact where linear
+        vl, vu = _act_interval(a, l, u)  # monotone: constant bounds, or exact where linear
         linear = np.zeros_like(l, dtype=bool)
         if a.name == "hardtanh":
             linear = (l >= a.param("min_val")) & (u <= a.param("max_val"))
@@ -148,9 +171,12 @@ def _relax(op: tuple, l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, ...]:
     return slope, np.where(inside, lo_b, vl), slope, np.where(inside, hi_b, vu)
 
 
-def _back(ops, relax, A: np.ndarray, c: np.ndarray, upto: int, xl, xu, lower: bool) -> np.ndarray:
-    """Bound of ``A y_upto + c`` (y_upto: output of op ``upto - 1``; 0 = the input) over the box."""
-    A, c = _substitute(ops, relax, A, c, upto, lower)
+def _back(
+    ops, relax, A: np.ndarray, c: np.ndarray, upto: int, xl, xu, lower: bool, stop: int = 0
+) -> np.ndarray:
+    """Bound of ``A y_upto + c`` (y_upto: output of op ``upto - 1``; 0 = the input) over the box
+    ``[xl, xu]`` of ``y_stop`` (the input by default)."""
+    A, c = _substitute(ops, relax, A, c, upto, lower, stop)
     return _minimize(A, c, xl, xu, lower)
 
 
@@ -162,13 +188,14 @@ def _minimize(A: np.ndarray, c: np.ndarray, xl, xu, lower: bool) -> np.ndarray:
     return val - pad if lower else val + pad
 
 
-def _substitute(ops, relax, A: np.ndarray, c: np.ndarray, upto: int, lower: bool):
-    """Linear lower (or upper) bound ``A' x + c'`` of ``A y_upto + c`` in terms of the input."""
-    for k in range(upto - 1, -1, -1):
+def _substitute(ops, relax, A: np.ndarray, c: np.ndarray, upto: int, lower: bool, stop: int = 0):
+    """Linear lower (or upper) bound ``A' y_stop + c'`` of ``A y_upto + c`` in terms of the value
+    ``y_stop`` (the input by default)."""
+    for k in range(upto - 1, stop - 1, -1):
         op = ops[k]
         if op[0] == "affine":
             c = c + A @ op[2]
-            A = A @ op[1]
+            A = np.asarray(A @ op[1])
         else:
             aL, bL, aU, bU = relax[k]
             pos, neg = np.maximum(A, 0), np.minimum(A, 0)
@@ -181,31 +208,57 @@ def _substitute(ops, relax, A: np.ndarray, c: np.ndarray, upto: int, lower: bool
     return A, c
 
 
-class Crown:
-    """Back-substitution bounds of a chain over an input box (input rounding already applied)."""
+def _cost(op: tuple, width: int) -> int:
+    """Multiply-adds per row of back-substituting through ``op`` (its output has ``width``)."""
+    if op[0] == "affine":
+        W = op[1]
+        return int(W.nnz) if sp.issparse(W) else int(W.size)
+    return width
 
-    def __init__(self, chain: Chain, xl: np.ndarray, xu: np.ndarray):
+
+class Crown:
+    """Back-substitution bounds of a chain over an input box (input rounding already applied).
+
+    The bounds of every intermediate layer come from substituting back from it; to keep deep or
+    wide chains (lowered residual networks) affordable, a layer's substitution stops where its
+    work would pass ``WORK`` multiply-adds and is concretised on the interval bounds of the value
+    reached (sound: those bounds hold); layers wider than ``CROWN_WIDTH``, and every layer after
+    ``deadline``, keep their interval bounds.  The output's bounds always go down to the input."""
+
+    def __init__(self, chain: Chain, xl: np.ndarray, xu: np.ndarray, deadline: float = math.inf):
         self._layers = chain.layers
         self.ops = _ops(chain)
         self.xl, self.xu = xl, xu
         ibp = propagate(chain, xl, xu)
         self.lo, self.hi = [xl], [xu]  # bounds of each value (index 0: the input, k: op k-1's output)
         self.relax: list = []
+        widths = [len(xl)] + [len(op[2]) if op[0] == "affine" else 0 for op in self.ops]
+        for k in range(1, len(widths)):
+            widths[k] = widths[k] or widths[k - 1]
+        costs = [_cost(op, widths[k + 1]) for k, op in enumerate(self.ops)]
         layer = -1
         for k, op in enumerate(self.ops):
             l, u = self.lo[-1], self.hi[-1]
             if op[0] == "affine":
                 n = len(op[2])
                 self.relax.append(None)
-                nl = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k + 1, xl, xu, True)
-                nu = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k + 1, xl, xu, False)
+                if n > CROWN_WIDTH or time.perf_counter() > deadline:  # intervals only
+                    nl, nu = np.full(n, -np.inf), np.full(n, np.inf)
+                else:
+                    stop, work = k, n * costs[k]
+                    while stop > 0 and work + n * costs[stop - 1] <= WORK:
+                        stop -= 1
+                        work += n * costs[stop]
+                    box = (self.lo[stop], self.hi[stop])
+                    nl = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k + 1, *box, True, stop)
+                    nu = _back(self.ops, self.relax, np.eye(n), np.zeros(n), k + 1, *box, False, stop)
             else:
                 self.relax.append(_relax(op, l, u))
                 a_lo, b_lo, a_hi, b_hi = self.relax[-1]
                 nl = np.minimum(a_lo * l, a_lo * u) + b_lo
                 nu = np.maximum(a_hi * l, a_hi * u) + b_hi
-                vl, vu = round_interval(op[1], l, u) if op[0] == "round" else _act_interval(Act(op[1]), l, u)
-                nl, nu = np.maximum(nl, vl), np.minimum(nu, vu)
+                vl, vu = round_interval(op[1], l, u) if op[0] == "round" else _act_interval(op[1], l, u)
+                nl, nu = np.maximum(nl, masked(op[2], vl, l)), np.minimum(nu, masked(op[2], vu, u))
             if op[0] != "round":  # a layer's main operation: intersect with interval bounds too
                 layer += 1
                 nl, nu = np.maximum(nl, ibp[layer].pre_lo), np.minimum(nu, ibp[layer].pre_hi)

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import numpy as np
 import z3
 
+from .. import activations as A
 from ..errors import UnsupportedModelError
 from .bounds import LayerBounds
-from .network import Act, Affine, Chain, Rounding, cone, constants
+from .network import Affine, Chain, Rounding, cone, constants, rounding_at
 
 
 def rv(x: Fraction | int | float) -> z3.ArithRef:
@@ -87,8 +87,7 @@ class Encoder:
         return z3.ToReal(q) * rv(step)
 
     # ---------------------------------------------------------- activations
-    def act(self, layer: Act, t: z3.ArithRef, lo: float, hi: float) -> z3.ArithRef:
-        a = layer.act
+    def act(self, a: A.Activation, t: z3.ArithRef, lo: float, hi: float) -> z3.ArithRef:
         self.total += 1
         if a.name == "identity":
             self.fixed += 1
@@ -149,9 +148,10 @@ class Encoder:
                 if isinstance(layer, Affine):
                     t = self.affine_row(layer, i, v)
                 else:
-                    t = self.act(layer, v[i], prev_lo[i], prev_hi[i])
-                if layer.out is not None:
-                    t = self.rounding(layer.out, t, lb.pre_lo[i], lb.pre_hi[i])
+                    t = self.act(layer.at(i), v[i], prev_lo[i], prev_hi[i])
+                r = rounding_at(layer, i)
+                if r is not None:
+                    t = self.rounding(r, t, lb.pre_lo[i], lb.pre_hi[i])
                 if time.perf_counter() > self.deadline:
                     raise BuildTimeout
                 out.append(self._name(t))
@@ -162,9 +162,8 @@ class Encoder:
     def affine_row(self, layer: Affine, i: int, v: list) -> z3.ArithRef:
         """``sum_j W[i, j] v_j + b_i`` as ``scale_i * sum_j ints[i, j] v_j + b_i`` (integer
         coefficients, each distinct one converted once)."""
-        row = layer.ints[i]
-        cols = np.flatnonzero(row)
-        terms = [self._int(int(row[j])) * v[j] for j in cols.tolist()]
+        cols, vals = layer.row_items(i)
+        terms = [self._int(k) * v[j] for j, k in zip(cols, vals, strict=True)]
         body = z3.Sum(terms) if terms else rv(0)
         return rv(layer.scale[i]) * body + rv(layer.b[i])
 

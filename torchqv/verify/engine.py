@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import pickle
 import threading
 import time
@@ -199,7 +200,7 @@ class _Problem:
             )
         # the input rounding of f' is the identity on grid points; bounds start from the box
         self.cq_body = Chain(self.cq.layers, self.d)
-        self.weights = sum(layer.ints.size for layer in self.cq.layers if isinstance(layer, Affine))
+        self.weights = sum(layer.nnz for layer in self.cq.layers if isinstance(layer, Affine))
         self._cells: dict[int, float] = {}
         self.box: Box | None = None  # the region being decided
 
@@ -332,19 +333,22 @@ class _Problem:
         return None
 
 
-def _falsify(p: _Problem, box: Box, samples: int, gen: torch.Generator, stats: dict) -> Counterexample | None:
+def _falsify(
+    p: _Problem, box: Box, samples: int, gen: torch.Generator, stats: dict, deadline: float = math.inf
+) -> Counterexample | None:
     pts = [*box.sample(samples, gen), box.middle(), box.low(), box.high()]
     cex = p.falsify(pts, stats)
     if cex is not None:
         return cex
-    return p.falsify(_gradient_search(p, pts[:16], box), stats)
+    until = time.perf_counter() + 0.1 * max(deadline - time.perf_counter(), 0.0)  # a tenth at most
+    return p.falsify(_gradient_search(p, pts[:16], box, until=until), stats)
 
 
 def _gradient_search(
-    p: _Problem, starts: list[list[Fraction]], box: Box, steps: int = 10
+    p: _Problem, starts: list[list[Fraction]], box: Box, steps: int = 10, until: float = math.inf
 ) -> list[list[Fraction]]:
     """Sign-gradient ascent of a violation score on f (float) and f' (training mode, STE); the
-    end points snapped to the region."""
+    end points snapped to the region (fewer steps when ``until`` passes: large networks)."""
     flo, fhi = box.floats()
     xf, _ = p.doubles(starts)
     x = torch.from_numpy(xf).float()
@@ -352,7 +356,9 @@ def _gradient_search(
     with torch.no_grad():
         y0 = p.f64(torch.from_numpy(xf).reshape(-1, *p.shape)).reshape(len(starts), -1)
     target = y0.argmax(1)
-    for _ in range(steps):
+    for i in range(steps):
+        if i and time.perf_counter() > until:
+            break
         x.requires_grad_(True)
         yq = p.surrogate(x.reshape(-1, *p.shape)).reshape(len(x), -1)
         if p.relation == "top1":
@@ -379,8 +385,18 @@ def _margins_positive(crown: B.Crown, c: int) -> bool:
 
 
 def _fixed_class(crown: B.Crown) -> int | None:
-    """The class that is the argmax everywhere on the region, if the bounds prove one."""
-    return next((c for c in winners(crown.lo[-1], crown.hi[-1]) if _margins_positive(crown, c)), None)
+    """The class that is the argmax everywhere on the region, if the bounds prove one (one
+    back-substitution for the margins of every candidate class)."""
+    lo, hi = crown.lo[-1], crown.hi[-1]
+    candidates = list(winners(lo, hi))
+    if not candidates:
+        return None
+    n = len(hi)
+    lows = crown.linear_lower(np.vstack([margin_rows(n, c) for c in candidates])).reshape(len(candidates), -1)
+    for c, low in zip(candidates, lows, strict=True):
+        if bool((np.maximum(low, lo[c] - np.delete(hi, c)) > 0).all()):
+            return c
+    return None
 
 
 def _within(lo: float, hi: float, eps: Fraction) -> bool:
@@ -762,11 +778,12 @@ def _decide(
     search), z3 with the time left (in that order)."""
     p.box = box
     stats["method"] = "falsification"
-    cex = _falsify(p, box, samples, gen, stats)
+    cex = _falsify(p, box, samples, gen, stats, deadline)
     if cex is not None:
         return _refuted(p, cex, "found by sampling, replayed exactly", stats)
     lo, hi = box.floats()
-    cf, cq = B.Crown(p.cf, lo, hi), B.Crown(p.cq_body, lo, hi)
+    share = time.perf_counter() + 0.25 * (deadline - time.perf_counter())  # bounds: a quarter at most
+    cf, cq = B.Crown(p.cf, lo, hi, share), B.Crown(p.cq_body, lo, hi, share)
     use_bounds = stats["use_bounds"]
     if use_bounds:
         stats["method"] = "bounds"

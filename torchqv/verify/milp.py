@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from ..errors import UnsupportedModelError
 from .bounds import LayerBounds
 from .encode import BuildTimeout
-from .network import Affine, Chain, Rounding, cone, constants
+from .network import Affine, Chain, Rounding, cone, constants, rounding_at
 from .region import down, up
 
 U = 2.0**-53
@@ -218,9 +218,10 @@ class Model:
                     if isinstance(layer, Affine):
                         t = self.named(Lin.sparse(layer.row(i), v, layer.b[i]), lb.pre_lo[i], lb.pre_hi[i])
                     else:
-                        t = self.activation(layer.act, v[i], prev_lo[i], prev_hi[i])
-                    if layer.out is not None:
-                        t = self.rounding(layer.out, t, lb.pre_lo[i], lb.pre_hi[i])
+                        t = self.activation(layer.at(i), v[i], prev_lo[i], prev_hi[i])
+                    r = rounding_at(layer, i)
+                    if r is not None:
+                        t = self.rounding(r, t, lb.pre_lo[i], lb.pre_hi[i])
                     if time.perf_counter() > self.deadline:
                         raise BuildTimeout
                     out.append(t)

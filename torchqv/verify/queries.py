@@ -171,11 +171,15 @@ class QuerySolver:
             s.add(z3.Implies(guard, query.violated(y, yq)))
             self._guards[id(query)] = (query, guard)  # the query kept alive: its id stays its own
         guard = self._guards[id(query)][1]
-        s.set("timeout", max(1, int(left * 1000)))
+        timeout_ms = max(1, int(left * 1000))
+        s.set("timeout", timeout_ms)
         self.stats["solver_calls"] += 1
+        start = time.perf_counter()
         with Z3Deadline(s.ctx, deadline):  # z3's own timeout can be overrun by minutes
             answer = s.check(guard)
-        interrupted = time.perf_counter() >= deadline  # the watchdog may have cut the answer short
+        # z3's own timer (up to 1 ms before the deadline: whole milliseconds) or the watchdog may
+        # have cut the answer short; an interrupted call can answer sat with a model of nothing
+        interrupted = time.perf_counter() >= min(deadline, start + timeout_ms / 1000)
         if answer == z3.unsat:
             return Decision.PROVED, None
         point = sat_point(s, read) if answer == z3.sat else None
