@@ -186,3 +186,29 @@ def test_products_of_two_tensors_are_named_before_any_work() -> None:
     fq = _calibrated(f, W4A6, (2,))
     with pytest.raises(tq.UnsupportedModelError, match="products with constants"):
         tq.verify_equivalence(f, fq, torch.zeros(1, 2), 0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("resnet18", (3, 32, 32)), ("mobilenet_v2", (3, 32, 32)), ("squeezenet1_1", (3, 48, 48))],
+)
+def test_torchvision_networks_are_read_exactly(name: str, shape: tuple[int, ...]) -> None:
+    """torchvision's resnet18, mobilenet_v2 (ReLU6, depthwise convs, linear bottlenecks) and
+    squeezenet1_1 (concatenated branches, ceil-mode max pooling, global average pooling) as
+    chains: exactly the integer reference on a point; vgg11_bn's 25088 x 4096 classifier is
+    refused by size with the fix."""
+    import torchvision
+
+    torch.manual_seed(0)
+    f = getattr(torchvision.models, name)(num_classes=10).eval()
+    fq = _calibrated(f, tq.QConfig(weight=tq.FixedPoint(bits=8), activation=tq.FixedPoint(bits=8),
+                                   input=tq.FixedPoint(bits=8)), shape)  # fmt: skip
+    _agree_with_reference(fq, shape, n=1)
+
+
+def test_layers_beyond_the_size_limit_are_refused_with_the_fix() -> None:
+    f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 20000)).eval()
+    fq = _calibrated(f, W4A6, (3, 32, 32))
+    with pytest.raises(tq.UnsupportedModelError, match="smaller inputs or fewer channels"):
+        quant_chain(fq, (3, 32, 32))

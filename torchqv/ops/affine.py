@@ -667,9 +667,9 @@ class QuantAffine(Operation, nn.Module):
         )
 
     def chain_matrix(self, cb: Any, shape: tuple[int, ...], w: torch.Tensor, m: int) -> Any:
-        """The layer's matrix (``m`` outputs x inputs of per-sample ``shape``) for weights ``w``:
-        read off the map applied to unit vectors."""
-        return cb.expansion(lambda basis: self.linear_map(basis, w), shape, m)
+        """The layer's matrix (``m`` outputs x inputs of per-sample ``shape``) for weights ``w``
+        (whole numbers or doubles, so every entry is exact), dense or ``scipy.sparse``."""
+        raise NotImplementedError
 
     def _integer_rows(self) -> tuple[torch.Tensor, list[Fraction]]:
         """Weights as whole numbers times one exact scale per row (float64 tensor, scales): the
@@ -849,6 +849,17 @@ class QuantLinear(QuantAffine):
     def linear_map(self, x, w, b=None):
         return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
 
+    def chain_matrix(self, cb: Any, shape: tuple[int, ...], w: torch.Tensor, m: int) -> Any:
+        """``W`` itself on vectors; on inputs ``(..., in_features)`` one copy of ``W`` per leading
+        position (block diagonal, sparse)."""
+        import scipy.sparse as sp  # only the verifier reads chains
+
+        cb.check_entries(m * self.in_features, self.qname)
+        blocks = int(np.prod(shape[:-1]))
+        if blocks == 1:
+            return w.numpy()
+        return sp.kron(sp.identity(blocks, format="csr"), sp.csr_matrix(w.numpy()), format="csr")
+
     def split_inputs(self, x, w, chunk):
         d = x.shape[-1]
         if chunk >= d:
@@ -951,24 +962,18 @@ class QuantConv(QuantAffine):
 
         n = int(np.prod(shape))
         index = torch.arange(1, n + 1, dtype=torch.float64).reshape(1, *shape)  # 0: zero padding
-        per_group = self.out_channels // self.groups
-        weights = w.reshape(self.out_channels, -1)
-        patches = [self.patches(index, g if self.groups > 1 else None) for g in range(self.groups)]
-        cb.check_entries(self.out_channels * patches[0].numel(), self.qname)
-        rows, cols, data = [], [], []
-        for g, P in enumerate(patches):
-            length, q = P.shape
-            o = torch.arange(g * per_group, (g + 1) * per_group)
-            r = (o[:, None, None] * length + torch.arange(length)[None, :, None]).expand(-1, length, q)
-            c = P[None].expand(per_group, -1, -1) - 1
-            d = weights[g * per_group : (g + 1) * per_group, None, :].expand(-1, length, -1)
-            keep = (c >= 0) & (d != 0)
-            rows.append(r[keep].numpy())
-            cols.append(c[keep].long().numpy())
-            data.append(d[keep].numpy())
-        return sp.csr_matrix(
-            (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(m, n)
-        )
+        groups, per_group = self.groups, self.out_channels // self.groups
+        patches = self.patches(index)  # (L, C * k): every group's columns side by side
+        length = patches.shape[0]
+        cb.check_entries(self.out_channels * patches.numel() // groups, self.qname)
+        P = patches.reshape(length, groups, -1).permute(1, 0, 2)[:, None]  # (G, 1, L, Q)
+        W = w.reshape(groups, per_group, 1, -1)  # (G, og, 1, Q)
+        o = torch.arange(self.out_channels).reshape(groups, per_group, 1, 1)
+        full = (groups, per_group, length, P.shape[-1])
+        r = (o * length + torch.arange(length).reshape(1, 1, -1, 1)).expand(full)
+        c, d = P.expand(full) - 1, W.expand(full)
+        keep = (c >= 0) & (d != 0)
+        return sp.csr_matrix((d[keep].numpy(), (r[keep].numpy(), c[keep].long().numpy())), shape=(m, n))
 
     def split_inputs(self, x, w, chunk):
         if self.groups != 1 or chunk >= self.in_channels:
@@ -1072,6 +1077,14 @@ class QuantBatchNorm(QuantAffine):
 
     def _shape(self, x: torch.Tensor) -> list[int]:
         return [1, -1] + [1] * (x.dim() - 2)
+
+    def chain_matrix(self, cb: Any, shape: tuple[int, ...], w: torch.Tensor, m: int) -> Any:
+        """Diagonal: element ``(c, ...)`` times ``w[c]``."""
+        import scipy.sparse as sp  # only the verifier reads chains
+
+        n = int(np.prod(shape))
+        channel = np.arange(n) // (n // shape[0])
+        return sp.csr_matrix((w.numpy()[channel], (np.arange(n), np.arange(n))), shape=(n, n))
 
     def linear_map(self, x, w, b=None):
         y = x * w.to(x.dtype).view(self._shape(x))

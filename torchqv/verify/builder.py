@@ -232,30 +232,6 @@ class ChainBuilder:
                 "verify a network with smaller inputs or fewer channels"
             )
 
-    @staticmethod
-    def expansion(linear_map: Any, shape: tuple[int, ...], m: int) -> np.ndarray | sp.csr_matrix:
-        """The matrix (``m`` outputs x ``n`` inputs) of a linear map on tensors of per-sample
-        ``shape``, read off the unit vectors: dense when small, else sparse rows built a block of
-        unit vectors at a time (a convolution is never expanded densely)."""
-        n = int(np.prod(shape))
-        if n * m <= DENSE_ENTRIES:
-            basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
-            return linear_map(basis).reshape(n, -1).T.numpy()
-        rows, cols, data = [], [], []
-        block = max(1, DENSE_ENTRIES // m)
-        for start in range(0, n, block):
-            k = min(block, n - start)
-            basis = torch.zeros(k, n, dtype=torch.float64)
-            basis[torch.arange(k), torch.arange(start, start + k)] = 1.0
-            out = linear_map(basis.reshape(k, *shape)).reshape(k, -1)
-            j, i = torch.nonzero(out, as_tuple=True)
-            rows.append(i.numpy())
-            cols.append((j + start).numpy())
-            data.append(out[j, i].numpy())
-        return sp.csr_matrix(
-            (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(m, n)
-        )
-
     def rows(
         self,
         entries: tuple[np.ndarray, np.ndarray, np.ndarray],
