@@ -212,3 +212,24 @@ def test_layers_beyond_the_size_limit_are_refused_with_the_fix() -> None:
     fq = _calibrated(f, W4A6, (3, 32, 32))
     with pytest.raises(tq.UnsupportedModelError, match="smaller inputs or fewer channels"):
         quant_chain(fq, (3, 32, 32))
+
+
+def test_sparse_rows_evaluate_exactly_as_dense_rows_in_both_integer_paths() -> None:
+    """``Affine.exact`` on CSR rows equals the dense object-array product and a plain Fraction
+    sum, on values small enough for int64 and on values that force Python ints."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    ints = rng.integers(-7, 8, size=(6, 9)) * (rng.random((6, 9)) < 0.5)
+    scale, bias = [Fraction(1, 3)] * 6, [Fraction(k, 5) for k in range(6)]
+    dense = Affine.from_ints(ints, scale, bias)
+    sparse = Affine.from_ints(sp.csr_matrix(ints), scale, bias)
+    assert sparse.sparse and not dense.sparse
+    for big in (1, 2**70):
+        v = [Fraction(int(k) * big, 7) for k in rng.integers(-100, 100, size=9)]
+        want = [
+            sum((int(ints[i, j]) * v[j] for j in range(9)), Fraction(0)) * scale[i] + bias[i]
+            for i in range(6)
+        ]
+        assert sparse.exact(v) == dense.exact(v) == want
+        assert sparse.exact(v, [4, 1]) == [want[4], want[1]]
